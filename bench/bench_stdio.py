@@ -1,0 +1,124 @@
+"""Added latency of the stdio shim: 2,000 sequential tools/call, direct and through mcpfw.
+
+Both paths run in the same process run against the same real server
+(@modelcontextprotocol/server-everything, its ``echo`` tool), with the default policy and
+the audit log on. Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = ["node", str(ROOT / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"), "stdio"]
+
+
+class Peer:
+    """A raw JSON-RPC client over a child's pipes (no SDK, so it adds little noise)."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
+        self.out = self.proc.stdout
+        self.next_id = 0
+
+    def call(self, method: str, params: dict) -> dict:
+        self.next_id += 1
+        self.proc.stdin.write(json.dumps({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}).encode() + b"\n")
+        while True:
+            msg = json.loads(self.out.readline())
+            if msg.get("id") == self.next_id:
+                return msg
+
+    def notify(self, method: str) -> None:
+        self.proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": method}).encode() + b"\n")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(command: list[str], n: int, warmup: int) -> tuple[list[float], float, float]:
+    peer = Peer(command)
+    init = peer.call("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}})
+    assert "result" in init, init
+    peer.notify("notifications/initialized")
+    args = {"name": "echo", "arguments": {"message": "hello from the benchmark"}}
+    for _ in range(warmup):
+        assert "result" in peer.call("tools/call", args)
+    cpu0 = cpu_seconds(peer.proc.pid)
+    samples = []
+    start = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        reply = peer.call("tools/call", args)
+        samples.append(time.perf_counter() - t0)
+        assert "result" in reply, reply
+    wall = time.perf_counter() - start
+    cpu = cpu_seconds(peer.proc.pid) - cpu0
+    peer.close()
+    return samples, wall, cpu
+
+
+def summarize(samples: list[float], wall: float) -> dict:
+    ordered = sorted(samples)
+    return {
+        "median_ms": round(statistics.median(ordered) * 1000, 4),
+        "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 4),
+        "throughput_rps": round(len(samples) / wall, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--engine", default="regorus")
+    opts = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        audit = Path(tmp) / "audit.duckdb"
+        shim = [sys.executable, "-m", "firewall.cli", "stdio", "--engine", opts.engine, "--audit", str(audit), "--", *SERVER]
+        # Interleave so that machine noise hits both paths alike.
+        direct_s, fw_s, direct_wall, fw_wall, fw_cpu = [], [], 0.0, 0.0, 0.0
+        for _ in range(2):
+            s, w, _c = run(SERVER, opts.n // 2, opts.warmup)
+            direct_s += s
+            direct_wall += w
+            s, w, c = run(shim, opts.n // 2, opts.warmup)
+            fw_s += s
+            fw_wall += w
+            fw_cpu += c
+        import duckdb
+
+        with duckdb.connect(str(audit), read_only=True) as db:
+            audited = db.execute("SELECT count(*) FROM decisions").fetchone()[0]
+    direct, firewall = summarize(direct_s, direct_wall), summarize(fw_s, fw_wall)
+    result = {
+        "benchmark": "stdio tools/call, server-everything echo",
+        "engine": opts.engine,
+        "calls": len(fw_s),
+        "direct": direct,
+        "firewall": firewall,
+        "added_median_ms": round(firewall["median_ms"] - direct["median_ms"], 4),
+        "added_p99_ms": round(firewall["p99_ms"] - direct["p99_ms"], 4),
+        "throughput_ratio": round(firewall["throughput_rps"] / direct["throughput_rps"], 3),
+        "shim_cpu_ms_per_call": round(fw_cpu / len(fw_s) * 1000, 4),
+        "audit_rows": audited,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

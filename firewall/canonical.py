@@ -1,0 +1,132 @@
+"""Canonical forms of the paths and URLs that tool arguments name.
+
+A rule about ``/data`` must not be dodged by ``/data/../etc/passwd``, ``%2e%2e``,
+``file:///etc/passwd``, ``~/.ssh`` or a symlink, so the policy input carries every such
+argument in canonical form next to its raw spelling.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_PATH_KEYS = frozenset(
+    {
+        "path", "paths", "file", "files", "filename", "filepath", "file_path", "filenames",
+        "dir", "dirs", "directory", "directories", "folder", "source", "src", "destination",
+        "dest", "dst", "target", "root", "cwd", "workdir", "working_directory", "repo_path",
+        "repository", "location", "output", "output_path", "input_path", "uri",
+    }
+)
+_MAX_REFS = 256
+_MAX_LEN = 4096
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
+
+
+def _decode(text: str) -> str:
+    """Undo percent-encoding, repeatedly, so that double encoding cannot hide a path."""
+    for _ in range(3):
+        decoded = unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def canonical_path(raw: str, *, cwd: str, resolve_symlinks: bool) -> str:
+    """Absolute, decoded, normalised path; symlinks resolved when the files are on this host."""
+    text = raw
+    if text.lower().startswith("file://"):
+        text = urlsplit(text).path
+    text = _decode(text)
+    if text.startswith("~"):
+        text = os.path.expanduser(text)
+    if not text.startswith("/"):
+        text = posixpath.join(cwd, text)
+    text = posixpath.normpath(text)
+    if text.startswith("//"):
+        text = "/" + text.lstrip("/")
+    if resolve_symlinks and "\x00" not in text:
+        try:
+            text = os.path.realpath(text)
+        except (OSError, ValueError):
+            pass
+    return text
+
+
+def canonical_url(raw: str) -> dict[str, Any] | None:
+    """Scheme and host lower-cased, default port dropped, path decoded and normalised."""
+    try:
+        parts = urlsplit(raw.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    if port is not None and _DEFAULT_PORTS.get(scheme) == port:
+        port = None
+    path = _decode(parts.path)
+    if path:
+        trailing = path.endswith("/")
+        path = posixpath.normpath(path) if path.startswith("/") else path
+        if trailing and not path.endswith("/"):
+            path += "/"
+        if path.startswith("//"):
+            path = "/" + path.lstrip("/")
+    netloc = host if port is None else f"{host}:{port}"
+    canonical = f"{scheme}://{netloc}{path}"
+    if parts.query:
+        canonical += "?" + parts.query
+    return {
+        "canonical": canonical,
+        "scheme": scheme,
+        "host": host,
+        "port": port,
+        "path": path,
+        "userinfo": parts.username is not None,
+    }
+
+
+def _looks_like_path(key: str | None, value: str) -> bool:
+    if value.startswith(("/", "~/", "./", "../", "~")) or value in (".", ".."):
+        return True
+    return key is not None and key.lower() in _PATH_KEYS and value != ""
+
+
+def extract_resources(
+    arguments: Any, *, base_pointer: str, cwd: str, resolve_symlinks: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """Every string leaf of ``arguments`` that names a path or URL, canonicalised."""
+    paths: list[dict[str, Any]] = []
+    urls: list[dict[str, Any]] = []
+    stack: list[tuple[str, str | None, Any]] = [(base_pointer, None, arguments)]
+    while stack and len(paths) + len(urls) < _MAX_REFS:
+        pointer, key, node = stack.pop()
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(v, (dict, list, str)):
+                    stack.append((f"{pointer}/{_escape(k)}", k, v))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                if isinstance(v, (dict, list, str)):
+                    stack.append((f"{pointer}/{i}", key, v))
+        elif isinstance(node, str) and len(node) <= _MAX_LEN:
+            if _URL.match(node):
+                url = canonical_url(node)
+                if url is not None:
+                    urls.append({"pointer": pointer, "raw": node, **url})
+                if node[:7].lower() == "file://":
+                    paths.append({"pointer": pointer, "raw": node, "canonical": canonical_path(node, cwd=cwd, resolve_symlinks=resolve_symlinks)})
+            elif _looks_like_path(key, node):
+                paths.append({"pointer": pointer, "raw": node, "canonical": canonical_path(node, cwd=cwd, resolve_symlinks=resolve_symlinks)})
+    paths.reverse()
+    urls.reverse()
+    return {"paths": paths, "urls": urls}
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")

@@ -1,0 +1,233 @@
+"""The ``mcpfw`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"mcpfw: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcpfw", description="Policy-as-code security firewall for MCP.")
+    parser.add_argument("--version", action="version", version=f"mcpfw {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    stdio = sub.add_parser(
+        "stdio",
+        help="run an MCP server over stdio behind the firewall",
+        description="Start the real server as a child and inspect every message. "
+        "Usage: mcpfw stdio [options] -- COMMAND [ARGS...]",
+    )
+    _serving_options(stdio)
+    stdio.add_argument("--server-name", help="stable name of this server in policy input and audit (default: derived from the command)")
+    stdio.add_argument("--root", action="append", default=None, metavar="DIR", help="a filesystem root the server's tools may touch (repeatable)")
+    stdio.add_argument("command", nargs=argparse.REMAINDER, help="the server command, after --")
+    stdio.set_defaults(handler=_cmd_stdio)
+
+    policy = sub.add_parser("policy", help="work with Rego policy bundles")
+    psub = policy.add_subparsers(metavar="ACTION")
+    ptest = psub.add_parser("test", help="run the test_ rules of a bundle, as `opa test` does")
+    ptest.add_argument("dir", nargs="?", default=None, help="bundle directory (default: the built-in bundle)")
+    ptest.add_argument("--engines", default="regorus", help="comma-separated engines: regorus,opa (all must agree)")
+    ptest.add_argument("--run", default=None, metavar="REGEX", help="only tests whose full name matches")
+    ptest.add_argument("-v", "--verbose", action="store_true")
+    ptest.set_defaults(handler=_cmd_policy_test)
+    peval = psub.add_parser("eval", help="evaluate data.mcpfw.decision for one policy input (JSON file or -)")
+    peval.add_argument("input", help="policy input JSON file, or - for stdin")
+    peval.add_argument("--policy", type=Path, default=None, help="bundle directory")
+    peval.add_argument("--engine", choices=["regorus", "opa"], default="regorus")
+    peval.set_defaults(handler=_cmd_policy_eval)
+    policy.set_defaults(handler=lambda a: (policy.print_help(), 2)[1])
+
+    audit = sub.add_parser("audit", help="query the audit log")
+    asub = audit.add_subparsers(metavar="ACTION")
+    asql = asub.add_parser("sql", help="run a SQL query against the audit log (DuckDB)")
+    asql.add_argument("sql", help='e.g. "SELECT * FROM recent_denials"')
+    asql.add_argument("--db", type=Path, default=None, help="the DuckDB audit file")
+    asql.add_argument("--config", type=Path, default=None)
+    asql.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    asql.set_defaults(handler=_cmd_audit_sql)
+    aviews = asub.add_parser("views", help="list the ready-made views")
+    aviews.set_defaults(handler=_cmd_audit_views)
+    audit.set_defaults(handler=lambda a: (audit.print_help(), 2)[1])
+
+    config = sub.add_parser("config", help="check or show the configuration")
+    csub = config.add_subparsers(metavar="ACTION")
+    ccheck = csub.add_parser("check", help="validate a configuration file")
+    ccheck.add_argument("file", type=Path)
+    ccheck.set_defaults(handler=_cmd_config_check)
+    cshow = csub.add_parser("show", help="print the effective configuration")
+    cshow.add_argument("file", type=Path, nargs="?", default=None)
+    cshow.set_defaults(handler=_cmd_config_show)
+    config.set_defaults(handler=lambda a: (config.print_help(), 2)[1])
+
+    demo = sub.add_parser("demo", help="the firewall in front of a real MCP server, driven by a real client")
+    demo.add_argument("--audit", type=Path, default=None, help="DuckDB file for the demo (default: a temporary one)")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _serving_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="YAML configuration file")
+    p.add_argument("--policy", type=Path, default=None, metavar="DIR", help="Rego bundle directory (overrides config)")
+    p.add_argument("--audit", type=Path, default=None, metavar="FILE", help="DuckDB audit file (overrides config)")
+    p.add_argument("--engine", choices=["regorus", "opa"], default=None, help="policy engine (overrides config)")
+
+
+def _serving_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    return config.with_overrides(
+        policy={"bundle": args.policy, "engine": args.engine},
+        audit={"path": args.audit},
+    )
+
+
+def _cmd_stdio(args: argparse.Namespace) -> int:
+    command = args.command
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("mcpfw stdio: no server command given (usage: mcpfw stdio [options] -- COMMAND [ARGS...])", file=sys.stderr)
+        return 2
+    config = _serving_config(args)
+    from .policy.bundle import PolicyLoadError
+    from .runtime import build_firewall
+    from .session import ServerIdentity, Session
+    from .transports.stdio import StdioShim
+
+    name = args.server_name or config.stdio.server_name or derive_server_name(command)
+    roots = list(config.server(name).roots) + list(args.root or [])
+    try:
+        firewall = build_firewall(config)
+    except PolicyLoadError as exc:
+        print(f"mcpfw: policy error: {exc}", file=sys.stderr)
+        return 2
+    session = Session(
+        ServerIdentity(name=name, command=command, roots=[os.path.realpath(os.path.expanduser(r)) for r in roots]),
+        transport="stdio",
+        cwd=os.getcwd(),
+        resolve_symlinks=True,
+    )
+    shim = StdioShim(
+        command, firewall.inspector, session,
+        max_message_bytes=config.limits.max_message_bytes,
+        shutdown_grace=config.stdio.shutdown_grace_seconds,
+    )
+    try:
+        return shim.run()
+    finally:
+        firewall.close()
+
+
+_LAUNCHERS = {"npx", "uvx", "pipx", "node", "nodejs", "bun", "deno", "python", "python3", "uv", "run", "exec", "docker", "bunx", "pnpm", "dlx", "yarn"}
+
+
+def derive_server_name(command: list[str]) -> str:
+    """A readable, stable server name from its command (``npx -y @scope/server-x`` -> ``server-x``)."""
+    for part in command:
+        base = os.path.basename(part.rstrip("/"))
+        if part.startswith("-") or base in _LAUNCHERS or base.startswith("python3"):
+            continue
+        if "node_modules/" in part:
+            tail = part.split("node_modules/", 1)[1].split("/")
+            return tail[1] if tail[0].startswith("@") and len(tail) > 1 else tail[0]
+        name = part.split("@", 2)[-1] if part.startswith("@") else part.split("@")[0]
+        return os.path.basename(name) or "server"
+    return "server"
+
+
+def _cmd_policy_test(args: argparse.Namespace) -> int:
+    from .paths import DEFAULT_POLICY_DIR
+    from .policy.testing import run_policy_tests
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    return run_policy_tests(args.dir or DEFAULT_POLICY_DIR, engines, verbose=args.verbose, run=args.run)
+
+
+def _cmd_policy_eval(args: argparse.Namespace) -> int:
+    import orjson
+
+    from .paths import DEFAULT_POLICY_DIR
+    from .policy.bundle import PolicyLoadError, load_bundle
+    from .policy.decision import normalize_decision
+    from .policy.engine import PolicyEvaluationError, create_engine
+
+    text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(encoding="utf-8")
+    try:
+        engine = create_engine(args.engine, load_bundle(args.policy or DEFAULT_POLICY_DIR))
+        raw = engine.evaluate(text)
+    except (PolicyLoadError, PolicyEvaluationError) as exc:
+        print(f"mcpfw: {exc}", file=sys.stderr)
+        return 1
+    decision = normalize_decision(raw)
+    out = {"action": decision.action, "decision": raw}
+    sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0 if decision.action != "deny" else 3
+
+
+def _audit_db(args: argparse.Namespace) -> Path:
+    if args.db is not None:
+        return args.db
+    return load_config(args.config).audit.path
+
+
+def _cmd_audit_sql(args: argparse.Namespace) -> int:
+    from .audit.query import run_sql
+
+    return run_sql(_audit_db(args), args.sql, fmt=args.format, out=sys.stdout)
+
+
+def _cmd_audit_views(args: argparse.Namespace) -> int:
+    from .audit.schema import VIEWS
+
+    for name, (description, _sql) in VIEWS.items():
+        print(f"{name:24} {description}")
+    return 0
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    from .policy.bundle import PolicyLoadError, load_bundle
+
+    try:
+        bundle = load_bundle(config.policy.bundle)
+    except PolicyLoadError as exc:
+        print(f"{args.file}: policy.bundle: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK (policy bundle {config.policy.bundle}, {len(bundle.modules)} modules, engine {config.policy.engine}; audit {config.audit.path})")
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    config = load_config(args.file)
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.audit)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

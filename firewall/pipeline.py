@@ -1,0 +1,390 @@
+"""The one inspection pipeline every transport calls: frame in, outcome out.
+
+parse (strict JSON-RPC) -> policy input -> Rego decision -> act (forward, redact,
+answer with an error, drop) -> audit record. Transports only move bytes; everything
+that decides lives here.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from . import errors
+from .jsonrpc import Frame, Invalid, Kind, Message, encode, error_response, parse_frame
+from .canonical import extract_resources
+from .config import LimitsConfig
+from .policy.decision import Decision, apply_redactions, deny_decision, normalize_decision
+from .policy.engine import PolicyEngine
+from .session import PendingRequest, Session
+
+C2S = "client_to_server"
+S2C = "server_to_client"
+_OTHER = {C2S: S2C, S2C: C2S}
+_PASSTHROUGH = BaseException  # pyo3 panics derive from BaseException, so catch wide
+
+
+class AuditSink(Protocol):
+    """Where decisions go; implemented by :class:`firewall.audit.AuditLog`."""
+
+    @property
+    def accepting(self) -> bool: ...
+
+    def record(self, row: dict[str, Any]) -> None: ...
+
+
+@dataclass(slots=True)
+class MessageContext:
+    """One message on its way through the pipeline, as enrichers see it.
+
+    Enrichers (detectors, identity, rate limits, the tool registry) read the message and
+    fill ``findings`` (keyed by their name), ``identity``, ``rate`` or ``registry``, which
+    become the same-named fields of the policy input.
+    """
+
+    message: Message
+    direction: str
+    session: Session
+    method: str | None
+    params: Any
+    tool: dict[str, Any] | None
+    pending: PendingRequest | None
+    findings: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any] | None = None
+    rate: dict[str, Any] | None = None
+    registry: dict[str, Any] | None = None
+
+
+class Enricher(Protocol):
+    """Adds evidence to the policy input before the decision, and may learn from the outcome."""
+
+    name: str
+
+    def enrich(self, ctx: MessageContext) -> None: ...
+
+    def after(self, ctx: MessageContext, decision: Decision, forwarded: dict[str, Any] | None) -> None: ...
+
+
+@dataclass(slots=True)
+class Verdict:
+    """The decision on one element of a frame and what it turned into."""
+
+    decision: Decision
+    decision_id: str
+    kind: str | None
+    method: str | None
+    error_code: int | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a transport does with a frame.
+
+    ``forward`` goes on toward the frame's destination (the original bytes when nothing
+    was changed), ``reply`` goes back to the sender (errors for denied requests).
+    """
+
+    forward: bytes | None
+    reply: bytes | None
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def denied(self) -> bool:
+        return any(v.decision.action == "deny" for v in self.verdicts)
+
+
+def new_decision_id() -> str:
+    """Time-ordered unique id (48-bit milliseconds + 80 random bits), as hex."""
+    return f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
+
+
+class Inspector:
+    """Judges every message of a conversation against the policy and records the decision."""
+
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        audit: AuditSink,
+        *,
+        bundle_digest: str,
+        limits: LimitsConfig,
+        enrichers: tuple[Enricher, ...] = (),
+    ) -> None:
+        self._enrichers = enrichers
+        self._engine = engine
+        self._audit = audit
+        self._bundle_digest = bundle_digest
+        self._limits = limits
+        self._local = threading.local()
+
+    def _thread_engine(self) -> PolicyEngine:
+        engine = getattr(self._local, "engine", None)
+        if engine is None:
+            engine = self._local.engine = self._engine.fork()
+        return engine
+
+    # -- entry point -----------------------------------------------------------------
+
+    def inspect(self, raw: bytes, direction: str, session: Session) -> Outcome:
+        """Judge one frame travelling in ``direction`` and say what to send where."""
+        limits = self._limits
+        frame = parse_frame(
+            raw, max_bytes=limits.max_message_bytes, max_depth=limits.max_depth, max_batch=limits.max_batch_size
+        )
+        if not frame.batch:
+            item = frame.items[0]
+            if isinstance(item, Message):
+                forward, reply, verdict = self._judge(item, direction, session, len(raw))
+                if forward is _UNCHANGED:
+                    forward = raw
+                return Outcome(forward, reply, [verdict])
+            reply, verdict = self._refuse(item, direction, session, len(raw))
+            return Outcome(None, reply, [verdict])
+        return self._inspect_batch(frame, raw, direction, session)
+
+    def refuse_oversized(self, size: int, limit: int, direction: str, session: Session) -> bytes | None:
+        """Record and answer a frame that a transport cut off for exceeding the size limit."""
+        item = Invalid(errors.MESSAGE_TOO_LARGE, f"message of at least {size} bytes exceeds the {limit}-byte limit")
+        reply, _ = self._refuse(item, direction, session, size)
+        return reply
+
+    def _inspect_batch(self, frame: Frame, raw: bytes, direction: str, session: Session) -> Outcome:
+        forwards: list[Any] = []
+        replies: list[Any] = []
+        verdicts: list[Verdict] = []
+        unchanged = True
+        for item in frame.items:
+            if isinstance(item, Message):
+                forward, reply, verdict = self._judge(item, direction, session, 0)
+                if forward is _UNCHANGED:
+                    forwards.append(item.body)
+                else:
+                    unchanged = False
+                    if forward is not None:
+                        forwards.append(orjson.loads(forward))
+            else:
+                unchanged = False
+                reply, verdict = self._refuse(item, direction, session, 0)
+            if reply is not None:
+                replies.append(orjson.loads(reply))
+            verdicts.append(verdict)
+        forward_bytes = raw if unchanged else (encode(forwards) if forwards else None)
+        return Outcome(forward_bytes, encode(replies) if replies else None, verdicts)
+
+    # -- one message -----------------------------------------------------------------
+
+    def _refuse(self, item: Invalid, direction: str, session: Session, size: int) -> tuple[bytes | None, Verdict]:
+        """A message that is not valid JSON-RPC: never forwarded, answered when it could be a request."""
+        decision = deny_decision("invalid_message", item.reason)
+        decision_id = new_decision_id()
+        body = item.body if isinstance(item.body, dict) else None
+        method = body.get("method") if body and isinstance(body.get("method"), str) else None
+        self._record(
+            session, direction, decision, decision_id,
+            kind=None, method=method, tool=None, msg_id=item.id, arguments=None,
+            digest_of=None, size=size, eval_ms=0.0, error_code=item.code, error=item.reason,
+        )
+        reply = None
+        # Answer whoever sent it, unless it was itself a response (answering those loops).
+        if body is None or "result" not in body and "error" not in body:
+            reply = encode(error_response(item.id, item.code, item.reason, {"decision_id": decision_id, "firewall": "mcpfw"}))
+        return reply, Verdict(decision, decision_id, None, method, item.code)
+
+    def _judge(self, msg: Message, direction: str, session: Session, size: int) -> tuple[Any, bytes | None, Verdict]:
+        body = msg.body
+        kind = msg.kind
+        pending: PendingRequest | None = None
+        if kind is Kind.REQUEST or kind is Kind.NOTIFICATION:
+            method = body["method"]
+            session.observe_request(direction, msg)
+            params = body.get("params")
+            tool = _tool_of(method, params)
+        else:
+            pending = session.pop_pending(_OTHER[direction], body["id"])
+            method = pending.method if pending else None
+            params = None
+            tool = pending.tool if pending else None
+            session.observe_response(pending, msg)
+
+        decision_id = new_decision_id()
+        ctx = MessageContext(msg, direction, session, method, params, tool, pending)
+        started = time.perf_counter()
+        if not self._audit.accepting:
+            decision = deny_decision("audit_unavailable", "the audit log cannot record decisions; failing closed")
+            error_code = errors.AUDIT_UNAVAILABLE
+        else:
+            decision = self._decide(ctx)
+            error_code = errors.POLICY_ERROR if decision.error else errors.POLICY_DENIED
+        eval_ms = (time.perf_counter() - started) * 1000.0
+
+        forward: Any = _UNCHANGED
+        forwarded: dict[str, Any] | None = body
+        reply: bytes | None = None
+        action = decision.action
+        if action == "redact":
+            try:
+                forwarded, _problems = apply_redactions(body, decision.redact)
+                forward = encode(forwarded)
+            except Exception as exc:  # an unusable redaction must not leak the original
+                decision = deny_decision("policy_error", f"redaction failed: {exc}", error=str(exc))
+                error_code = errors.POLICY_ERROR
+                action = "deny"
+        if action == "deny":
+            forwarded = None
+            forward, reply = self._denial(msg, decision, decision_id, error_code)
+        else:
+            error_code = None
+            if kind is Kind.REQUEST:
+                session.add_pending(direction, body["id"], PendingRequest(method, params, tool, time.monotonic()))
+
+        for enricher in self._enrichers:
+            enricher.after(ctx, decision, forwarded)
+        arguments = tool.get("arguments") if tool else params
+        self._record(
+            session, direction, decision, decision_id,
+            kind=kind.value, method=method, tool=(tool or {}).get("name"), msg_id=body.get("id"),
+            arguments=arguments if kind in (Kind.REQUEST, Kind.NOTIFICATION) else None,
+            digest_of=body.get("result", body.get("error")) if kind in (Kind.RESPONSE, Kind.ERROR_RESPONSE) else arguments,
+            size=size, eval_ms=eval_ms, error_code=error_code, error=decision.error,
+            findings=ctx.findings or None, identity=ctx.identity,
+        )
+        return forward, reply, Verdict(decision, decision_id, kind.value, method, error_code)
+
+    def _denial(self, msg: Message, decision: Decision, decision_id: str, code: int) -> tuple[bytes | None, bytes | None]:
+        """What replaces a denied message: (forward, reply)."""
+        reasons = decision.reasons
+        text = "; ".join(r["message"] for r in reasons) or "denied by policy"
+        data = {"decision_id": decision_id, "reasons": reasons, "firewall": "mcpfw"}
+        kind = msg.kind
+        msg_id = msg.body.get("id")
+        if kind is Kind.REQUEST:
+            return None, encode(error_response(msg_id, code, f"mcpfw: {text}", data))
+        if kind is Kind.NOTIFICATION:
+            return None, None
+        # A denied response: the requester still gets an answer for its id, as an error.
+        return encode(error_response(msg_id, code, f"mcpfw: {text}", data)), None
+
+    def _decide(self, ctx: MessageContext) -> Decision:
+        try:
+            for enricher in self._enrichers:
+                enricher.enrich(ctx)
+            policy_input = build_input(ctx)
+            input_json = orjson.dumps(policy_input).decode("utf-8")
+        except Exception as exc:
+            return deny_decision("policy_error", f"cannot build the policy input: {exc}", error=str(exc))
+        try:
+            raw = self._thread_engine().evaluate(input_json)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except _PASSTHROUGH as exc:
+            return deny_decision("policy_error", "policy evaluation failed; failing closed", error=f"{type(exc).__name__}: {exc}")
+        return normalize_decision(raw)
+
+    def _record(
+        self, session: Session, direction: str, decision: Decision, decision_id: str, *,
+        kind: str | None, method: str | None, tool: str | None, msg_id: Any, arguments: Any,
+        digest_of: Any, size: int, eval_ms: float, error_code: int | None, error: str | None,
+        findings: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
+    ) -> None:
+        identity = identity or {}
+        self._audit.record(
+            {
+                "ts": time.time(),
+                "decision_id": decision_id,
+                "direction": direction,
+                "kind": kind,
+                "method": method,
+                "tool": tool,
+                "server": session.server.name,
+                "session_id": session.id,
+                "transport": session.transport,
+                "protocol_era": session.era,
+                "protocol_version": session.protocol_version,
+                "client_name": session.client_name,
+                "message_id": None if msg_id is None else orjson.dumps(msg_id).decode(),
+                "arguments": arguments,
+                "digest_of": digest_of,
+                "decision": decision.action,
+                "reasons": decision.reasons,
+                "reason_codes": [r["code"] for r in decision.reasons],
+                "error_code": error_code,
+                "engine": self._engine.name,
+                "bundle_digest": self._bundle_digest,
+                "eval_ms": eval_ms,
+                "bytes": size,
+                "findings": findings,
+                "tags": decision.tags,
+                "error": error,
+                "tenant": identity.get("tenant"),
+                "subject": identity.get("subject"),
+                "key_id": identity.get("key_id"),
+                "auth_method": identity.get("auth_method"),
+            }
+        )
+
+
+_UNCHANGED: Any = object()
+
+
+def _tool_of(method: str, params: Any) -> dict[str, Any] | None:
+    if method != "tools/call" or not isinstance(params, dict):
+        return None
+    name = params.get("name")
+    arguments = params.get("arguments")
+    return {"name": name if isinstance(name, str) else None, "arguments": arguments if arguments is not None else {}}
+
+
+def build_input(ctx: MessageContext) -> dict[str, Any]:
+    """The policy input document (schema: firewall/schemas/policy-input.v1.json)."""
+    msg, direction, session = ctx.message, ctx.direction, ctx.session
+    method, params, tool, pending = ctx.method, ctx.params, ctx.tool, ctx.pending
+    body = msg.body
+    kind = msg.kind
+    if tool is not None:
+        resources = extract_resources(
+            tool["arguments"], base_pointer="/params/arguments", cwd=session.cwd,
+            resolve_symlinks=session.resolve_symlinks,
+        )
+    elif isinstance(params, dict) and kind is not Kind.RESPONSE:
+        resources = extract_resources(
+            params, base_pointer="/params", cwd=session.cwd, resolve_symlinks=session.resolve_symlinks
+        )
+    else:
+        resources = {"paths": [], "urls": []}
+    server = session.server
+    doc: dict[str, Any] = {
+        "version": 1,
+        "direction": direction,
+        "kind": kind.value,
+        "method": method,
+        "params": params,
+        "tool": tool,
+        "result": body.get("result") if kind is Kind.RESPONSE else None,
+        "error": body.get("error") if kind is Kind.ERROR_RESPONSE else None,
+        "request": {"method": pending.method, "params": pending.params} if pending is not None else None,
+        "resources": resources,
+        "protocol": {"era": session.era, "version": session.protocol_version},
+        "transport": session.transport,
+        "server": {
+            "name": server.name,
+            "command": server.command,
+            "url": server.url,
+            "info": session.server_info,
+            "capabilities": session.server_capabilities,
+            "roots": server.roots,
+        },
+        "client": {"info": session.client_info, "capabilities": session.client_capabilities},
+        "session": {"id": session.id},
+        "findings": ctx.findings,
+        "identity": ctx.identity,
+        "rate": ctx.rate,
+        "registry": ctx.registry,
+    }
+    if "id" in body:
+        doc["id"] = body["id"]
+    return doc

@@ -1,0 +1,44 @@
+"""Assemble a working firewall (policy engine, audit log, inspector) from the configuration."""
+
+from __future__ import annotations
+
+import atexit
+from dataclasses import dataclass
+
+from .audit.log import AuditLog
+from .config import Config
+from .pipeline import Inspector
+from .policy.bundle import Bundle, load_bundle
+from .policy.engine import PolicyEngine, create_engine
+
+
+@dataclass
+class Firewall:
+    """The long-lived parts one serving process shares across its sessions."""
+
+    config: Config
+    bundle: Bundle
+    engine: PolicyEngine
+    audit: AuditLog
+    inspector: Inspector
+
+    def close(self) -> None:
+        """Flush every pending audit record; safe to call more than once."""
+        self.audit.close()
+
+
+def build_firewall(config: Config) -> Firewall:
+    """Load and compile the policy once, open the audit log, and wire the inspector."""
+    bundle = load_bundle(config.policy.bundle)
+    engine = create_engine(config.policy.engine, bundle, config.policy.data or None)
+    audit_cfg = config.audit
+    audit = AuditLog(
+        audit_cfg.path,
+        flush_interval=audit_cfg.flush_interval_ms / 1000.0,
+        batch_size=audit_cfg.batch_size,
+        on_failure=audit_cfg.on_failure,
+        spill_path=audit_cfg.spill_path,
+    )
+    atexit.register(audit.close)
+    inspector = Inspector(engine, audit, bundle_digest=bundle.digest, limits=config.limits)
+    return Firewall(config, bundle, engine, audit, inspector)

@@ -1,0 +1,162 @@
+"""What the firewall learns about one client-server conversation as messages pass."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .jsonrpc import Kind, Message
+
+SESSIONS_ERA = "2025-11-25"
+STATELESS_ERA = "2026-07-28"
+_META_VERSION = "io.modelcontextprotocol/protocolVersion"
+_META_CLIENT = "io.modelcontextprotocol/clientInfo"
+_META_CAPS = "io.modelcontextprotocol/clientCapabilities"
+_META_SERVER = "io.modelcontextprotocol/serverInfo"
+_MAX_PENDING = 10_000
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    """A forwarded request awaiting its response; responses are judged in its light."""
+
+    method: str
+    params: Any
+    tool: dict[str, Any] | None
+    sent_at: float
+
+
+@dataclass(slots=True)
+class ServerIdentity:
+    """Which upstream server this session talks to."""
+
+    name: str
+    command: list[str] | None = None
+    url: str | None = None
+    roots: list[str] = field(default_factory=list)
+
+
+def era_of(version: str | None) -> str:
+    if not version:
+        return "unknown"
+    return STATELESS_ERA if version >= STATELESS_ERA else SESSIONS_ERA
+
+
+class Session:
+    """State of one conversation: protocol era, peers' info, requests in flight.
+
+    Both relay directions update it, so mutations take a lock; reads of single
+    attributes are atomic in CPython and need none.
+    """
+
+    def __init__(
+        self,
+        server: ServerIdentity,
+        *,
+        transport: str,
+        cwd: str,
+        resolve_symlinks: bool,
+        session_id: str | None = None,
+    ) -> None:
+        self.id = session_id or uuid.uuid4().hex
+        self.server = server
+        self.transport = transport
+        self.cwd = cwd
+        self.resolve_symlinks = resolve_symlinks
+        self.protocol_version: str | None = None
+        self.era = "unknown"
+        self.client_info: dict[str, Any] | None = None
+        self.client_capabilities: dict[str, Any] | None = None
+        self.server_info: dict[str, Any] | None = None
+        self.server_capabilities: dict[str, Any] | None = None
+        self._pending: dict[str, OrderedDict[Any, PendingRequest]] = {
+            "client_to_server": OrderedDict(),
+            "server_to_client": OrderedDict(),
+        }
+        self._lock = threading.Lock()
+
+    @property
+    def client_name(self) -> str | None:
+        info = self.client_info
+        return info.get("name") if isinstance(info, dict) else None
+
+    def observe_request(self, direction: str, msg: Message) -> None:
+        """Learn from a request or notification before it is judged."""
+        if direction != "client_to_server":
+            return
+        params = msg.body.get("params")
+        if not isinstance(params, dict):
+            return
+        method = msg.method
+        if method == "initialize":
+            self._set_version(params.get("protocolVersion"), SESSIONS_ERA)
+            self._take(params, "clientInfo", "client_info")
+            self._take(params, "capabilities", "client_capabilities")
+            return
+        meta = params.get("_meta")
+        if isinstance(meta, dict) and _META_VERSION in meta:
+            self._set_version(meta.get(_META_VERSION), None)
+            if isinstance(meta.get(_META_CLIENT), dict):
+                self.client_info = meta[_META_CLIENT]
+            if isinstance(meta.get(_META_CAPS), dict):
+                self.client_capabilities = meta[_META_CAPS]
+        elif method == "server/discover" and self.era == "unknown":
+            self.era = STATELESS_ERA
+
+    def observe_response(self, pending: PendingRequest | None, msg: Message) -> None:
+        """Learn the server's identity from the answers to initialize and server/discover."""
+        if pending is None or msg.kind is not Kind.RESPONSE:
+            return
+        result = msg.body.get("result")
+        if not isinstance(result, dict):
+            return
+        if pending.method == "initialize":
+            self._set_version(result.get("protocolVersion"), SESSIONS_ERA)
+            self._take(result, "serverInfo", "server_info")
+            self._take(result, "capabilities", "server_capabilities")
+        elif pending.method == "server/discover":
+            versions = result.get("supportedVersions")
+            if isinstance(result.get("protocolVersion"), str):
+                self._set_version(result["protocolVersion"], STATELESS_ERA)
+            elif isinstance(versions, list) and versions and all(isinstance(v, str) for v in versions):
+                self._set_version(max(versions), STATELESS_ERA)
+            self._take(result, "serverInfo", "server_info")
+            self._take(result, "capabilities", "server_capabilities")
+        meta = result.get("_meta")
+        if isinstance(meta, dict) and isinstance(meta.get(_META_SERVER), dict):
+            self.server_info = meta[_META_SERVER]
+
+    def _set_version(self, version: Any, era: str | None) -> None:
+        if isinstance(version, str) and version:
+            self.protocol_version = version
+            self.era = era if era == SESSIONS_ERA and version < STATELESS_ERA else era_of(version)
+
+    def _take(self, source: dict[str, Any], key: str, attr: str) -> None:
+        value = source.get(key)
+        if isinstance(value, dict):
+            setattr(self, attr, value)
+
+    def add_pending(self, direction: str, msg_id: Any, pending: PendingRequest) -> None:
+        """Remember a request forwarded in ``direction`` until its response comes back."""
+        table = self._pending[direction]
+        with self._lock:
+            table[(type(msg_id).__name__, msg_id)] = pending
+            if len(table) > _MAX_PENDING:
+                table.popitem(last=False)
+
+    def pop_pending(self, request_direction: str, msg_id: Any) -> PendingRequest | None:
+        """The request a response answers, removed from the table (None if unknown)."""
+        with self._lock:
+            return self._pending[request_direction].pop((type(msg_id).__name__, msg_id), None)
+
+    def forget_pending(self, request_direction: str, msg_id: Any) -> None:
+        with self._lock:
+            self._pending[request_direction].pop((type(msg_id).__name__, msg_id), None)
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,40 @@
+// A scripted client built on the official TypeScript MCP SDK, used by the tests to drive a
+// server through the firewall. Usage: node ts_client.mjs PLAN_JSON -- COMMAND [ARGS...]
+// PLAN_JSON: {"calls": [{"tool": name, "arguments": {...}}], "capabilities": {...}}
+// Prints one JSON document: {"tools": [...], "results": [...], "server": {...}}.
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { CreateMessageRequestSchema, ElicitRequestSchema } from "@modelcontextprotocol/sdk/types.js";
+
+const sep = process.argv.indexOf("--");
+const plan = JSON.parse(process.argv[2]);
+const [command, ...args] = process.argv.slice(sep + 1);
+
+const client = new Client(
+  { name: "mcpfw-ts-test-client", version: "1.0.0" },
+  { capabilities: { sampling: {}, elicitation: {} } },
+);
+const seen = { sampling: [], elicitation: [] };
+client.setRequestHandler(CreateMessageRequestSchema, async (request) => {
+  seen.sampling.push(request.params);
+  return { model: "test-model", role: "assistant", content: { type: "text", text: "sampled by the TS client" } };
+});
+client.setRequestHandler(ElicitRequestSchema, async (request) => {
+  seen.elicitation.push(request.params.message);
+  return { action: "accept", content: { name: "Ada Lovelace", check: true } };
+});
+
+const transport = new StdioClientTransport({ command, args, stderr: "inherit" });
+await client.connect(transport);
+const out = { server: client.getServerVersion(), protocol: transport.protocolVersion ?? null, tools: [], results: [], seen };
+out.tools = (await client.listTools()).tools.map((t) => t.name);
+for (const call of plan.calls ?? []) {
+  try {
+    const result = await client.callTool({ name: call.tool, arguments: call.arguments ?? {} });
+    out.results.push({ ok: !result.isError, result });
+  } catch (err) {
+    out.results.push({ ok: false, error: { code: err.code ?? null, message: String(err.message ?? err), data: err.data ?? null } });
+  }
+}
+await client.close();
+process.stdout.write(JSON.stringify(out) + "\n");
