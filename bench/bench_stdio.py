@@ -86,10 +86,12 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--engine", default="regorus")
+    parser.add_argument("--policy", default=None, help="bundle directory (default: the built-in bundle)")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         audit = Path(tmp) / "audit.duckdb"
-        shim = [sys.executable, "-m", "firewall.cli", "stdio", "--engine", opts.engine, "--audit", str(audit), "--", *SERVER]
+        policy = ["--policy", opts.policy] if opts.policy else []
+        shim = [sys.executable, "-m", "firewall.cli", "stdio", "--engine", opts.engine, *policy, "--audit", str(audit), "--", *SERVER]
         # Interleave so that machine noise hits both paths alike.
         direct_s, fw_s, direct_wall, fw_wall, fw_cpu = [], [], 0.0, 0.0, 0.0
         for _ in range(2):

@@ -1,0 +1,265 @@
+"""The shim's own behaviour: transparency, bad input, lifecycle, fail-closed."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from firewall import errors
+
+from support import RECORDER, everything_server, shim_command
+
+
+class RawClient:
+    """Writes raw lines to a shim and reads its raw output lines, with timeouts."""
+
+    def __init__(self, command: list[str], **kw) -> None:
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, **kw)
+        self._buf = b""
+
+    def send(self, raw: bytes) -> None:
+        self.proc.stdin.write(raw if raw.endswith(b"\n") else raw + b"\n")
+
+    def recv(self, timeout: float = 10.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                raise TimeoutError(f"no line from the shim; stderr: {self.proc.stderr.read1(4096) if self.proc.poll() is not None else ''}")
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                raise EOFError("shim closed stdout")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line
+
+    def recv_json(self, timeout: float = 10.0):
+        return json.loads(self.recv(timeout))
+
+    def recv_reply(self, msg_id, timeout: float = 10.0):
+        """The next message answering ``msg_id``, skipping the server's notifications."""
+        while True:
+            msg = self.recv_json(timeout)
+            if isinstance(msg, dict) and "method" not in msg and msg.get("id") == msg_id:
+                return msg
+
+    def close(self, timeout: float = 15.0) -> int:
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        return self.proc.wait(timeout=timeout)
+
+
+def rows(db: Path, where: str = "true") -> list[dict]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        cur = con.execute(f"SELECT * FROM decisions WHERE {where} ORDER BY ts, decision_id")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+@pytest.fixture
+def recorder(tmp_path, audit_db):
+    log = tmp_path / "received.log"
+    client = RawClient(shim_command(audit_db, server=[sys.executable, str(RECORDER), str(log)]))
+    yield client, log
+    client.close()
+
+
+def test_allowed_messages_pass_byte_for_byte(recorder):
+    client, log = recorder
+    lines = [
+        b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}',
+        b'{"jsonrpc": "2.0", "method": "notifications/initialized"}',
+        b'{ "id" : "abc-\\u00e9", "jsonrpc":"2.0","method":"tools/call","params":{"name":"echo","arguments":{"x":1.50,"y":"\\ud83d\\ude00"},"_meta":{"progressToken":9,"vendor/extra":{"k":[1,2]}}},"x-unknown":true}',
+        b'{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"abc-\\u00e9","reason":"user"}}',
+        b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":9,"progress":1,"total":2}}',
+    ]
+    for line in lines:
+        client.send(line)
+    assert client.recv_json()["id"] == 1
+    assert client.recv_json()["id"] == "abc-\u00e9"
+    client.send(b'{"jsonrpc":"2.0","id":99,"method":"ping"}')
+    assert client.recv_json()["id"] == 99
+    received = log.read_bytes().splitlines()
+    assert received[: len(lines)] == lines
+
+
+def test_bad_input_gets_clear_errors_and_never_reaches_server(recorder, audit_db):
+    client, log = recorder
+    cases = [
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call"', errors.PARSE_ERROR, None),
+        (b"[1,2", errors.PARSE_ERROR, None),
+        (b"42", errors.INVALID_REQUEST, None),
+        (b'"just a string"', errors.INVALID_REQUEST, None),
+        (b'{"jsonrpc":"2.0","id":7,"method":"ping\xff\xfe"}', errors.PARSE_ERROR, None),
+        (b'{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"a","name":"b"}}', errors.INVALID_REQUEST, None),
+        (b'{"jsonrpc":"2.0","id":9,"method":"x","params":{"a":' + b"[" * 100 + b"]" * 100 + b"}}", errors.INVALID_REQUEST, None),
+        (b'{"jsonrpc":"2.0","id":true,"method":"ping"}', errors.INVALID_REQUEST, None),
+        (b'{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}', errors.INVALID_REQUEST, None),
+        (b'{"jsonrpc":"2.0","id":1.5,"method":"ping"}', errors.INVALID_REQUEST, None),
+        (b'{"jsonrpc":"2.0","id":"s1","method":12}', errors.INVALID_REQUEST, "s1"),
+        (b'{"jsonrpc":"2.0","id":3,"method":"x","params":{"n":1e999999}}', None, 3),  # inf: allowed? see below
+    ]
+    for raw, code, expect_id in cases[:-1]:
+        client.send(raw)
+        reply = client.recv_json()
+        assert reply["error"]["code"] == code, (raw, reply)
+        assert reply["id"] == expect_id
+        assert reply["error"]["data"]["decision_id"]
+    # Nothing of that reached the server; a valid request afterwards still works.
+    client.send(b'{"jsonrpc":"2.0","id":"after","method":"ping"}')
+    assert client.recv_json()["id"] == "after"
+    assert log.read_bytes().splitlines() == [b'{"jsonrpc":"2.0","id":"after","method":"ping"}']
+    client.close()
+    audited = rows(audit_db, "decision = 'deny'")
+    assert len(audited) == len(cases) - 1
+    assert all(r["error"] for r in audited)
+
+
+def test_oversized_lines_are_refused_and_the_stream_recovers(tmp_path, audit_db):
+    log = tmp_path / "received.log"
+    config = tmp_path / "fw.yaml"
+    config.write_text("limits:\n  max_message_bytes: 4096\n")
+    client = RawClient(shim_command(audit_db, "--config", str(config), server=[sys.executable, str(RECORDER), str(log)]))
+    try:
+        big = b'{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x","arguments":{"blob":"' + b"A" * 200_000 + b'"}},"id":77}'
+        client.send(big)
+        reply = client.recv_json()
+        assert reply["error"]["code"] == errors.MESSAGE_TOO_LARGE
+        assert reply["id"] == 77  # recovered from the tail where serialisers put it
+        client.send(b'{"jsonrpc":"2.0","id":2,"method":"ping"}')
+        assert client.recv_json()["id"] == 2
+    finally:
+        client.close()
+    assert b"AAAA" not in log.read_bytes()
+    assert rows(audit_db, f"error_code = {errors.MESSAGE_TOO_LARGE}")
+
+
+def test_batches_are_judged_per_element(recorder):
+    client, log = recorder
+    client.send(b'[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"run_command","arguments":{"command":"ls; rm -rf /"}}},7]')
+    replies = {}
+    for _ in range(2):
+        msg = client.recv_json()
+        for item in msg if isinstance(msg, list) else [msg]:
+            replies[item["id"]] = item
+    assert "result" in replies[1]
+    assert replies[2]["error"]["code"] == errors.POLICY_DENIED
+    assert replies[None]["error"]["code"] == errors.INVALID_REQUEST
+    forwarded = json.loads(log.read_bytes().splitlines()[0])
+    assert forwarded == [{"jsonrpc": "2.0", "id": 1, "method": "ping"}]
+
+
+def test_engine_errors_fail_closed(tmp_path, audit_db):
+    bundle = tmp_path / "broken"
+    bundle.mkdir()
+    # regorus's PyPI build has no crypto.* builtins: evaluating this must deny, not allow.
+    (bundle / "p.rego").write_text('package mcpfw\n\ndecision := {"allow": crypto.sha256("x") != ""}\n')
+    log = tmp_path / "received.log"
+    client = RawClient(shim_command(audit_db, "--policy", str(bundle), server=[sys.executable, str(RECORDER), str(log)]))
+    try:
+        client.send(b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
+        reply = client.recv_json()
+        assert reply["error"]["code"] == errors.POLICY_ERROR
+    finally:
+        client.close()
+    assert not log.exists() or log.read_bytes() == b""
+    (row,) = rows(audit_db)
+    assert row["decision"] == "deny" and row["reason_codes"] == ["policy_error"] and row["error"]
+
+
+def test_undefined_decision_fails_closed(tmp_path, audit_db):
+    bundle = tmp_path / "undefined"
+    bundle.mkdir()
+    (bundle / "p.rego").write_text('package mcpfw\n\ndecision := {"allow": true} if input.method == "never"\n')
+    client = RawClient(shim_command(audit_db, "--policy", str(bundle), server=everything_server()))
+    try:
+        client.send(b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
+        assert client.recv_reply(1)["error"]["code"] == errors.POLICY_ERROR
+    finally:
+        client.close()
+
+
+def test_denied_response_reaches_client_as_error(tmp_path, audit_db):
+    bundle = tmp_path / "deny-results"
+    bundle.mkdir()
+    (bundle / "p.rego").write_text(
+        "package mcpfw\n\n"
+        'default decision := {"allow": true}\n\n'
+        'decision := {"allow": false, "reasons": [{"code": "no_echo_results", "message": "echo results are forbidden"}]} if {\n'
+        '\tinput.kind == "response"\n\tinput.tool.name == "echo"\n}\n'
+    )
+    client = RawClient(shim_command(audit_db, "--policy", str(bundle), server=everything_server()))
+    try:
+        client.send(b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}')
+        assert "result" in client.recv_reply(1)
+        client.send(b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        client.send(b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}')
+        reply = client.recv_reply(2)
+        assert reply["id"] == 2 and reply["error"]["code"] == errors.POLICY_DENIED
+        assert reply["error"]["data"]["reasons"] == [{"code": "no_echo_results", "message": "echo results are forbidden"}]
+    finally:
+        client.close()
+
+
+def test_redacted_result_reaches_client(tmp_path, audit_db):
+    bundle = tmp_path / "redact"
+    bundle.mkdir()
+    (bundle / "p.rego").write_text(
+        "package mcpfw\n\n"
+        'default decision := {"allow": true}\n\n'
+        'decision := {"allow": true, "redact": [{"pointer": "/result/content/0/text", "pattern": "s[e]cret-[0-9]+", "replacement": "[HIDDEN]"}]} if {\n'
+        '\tinput.kind == "response"\n\tinput.tool.name == "echo"\n}\n'
+    )
+    client = RawClient(shim_command(audit_db, "--policy", str(bundle), server=everything_server()))
+    try:
+        client.send(b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}')
+        client.recv_reply(1)
+        client.send(b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"the code is secret-1234 ok"}}}')
+        reply = client.recv_reply(2)
+        assert reply["result"]["content"][0]["text"] == "Echo: the code is [HIDDEN] ok"
+    finally:
+        client.close()
+    (row,) = rows(audit_db, "kind = 'response' AND tool = 'echo'")
+    assert row["decision"] == "redact"
+
+
+def test_exit_status_and_stderr_pass_through(audit_db):
+    script = "import sys; sys.stderr.write('server says bye\\n'); sys.exit(3)"
+    proc = subprocess.run(shim_command(audit_db, server=[sys.executable, "-c", script]), input=b"", capture_output=True, timeout=30)
+    assert proc.returncode == 3
+    assert b"server says bye" in proc.stderr
+
+
+def test_client_eof_shuts_server_down(audit_db):
+    client = RawClient(shim_command(audit_db, server=everything_server()))
+    client.send(b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}')
+    client.recv_reply(1)
+    assert client.close(timeout=15) == 0
+    assert len(rows(audit_db)) == 2  # flushed on exit
+
+
+def test_sigterm_stops_server_and_flushes_audit(audit_db):
+    client = RawClient(shim_command(audit_db, server=everything_server()))
+    client.send(b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}')
+    client.recv_reply(1)
+    client.send(b'{"jsonrpc":"2.0","id":2,"method":"ping"}')
+    client.recv_reply(2)
+    client.proc.send_signal(signal.SIGTERM)
+    status = client.proc.wait(timeout=15)
+    assert status in (0, 128 + signal.SIGTERM, -signal.SIGTERM)
+    assert len(rows(audit_db)) == 4
+
+
+def test_missing_server_command_is_reported(audit_db):
+    proc = subprocess.run(shim_command(audit_db, server=["/nonexistent/mcp-server"]), input=b"", capture_output=True, timeout=30)
+    assert proc.returncode == 127
+    assert b"cannot start" in proc.stderr
