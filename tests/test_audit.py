@@ -7,8 +7,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -34,7 +32,7 @@ from firewall.audit import (
     redact_text,
     run_sql,
 )
-from firewall.audit.rows import to_spill_line, to_stored_row
+from firewall.audit.rows import MAX_STORED_CHARS, to_spill_line, to_stored_row
 
 PYTHON = sys.executable
 REPO = Path(__file__).resolve().parents[1]
@@ -74,39 +72,67 @@ def fetch(db: Path, sql: str, params: list[object] | None = None) -> list[tuple]
         con.close()
 
 
-@contextmanager
-def holder(db: Path, *, read_only: bool = False) -> Iterator[subprocess.Popen[str]]:
-    """Another process holding the database open until the block ends."""
-    code = textwrap.dedent(
+class Locker:
+    """Another process that opens a database file on request and holds it open
+    (one process for the whole module: starting Python + DuckDB is slow)."""
+
+    CODE = textwrap.dedent(
         """
         import sys, duckdb
-        con = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == "ro")
-        print("ready", flush=True)
-        sys.stdin.read()
-        con.close()
+        con = None
+        for line in sys.stdin:
+            command, _, arg = line.rstrip("\\n").partition(" ")
+            if command == "hold":
+                mode, path = arg.split(" ", 1)
+                con = duckdb.connect(path, read_only=mode == "ro")
+            elif con is not None:
+                con.close()
+                con = None
+            print("ok", flush=True)
         """
     )
-    proc = subprocess.Popen(
-        [PYTHON, "-c", code, str(db), "ro" if read_only else "rw"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        yield proc
-    finally:
-        release(proc)
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen([PYTHON, "-c", self.CODE], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+        self._lock = threading.Lock()
+        self._holding = False
+
+    def _send(self, line: str) -> None:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(line + "\n")
+        self._proc.stdin.flush()
+        assert self._proc.stdout.readline().strip() == "ok"
+
+    @contextmanager
+    def holding(self, db: Path, *, read_only: bool = False) -> Iterator[Locker]:
+        """Hold ``db`` open until the block ends or :meth:`release` is called."""
+        with self._lock:
+            self._send(f"hold {'ro' if read_only else 'rw'} {db}")
+            self._holding = True
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Close the database in the other process; safe twice and from a timer."""
+        with self._lock:
+            if self._holding:
+                self._send("release")
+                self._holding = False
+
+    def stop(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        self._proc.wait(timeout=10)
 
 
-_release_lock = threading.Lock()
-
-
-def release(proc: subprocess.Popen[str]) -> None:
-    """Let a holder exit (closing its stdin); safe to call twice and from a timer."""
-    with _release_lock:
-        assert proc.stdin is not None
-        if not proc.stdin.closed:
-            proc.stdin.close()
-    proc.wait(timeout=10)
+@pytest.fixture(scope="module")
+def locker() -> Iterator[Locker]:
+    helper = Locker()
+    yield helper
+    helper.stop()
 
 
 @pytest.fixture
@@ -123,7 +149,7 @@ def test_rows_round_trip_with_duckdb_types(db: Path) -> None:
     with AuditLog(db) as audit:
         audit.record(
             make_row(
-                1, ts=ts, message_id="req-1", arguments=raw_args, decision="deny",
+                1, ts=ts, message_id='"req-1"', arguments=raw_args, decision="deny",
                 reasons=[{"code": "blocked_path", "message": "path outside roots"}],
                 error_code=-32051, engine="regorus", bundle_digest="sha256:abc",
                 findings={"paths": {"count": 1}}, tags=["pii", "prod"], error=None,
@@ -133,15 +159,19 @@ def test_rows_round_trip_with_duckdb_types(db: Path) -> None:
         )
         audit.record(make_row(2, ts=dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC), message_id=7, arguments=None))
         audit.record(make_row(3, ts=dt.datetime(2026, 1, 1, 12, 0), reasons=["plain reason"]))
+        # A response: no arguments stored, the digest covers its result.
+        audit.record(make_row(4, kind="response", arguments=None, digest_of={"content": [{"text": "hi"}]}))
         assert audit.flush() is True
 
-    types = dict(fetch(db, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'decisions'"))
+    types = dict(fetch(db, "SELECT column_name, data_type FROM information_schema.columns "
+                           "WHERE table_name = 'decisions'"))
     assert list(types) == [c.name for c in COLUMNS]
     assert types["ts"] == "TIMESTAMP WITH TIME ZONE"
     assert types["arguments"] == "JSON" and types["reason_codes"] == "VARCHAR[]" and types["error_code"] == "INTEGER"
 
-    (first,) = fetch(db, "SELECT epoch_us(ts), message_id, arguments, reasons, reason_codes, error_code, eval_ms, "
-                         "bytes, findings, tags, args_digest, tenant, decision FROM decisions WHERE decision_id = 'd-000001'")
+    (first,) = fetch(db, "SELECT epoch_us(ts), message_id, arguments, reasons, reason_codes, error_code, "
+                         "eval_ms, bytes, findings, tags, args_digest, tenant, decision "
+                         "FROM decisions WHERE decision_id = 'd-000001'")
     assert first[0] == round(ts * 1e6)
     assert first[1] == '"req-1"'
     assert json.loads(first[2]) == {"path": "/etc/hosts", "token": "[REDACTED]", "n": [1, 2.5, None, True]}
@@ -153,11 +183,13 @@ def test_rows_round_trip_with_duckdb_types(db: Path) -> None:
     assert first[10] == args_digest(raw_args)  # digest of the unredacted value
     assert first[11:] == ("acme", "deny")
 
-    rows = dict(fetch(db, "SELECT decision_id, (ts, message_id, arguments, args_digest, reason_codes) FROM decisions"))
+    rows = dict(fetch(db, "SELECT decision_id, (ts, message_id, arguments, args_digest, reason_codes) "
+                          "FROM decisions"))
     noon = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
-    assert rows["d-000002"] == (noon, "7", None, None, [])
+    assert rows["d-000002"] == (noon, "7", None, None, [])  # a numeric id becomes its JSON text
     assert rows["d-000003"][0] == noon  # naive datetimes are UTC
     assert rows["d-000003"][4] == ["policy"]
+    assert rows["d-000004"][2:4] == (None, args_digest({"content": [{"text": "hi"}]}))
 
 
 def test_missing_ts_and_id_are_filled_and_ids_sort_by_time(db: Path) -> None:
@@ -182,7 +214,7 @@ def test_schema_is_idempotent_and_upgrades_older_files(db: Path) -> None:
             audit.record(make_row(i, tenant="t"))
     assert fetch(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
     assert fetch(db, "SELECT count(*), count(tenant) FROM decisions") == [(3, 2)]
-    names = {v.name for v in list_views()}
+    names = set(list_views())
     assert names == {"decisions_per_tool", "denials_by_reason", "recent_denials", "usage_per_server"}
     comments = dict(fetch(db, "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal"))
     assert set(comments) == names and all(comments.values())
@@ -206,7 +238,8 @@ def test_views_return_sensible_aggregates(db: Path) -> None:
     assert per_tool["read_file"][7] == pytest.approx(5.5) and per_tool["read_file"][8] == pytest.approx(9.55)
     assert per_tool["exec"][1:7] == ("shell", 1, 2, 0, 1, 1)
 
-    by_reason = {r[0]: r for r in fetch(db, "SELECT reason_code, denials, epoch(last_seen), example_tool, example_method FROM denials_by_reason")}
+    by_reason = {r[0]: r for r in fetch(db, "SELECT reason_code, denials, epoch(last_seen), example_tool, "
+                                            "example_method FROM denials_by_reason")}
     assert by_reason["blocked_path"][1:4] == (5, 1_100, "exec")
     assert by_reason["secret"][1:5] == (2, 1_102, "exec", "resources/read")
 
@@ -214,7 +247,8 @@ def test_views_return_sensible_aggregates(db: Path) -> None:
     assert [r[0] for r in recent] == ["d-000012", "d-000010", "d-000003", "d-000002", "d-000001", "d-000000"]
     assert recent[1][1:] == (["blocked_path", "secret"], "a; b")
 
-    usage = {r[0]: r for r in fetch(db, "SELECT server, messages, requests, tool_calls, tools, sessions, denied, bytes FROM usage_per_server")}
+    usage = {r[0]: r for r in fetch(db, "SELECT server, messages, requests, tool_calls, tools, sessions, "
+                                        "denied, bytes FROM usage_per_server")}
     assert usage["fs"][1:] == (11, 11, 10, 1, 2, 5, 11 * 120)
     assert usage["shell"][1:] == (2, 1, 1, 1, 1, 1, 240)
 
@@ -222,14 +256,14 @@ def test_views_return_sensible_aggregates(db: Path) -> None:
 # ---------------------------------------------------- locks, spill, health
 
 
-def test_lock_conflict_is_retried_until_the_holder_releases(db: Path) -> None:
+def test_lock_conflict_is_retried_until_the_holder_releases(db: Path, locker: Locker) -> None:
     with AuditLog(db) as audit:
         audit.record(make_row(0))
         assert audit.flush()
-    with AuditLog(db, lock_retry_seconds=5.0) as audit, holder(db, read_only=True) as proc:
+    with AuditLog(db, lock_retry_seconds=5.0) as audit, locker.holding(db, read_only=True):
         for i in range(1, 21):
             audit.record(make_row(i))
-        threading.Timer(0.25, release, [proc]).start()
+        threading.Timer(0.25, locker.release).start()
         started = time.monotonic()
         assert audit.flush() is True
         assert time.monotonic() - started >= 0.2
@@ -237,14 +271,15 @@ def test_lock_conflict_is_retried_until_the_holder_releases(db: Path) -> None:
     assert fetch(db, "SELECT count(DISTINCT decision_id), count(*) FROM decisions") == [(21, 21)]
 
 
-def test_lock_held_too_long_spills_then_ingests_back(db: Path) -> None:
+def test_lock_held_too_long_spills_then_ingests_back(db: Path, locker: Locker) -> None:
     with AuditLog(db) as audit:
         audit.record(make_row(0))
     audit = AuditLog(db, lock_retry_seconds=0.1)
     try:
-        with holder(db) as proc:
+        with locker.holding(db):
             for i in range(1, 11):
-                audit.record(make_row(i, arguments={"cmd": f"git push https://bot:{PASSWORD}@example.com", "api_key": OPENAI_KEY}))
+                command = f"git push https://bot:{PASSWORD}@example.com"
+                audit.record(make_row(i, arguments={"cmd": command, "api_key": OPENAI_KEY}))
             assert audit.flush() is False
             assert not audit.healthy and not audit.accepting and audit.pending == 0
             audit.record(make_row(11))  # spilled while still unhealthy
@@ -252,7 +287,7 @@ def test_lock_held_too_long_spills_then_ingests_back(db: Path) -> None:
             spilled = audit.spill_path.read_bytes()
             assert spilled.count(b"\n") == 11 and b"d-000011" in spilled
             assert PASSWORD.encode() not in spilled and OPENAI_KEY.encode() not in spilled
-            release(proc)
+            locker.release()
         assert audit.flush() is True, audit.last_error
         assert audit.healthy and audit.accepting and not audit.spill_path.exists()
         assert audit.stats.rows_ingested_from_spill == 11
@@ -343,7 +378,8 @@ def test_spill_ingest_skips_rows_already_stored_and_keeps_bad_lines(db: Path) ->
     with AuditLog(db) as audit:
         assert audit.flush() is True
         assert audit.stats.rows_ingested_from_spill == 2
-    assert fetch(db, "SELECT decision_id, count(*) FROM decisions GROUP BY ALL ORDER BY 1") == [("d-000000", 1), ("d-000001", 1)]
+    counts = fetch(db, "SELECT decision_id, count(*) FROM decisions GROUP BY ALL ORDER BY 1")
+    assert counts == [("d-000000", 1), ("d-000001", 1)]
     assert not spill.exists()
     assert spill.with_name(spill.name + ".bad").read_bytes() == b'{"decision_id": "d-0000\n'
 
@@ -368,8 +404,7 @@ def test_pending_rows_are_flushed_at_interpreter_exit(db: Path) -> None:
         audit = AuditLog({str(db)!r}, flush_interval=60, batch_size=10_000)
         for i in range(40):
             audit.record({{"decision_id": f"x{{i}}", "decision": "allow"}})
-        request = getattr(audit, "request_close")  # what a signal handler would call
-        request()
+        audit.request_close()  # what a signal handler would call; no close() follows
         audit.record({{"decision_id": "late", "decision": "allow"}})
         """
     )
@@ -378,7 +413,7 @@ def test_pending_rows_are_flushed_at_interpreter_exit(db: Path) -> None:
 
 
 def test_rows_from_two_threads_all_arrive(db: Path) -> None:
-    per_thread = 3_000
+    per_thread = 2_000
     with AuditLog(db, batch_size=200) as audit:
         def work(prefix: str) -> None:
             for i in range(per_thread):
@@ -390,7 +425,8 @@ def test_rows_from_two_threads_all_arrive(db: Path) -> None:
         for t in threads:
             t.join()
         assert audit.flush() is True
-    assert fetch(db, "SELECT count(*), count(DISTINCT decision_id) FROM decisions") == [(2 * per_thread, 2 * per_thread)]
+    total = 2 * per_thread
+    assert fetch(db, "SELECT count(*), count(DISTINCT decision_id) FROM decisions") == [(total, total)]
 
 
 def test_several_processes_share_one_database(db: Path) -> None:
@@ -407,13 +443,20 @@ def test_several_processes_share_one_database(db: Path) -> None:
             assert audit.flush() and audit.healthy
         """
     )
-    procs = [subprocess.Popen([PYTHON, "-c", script, str(db), f"p{n}"]) for n in range(3)]
+    procs = [subprocess.Popen([PYTHON, "-c", script, str(db), f"p{n}"]) for n in range(2)]
+    with AuditLog(db, flush_interval=0.01, lock_retry_seconds=10) as audit:  # and this process too
+        while any(p.poll() is None for p in procs):
+            audit.record({"decision_id": f"parent-{audit.stats.rows_converted}-{time.monotonic_ns()}"})
+            time.sleep(0.005)
+        assert audit.flush() and audit.healthy
+        parent_rows = audit.stats.rows_converted
     assert all(p.wait(timeout=60) == 0 for p in procs)
-    assert fetch(db, "SELECT count(*), count(DISTINCT decision_id) FROM decisions") == [(450, 450)]
+    expected = 300 + parent_rows
+    assert fetch(db, "SELECT count(*), count(DISTINCT decision_id) FROM decisions") == [(expected, expected)]
 
 
 def test_record_is_cheap(db: Path) -> None:
-    rows = [make_row(i) for i in range(5_000)]
+    rows = [make_row(i) for i in range(2_000)]
     with AuditLog(db, flush_interval=60, batch_size=10**9) as audit:
         started = time.perf_counter()
         for row in rows:
@@ -442,7 +485,7 @@ def test_secrets_never_reach_the_database_file(db: Path) -> None:
                 findings={"secrets": [{"rule": "github-token", "match": GITHUB_TOKEN}]},
                 error=f"upstream said {OPENAI_KEY}",
             ))
-    for path in db.parent.iterdir():
+    for path in (p for p in db.parent.rglob("*") if p.is_file()):
         data = path.read_bytes()
         for secret in (PASSWORD, OPENAI_KEY, GITHUB_TOKEN, aws_secret):
             assert secret.encode() not in data, (path.name, secret)
@@ -477,7 +520,8 @@ def test_secret_key_names(key: str, secret: bool) -> None:
         ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----", "private-key-pem", ""),
         ("key: -----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn", "private-key-pem", "key: "),
         ("id=AKIAIOSFODNN7EXAMPLE", "aws-access-key-id", "id="),
-        ("AWS_SECRET_ACCESS_KEY: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws-secret-access-key", "AWS_SECRET_ACCESS_KEY: "),
+        ("AWS_SECRET_ACCESS_KEY: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws-secret-access-key",
+         "AWS_SECRET_ACCESS_KEY: "),
         ("use " + GITHUB_TOKEN, "github-token", "use "),
         ("github_pat_11AAAAAAA0aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "github-fine-grained-token", ""),
         ("glpat-x9Yz8WvU7tS6rQ5pO4nM", "gitlab-token", ""),
@@ -513,6 +557,17 @@ def test_credential_patterns(text: str, rule: str, kept: str) -> None:
 )
 def test_benign_text_is_kept(text: str) -> None:
     assert redact_text(text) == text
+
+
+def test_long_strings_are_cut_after_redaction(db: Path) -> None:
+    content = "x" * (MAX_STORED_CHARS - 10) + " " + GITHUB_TOKEN + " " + "y" * 100_000  # token across the cut
+    with AuditLog(db) as audit:
+        audit.record(make_row(1, arguments={"path": "/big", "content": content}))
+    ((arguments, digest),) = fetch(db, "SELECT arguments, args_digest FROM decisions")
+    stored = json.loads(arguments)["content"]
+    assert stored.startswith("x" * 100) and stored.endswith(f"…[truncated, {len(content)} chars]")
+    assert len(stored) < MAX_STORED_CHARS + 40 and GITHUB_TOKEN[:12] not in stored
+    assert digest == args_digest({"path": "/big", "content": content})
 
 
 def test_redaction_copies_and_digest_is_canonical() -> None:
@@ -559,7 +614,8 @@ def filled_db(db: Path) -> Path:
 
 def test_query_table_format(filled_db: Path) -> None:
     out = io.StringIO()
-    code = run_sql(filled_db, "SELECT decision_id, decision, bytes, arguments, reason_codes FROM decisions ORDER BY 1", out=out)
+    sql = "SELECT decision_id, decision, bytes, arguments, reason_codes FROM decisions ORDER BY 1"
+    code = run_sql(filled_db, sql, out=out)
     lines = out.getvalue().splitlines()
     assert code == 0
     assert lines[0].split(" | ")[0].strip() == "decision_id" and set(lines[1]) <= {"-", "+"}
@@ -567,14 +623,16 @@ def test_query_table_format(filled_db: Path) -> None:
     assert bars == [i for i, ch in enumerate(lines[1]) if ch == "+"]  # columns align
     assert all(line[i] == "|" for line in lines[2:4] for i in bars)
     cells = lines[2].split(" | ")
-    assert [c.strip() for c in cells[:3]] == ["d-000001", "allow", "120"] and cells[2] == "  120"  # numbers right-aligned
+    assert [c.strip() for c in cells[:3]] == ["d-000001", "allow", "120"]
+    assert cells[2] == "  120"  # numbers are right-aligned
     assert cells[3].startswith('{"path":"/a"') and cells[3].endswith("…") and len(cells[3]) == 48
     assert lines[3].endswith('["blocked_path"]') and lines[-1] == "(2 rows)"
 
 
 def test_query_json_format(filled_db: Path) -> None:
     out = io.StringIO()
-    assert run_sql(filled_db, "SELECT ts, arguments, tags, reasons, error_code FROM decisions ORDER BY ts", "json", out) == 0
+    sql = "SELECT ts, arguments, tags, reasons, error_code FROM decisions ORDER BY ts"
+    assert run_sql(filled_db, sql, "json", out) == 0
     rows = json.loads(out.getvalue())
     assert dt.datetime.fromisoformat(rows[0]["ts"]) == dt.datetime(2023, 11, 14, 22, 13, 20, 500000, tzinfo=dt.UTC)
     assert rows[0]["arguments"] == {"path": "/a", "note": "x" * 100}
@@ -584,7 +642,8 @@ def test_query_json_format(filled_db: Path) -> None:
 
 def test_query_csv_format(filled_db: Path) -> None:
     out = io.StringIO()
-    assert run_sql(filled_db, "SELECT decision_id, reason_codes, error_code, reasons FROM decisions ORDER BY 1", "csv", out) == 0
+    sql = "SELECT decision_id, reason_codes, error_code, reasons FROM decisions ORDER BY 1"
+    assert run_sql(filled_db, sql, "csv", out) == 0
     rows = list(csv.reader(io.StringIO(out.getvalue())))
     assert rows[0] == ["decision_id", "reason_codes", "error_code", "reasons"]
     assert rows[1] == ["d-000001", "[]", "", "[]"]
@@ -605,12 +664,12 @@ def test_query_errors_are_clear(filled_db: Path, tmp_path: Path) -> None:
     assert fetch(filled_db, "SELECT count(*) FROM decisions") == [(2,)]
 
 
-def test_query_gives_up_on_a_held_lock_or_waits_for_it(filled_db: Path) -> None:
-    with holder(filled_db) as proc:
+def test_query_gives_up_on_a_held_lock_or_waits_for_it(filled_db: Path, locker: Locker) -> None:
+    with locker.holding(filled_db):
         err = io.StringIO()
         assert run_sql(filled_db, "SELECT 1", out=io.StringIO(), err=err, lock_retry_seconds=0.1) == 2
         assert "lock" in err.getvalue().lower() and "Traceback" not in err.getvalue()
-        threading.Timer(0.2, release, [proc]).start()
+        threading.Timer(0.2, locker.release).start()
         out = io.StringIO()
         assert run_sql(filled_db, "SELECT count(*) AS n FROM decisions", out=out) == 0
         assert out.getvalue().splitlines()[2].strip() == "2"
@@ -618,7 +677,7 @@ def test_query_gives_up_on_a_held_lock_or_waits_for_it(filled_db: Path) -> None:
 
 def test_views_are_listed_with_descriptions() -> None:
     views = list_views()
-    assert all(v.description and "SELECT" in v.sql for v in views)
+    assert all(description and "SELECT" in sql for description, sql in views.values())
 
 
 def test_database_files_are_not_left_open(db: Path) -> None:
@@ -631,4 +690,3 @@ def test_database_files_are_not_left_open(db: Path) -> None:
         con.close()
         audit.record(make_row(2))
     assert fetch(db, "SELECT count(*) FROM decisions") == [(3,)]
-    shutil.rmtree(db.parent, ignore_errors=True)

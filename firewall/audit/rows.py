@@ -1,0 +1,222 @@
+"""The audit row contract and its conversion to stored values.
+
+A row handed to :meth:`firewall.audit.AuditLog.record` is a plain dict keyed
+by ``decisions`` column names (docs/contracts.md). Every key is optional;
+missing ones are stored as NULL except where noted:
+
+``ts``            float epoch seconds (``time.time()``, the cheapest on the hot
+                  path) or an aware ``datetime`` (a naive one is taken as UTC);
+                  filled with the time of ``record()`` when absent.
+``decision_id``   str; a fresh :func:`new_decision_id` when absent.
+``message_id``    JSON text of the JSON-RPC id (``'7'``, ``'"a"'``), stored
+                  as given; a number is converted to its JSON text.
+``arguments``     the *raw, unredacted* arguments (tools/call) or params; the
+                  writer thread stores a redacted copy.
+``digest_of``     (not a column) the unredacted value ``args_digest`` is
+                  computed from on the writer thread, e.g. the result of a
+                  response; defaults to ``arguments``. A row that already has
+                  ``args_digest`` keeps it.
+``reasons``       list of ``{"code", "message"}``; ``reason_codes`` is derived
+                  from it when absent.
+``findings``      JSON value; ``tags``/``reason_codes`` lists of str.
+``reasons``, ``findings`` and ``error`` are scanned for credential patterns too.
+Strings longer than ``MAX_STORED_CHARS`` are stored cut (with a note).
+
+Keys that are not columns are ignored (logged once per key name).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from firewall.audit.redact import SecretRules, args_digest, redact_for_audit, redact_text
+from firewall.audit.schema import COLUMN_NAMES, JSON_COLUMNS, LIST_COLUMNS
+
+log = logging.getLogger("mcpfw.audit")
+
+StoredRow = tuple[Any, ...]
+"""Column values in ``COLUMN_NAMES`` order: ts as float epoch seconds, JSON
+columns as JSON text, list columns as ``list[str]``; secrets already removed."""
+
+MAX_STORED_CHARS = 64 * 1024
+"""Longest string value stored in arguments/reasons/findings/error; longer
+ones (e.g. file contents) are cut, with a note. ``args_digest`` still covers
+the whole value."""
+
+_INT32 = (-(2**31), 2**31 - 1)
+_INT_COLUMNS = frozenset({"error_code", "bytes"})
+_KNOWN = frozenset(COLUMN_NAMES) | {"digest_of"}
+_warned_keys: set[str] = set()
+_INDEX = {name: i for i, name in enumerate(COLUMN_NAMES)}
+
+
+def new_decision_id(ts: float | None = None) -> str:
+    """A UUIDv7 for time ``ts`` (epoch seconds, default now): sortable by time.
+
+    Layout (RFC 9562): 48-bit Unix milliseconds, version 7, 12 bits of
+    sub-millisecond fraction (so ids follow ``ts`` closely), variant, 62
+    random bits.
+    """
+    if ts is None:
+        ts = time.time()
+    millis, fraction = divmod(max(ts, 0.0) * 1000.0, 1.0)
+    value = (int(millis) & (2**48 - 1)) << 80
+    value |= 0x7 << 76 | int(fraction * 4096) << 64
+    value |= 0x2 << 62 | int.from_bytes(os.urandom(8)) >> 2
+    return str(uuid.UUID(int=value))
+
+
+def to_epoch(value: Any) -> float:
+    """Epoch seconds of a float/int epoch, a datetime (naive = UTC) or ISO text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return time.time()
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value.timestamp()
+    return time.time()
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _text(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else str(value)
+
+
+def _int32(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = int(value)  # numeric text
+        except (TypeError, ValueError):
+            return None
+    value = int(value)
+    return value if _INT32[0] <= value <= _INT32[1] else None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None or isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _str_list(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        value = [value]
+    return [item if isinstance(item, str) else str(item) for item in value]
+
+
+def _reason_codes(reasons: Any) -> list[str] | None:
+    if not isinstance(reasons, (list, tuple)):
+        return None
+    codes = []
+    for reason in reasons:
+        if isinstance(reason, Mapping):
+            codes.append(str(reason.get("code", "policy")))
+        elif isinstance(reason, str):
+            codes.append("policy")  # the contract's code for plain-string reasons
+    return codes
+
+
+def _warn_unknown(row: Mapping[str, Any]) -> None:
+    for key in row.keys() - _KNOWN - _warned_keys:
+        _warned_keys.add(key)
+        log.warning("ignoring unknown audit row key %r", key)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Type coercion shared by fresh rows and rows read back from a spill file."""
+    if value is None:
+        return None
+    if name == "ts":
+        return to_epoch(value)
+    if name in JSON_COLUMNS:
+        return _json_text(value)
+    if name in LIST_COLUMNS:
+        return _str_list(value)
+    if name in _INT_COLUMNS:
+        return _int32(value)
+    if name == "eval_ms":
+        return _float(value)
+    return _text(value)
+
+
+def to_stored_row(row: Mapping[str, Any], rules: SecretRules) -> StoredRow:
+    """Convert a recorded row: digest then redact the arguments, coerce types.
+
+    Runs on the writer thread. Never raises for odd values: a value that cannot
+    be converted is stored as NULL (text columns fall back to ``str()``).
+    """
+    if not _KNOWN.issuperset(row.keys()):
+        _warn_unknown(row)
+    values: list[Any] = [None] * len(COLUMN_NAMES)
+    for name, value in row.items():
+        index = _INDEX.get(name)
+        if index is None or value is None:
+            continue
+        if name == "arguments":
+            values[index] = _json_text(redact_for_audit(value, rules, max_chars=MAX_STORED_CHARS))
+        elif name in ("reasons", "findings"):
+            redacted = redact_for_audit(value, rules, keys=False, max_chars=MAX_STORED_CHARS)
+            values[index] = _json_text(redacted)
+        elif name == "error":
+            values[index] = redact_text(_text(value) or "", rules, max_chars=MAX_STORED_CHARS)
+        elif name == "message_id" and not isinstance(value, str):
+            values[index] = _json_text(value)
+        else:
+            values[index] = _coerce(name, value)
+    if values[_INDEX["ts"]] is None:
+        values[_INDEX["ts"]] = time.time()
+    if values[_INDEX["decision_id"]] is None:
+        values[_INDEX["decision_id"]] = new_decision_id(values[_INDEX["ts"]])
+    if values[_INDEX["args_digest"]] is None:
+        digested = row["digest_of"] if "digest_of" in row else row.get("arguments")
+        if digested is not None:
+            values[_INDEX["args_digest"]] = args_digest(digested)
+    if values[_INDEX["reason_codes"]] is None:
+        values[_INDEX["reason_codes"]] = _reason_codes(row.get("reasons"))
+    return tuple(values)
+
+
+def to_spill_line(stored: StoredRow) -> bytes:
+    """One JSON line (with its newline) for the spill file; JSON columns inline."""
+    document = {
+        name: orjson.Fragment(value) if name in JSON_COLUMNS and value is not None else value
+        for name, value in zip(COLUMN_NAMES, stored, strict=True)
+    }
+    return orjson.dumps(document, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def from_spill_line(line: bytes) -> StoredRow:
+    """Parse a spill line back (raises ``ValueError`` when it is not a row)."""
+    document = orjson.loads(line)
+    if not isinstance(document, dict) or not document.get("decision_id"):
+        raise ValueError("not an audit row")
+    values = tuple(_coerce(name, document.get(name)) for name in COLUMN_NAMES)
+    if values[_INDEX["ts"]] is None:
+        raise ValueError("audit row without ts")
+    return values
+
+
+def to_db_values(stored: StoredRow) -> tuple[Any, ...]:
+    """Values ready for the DuckDB appender (ts as an aware UTC datetime)."""
+    return (dt.datetime.fromtimestamp(stored[0], dt.UTC), *stored[1:])

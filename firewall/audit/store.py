@@ -1,0 +1,295 @@
+"""Writing audit rows into the DuckDB file that several processes share.
+
+DuckDB lets one process at a time open a file for writing, several firewall
+processes share one audit file, and ``mcpfw audit sql`` must read it while
+they run. So the file is never kept open: a private in-memory DuckDB instance
+(the "hub") stages each batch, then ATTACHes the file, inserts, commits and
+DETACHes it, holding the file lock for a few milliseconds. The hub exists
+because opening a DuckDB instance costs ~12 ms and ATTACH well under 1 ms.
+
+DETACH skips the checkpoint (5-25 ms of lock time per batch): the WAL,
+fsync'd at COMMIT so rows are durable, is folded into the file once it passes
+``CHECKPOINT_WAL_BYTES`` and at close. Every ATTACH replays the WAL, so it is
+kept small.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from firewall.audit.rows import StoredRow, to_db_values
+from firewall.audit.schema import COLUMNS, ensure_schema
+from firewall.audit.spill import SpillFile
+
+log = logging.getLogger("mcpfw.audit")
+
+CHECKPOINT_WAL_BYTES = 256 * 1024
+_ALIAS = "mcpfw_audit"  # name of the attached audit database inside the hub
+_APPEND_CHUNK = 16  # rows handed to the DuckDB appender per call
+_GIL_SLICE = 0.0002  # seconds of Python work between GIL hand-overs
+_LOCK_MARKERS = (
+    "could not set lock",
+    "conflicting lock",
+    "unique file handle conflict",
+    "resource temporarily unavailable",
+)
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """True for DuckDB's "another process/instance holds this file" errors."""
+    if isinstance(exc, duckdb.ResourceInUseException):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, duckdb.Error) and any(marker in text for marker in _LOCK_MARKERS)
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else repr(exc)
+
+
+class GilYielder:
+    """Hands the GIL over every ``_GIL_SLICE`` seconds of writer work.
+
+    The writer shares the GIL with the relay threads. Left alone, a busy
+    writer keeps it for a whole switch interval (5 ms) each time a relay
+    thread asks, which would wreck the relay latency budget; ``sleep(0)``
+    releases it so a waiting relay thread runs at once.
+    """
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next = time.perf_counter() + _GIL_SLICE
+
+    def tick(self) -> None:
+        """Call once per unit of work; yields when the slice is used up."""
+        if time.perf_counter() >= self._next:
+            time.sleep(0)
+            self._next = time.perf_counter() + _GIL_SLICE
+
+
+@dataclass
+class AuditStats:
+    """Counters of one :class:`firewall.audit.AuditLog` (read them after ``flush()``)."""
+
+    rows_converted: int = 0
+    rows_written: int = 0
+    batches_written: int = 0
+    rows_spilled: int = 0
+    rows_ingested_from_spill: int = 0
+    lock_retries: int = 0
+    checkpoints: int = 0
+    last_batch_rows: int = 0
+    last_convert_ms: float = 0.0
+    last_stage_ms: float = 0.0
+    last_locked_ms: float = 0.0  # ATTACH + insert + COMMIT (+ checkpoint) + DETACH
+
+
+class DuckDBStore:
+    """Inserts batches of stored rows into the audit file; used by one thread at a time."""
+
+    def __init__(self, path: Path, spill: SpillFile, stats: AuditStats) -> None:
+        self.path = path
+        self.last_error: str | None = None
+        self._spill = spill
+        self._stats = stats
+        self._hub: duckdb.DuckDBPyConnection | None = None
+        self._schema_ready = False
+
+    @property
+    def wal_path(self) -> Path:
+        """The file's write-ahead log."""
+        return self.path.with_name(self.path.name + ".wal")
+
+    def write(self, rows: list[StoredRow], *, include_spill: bool, retry_seconds: float) -> bool:
+        """Insert ``rows`` (and, if asked, the spill file's rows) in one transaction.
+
+        Lock conflicts are retried for ``retry_seconds``. On failure nothing is
+        written, ``last_error`` says why, and the caller still owns ``rows``.
+        """
+        try:
+            hub = self._hub_connection()
+            started = time.perf_counter()
+            self._stage(hub, "staging", rows)
+            self._stats.last_stage_ms = (time.perf_counter() - started) * 1e3
+        except duckdb.Error as exc:
+            self.last_error = f"staging failed: {_first_line(exc)}"
+            return False
+        started = time.perf_counter()
+        if not self._attach(hub, retry_seconds):
+            return False
+        try:
+            self._insert(hub, include_spill)
+        except (duckdb.Error, OSError) as exc:
+            self.last_error = _first_line(exc)
+            with contextlib.suppress(duckdb.Error):
+                hub.execute("ROLLBACK")
+            self._schema_ready = False  # re-check: the file may have been replaced
+            return False
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                hub.execute("USE memory")
+            with contextlib.suppress(duckdb.Error):
+                hub.execute(f"DETACH DATABASE IF EXISTS {_ALIAS}")
+        self.last_error = None
+        self._stats.last_locked_ms = (time.perf_counter() - started) * 1e3
+        if rows:
+            self._stats.rows_written += len(rows)
+            self._stats.batches_written += 1
+            self._stats.last_batch_rows = len(rows)
+        return True
+
+    def close(self, *, checkpoint: bool) -> None:
+        """Drop the in-memory instance, first folding our WAL into the file."""
+        if self._hub is None:
+            return
+        if checkpoint and self.wal_path.exists():
+            try:
+                self._hub.execute(f"ATTACH {_sql_string(str(self.path))} AS {_ALIAS}")
+                self._hub.execute(f"CHECKPOINT {_ALIAS}")
+            except duckdb.Error as exc:  # best effort: the next opener replays the WAL
+                log.debug("final checkpoint of %s skipped: %s", self.path, exc)
+            finally:
+                with contextlib.suppress(duckdb.Error):
+                    self._hub.execute(f"DETACH DATABASE IF EXISTS {_ALIAS}")
+        with contextlib.suppress(duckdb.Error):
+            self._hub.close()
+        self._hub = None
+
+    def _insert(self, hub: duckdb.DuckDBPyConnection, include_spill: bool) -> None:
+        # The spill file stays locked until its rows are committed and it is deleted.
+        with self._spill.claim() if include_spill else contextlib.nullcontext() as claim:
+            spilled = claim.rows if claim is not None else []
+            if spilled:
+                # Staged before BEGIN: a DuckDB transaction writes to one database only.
+                self._stage(hub, "spill_staging", spilled)
+            hub.execute("BEGIN TRANSACTION")
+            if not self._schema_ready:
+                hub.execute(f"USE {_ALIAS}")
+                ensure_schema(hub)
+                hub.execute("USE memory")
+            if spilled:
+                self._insert_spilled(hub)
+            hub.execute(f"INSERT INTO {_ALIAS}.decisions BY NAME SELECT * FROM memory.staging")
+            hub.execute("COMMIT")
+            if claim is not None:
+                claim.consumed = True
+                self._stats.rows_ingested_from_spill += len(spilled)
+        self._schema_ready = True
+        if self._wal_size() > CHECKPOINT_WAL_BYTES:
+            with contextlib.suppress(duckdb.Error):  # rows are committed; retried next batch
+                hub.execute(f"CHECKPOINT {_ALIAS}")
+                self._stats.checkpoints += 1
+
+    @staticmethod
+    def _insert_spilled(hub: duckdb.DuckDBPyConnection) -> None:
+        # A crash between COMMIT and deleting the spill file would ingest the
+        # same rows twice; skip ids already stored (the ts range limits the scan).
+        hub.execute(
+            f"""
+            INSERT INTO {_ALIAS}.decisions BY NAME
+            SELECT s.* FROM memory.spill_staging AS s
+            WHERE NOT EXISTS (
+                SELECT 1 FROM {_ALIAS}.decisions AS d
+                WHERE d.decision_id = s.decision_id
+                  AND d.ts BETWEEN (SELECT min(ts) FROM memory.spill_staging)
+                               AND (SELECT max(ts) FROM memory.spill_staging)
+            )
+            """
+        )
+
+    def _wal_size(self) -> int:
+        try:
+            return self.wal_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _hub_connection(self) -> duckdb.DuckDBPyConnection:
+        if self._hub is None:
+            hub = duckdb.connect(":memory:", config={"threads": 1})
+            hub.execute("PRAGMA disable_checkpoint_on_shutdown")
+            columns = ", ".join(f"{c.name} {c.type}" for c in COLUMNS)
+            hub.execute(f"CREATE TABLE staging ({columns})")
+            hub.execute(f"CREATE TABLE spill_staging ({columns})")
+            self._hub = hub
+        return self._hub
+
+    @staticmethod
+    def _stage(hub: duckdb.DuckDBPyConnection, table: str, rows: list[StoredRow]) -> None:
+        hub.execute(f"DELETE FROM {table}")
+        appender = hub.appender(table)
+        yielder = GilYielder()
+        for start in range(0, len(rows), _APPEND_CHUNK):
+            appender.append_rows([to_db_values(row) for row in rows[start : start + _APPEND_CHUNK]])
+            yielder.tick()
+        appender.flush()
+
+    def _attach(self, hub: duckdb.DuckDBPyConnection, retry_seconds: float) -> bool:
+        """ATTACH the audit file, retrying lock conflicts with jittered backoff."""
+        deadline = time.monotonic() + retry_seconds
+        delay = 0.005
+        if not self.path.exists():
+            self._create_database(hub)
+        while True:
+            try:
+                with contextlib.suppress(duckdb.Error):
+                    hub.execute(f"DETACH DATABASE IF EXISTS {_ALIAS}")
+                hub.execute(f"ATTACH {_sql_string(str(self.path))} AS {_ALIAS}")
+                return True
+            except duckdb.Error as exc:
+                self.last_error = _first_line(exc)
+                remaining = deadline - time.monotonic()
+                if not is_lock_conflict(exc) or remaining <= 0:
+                    return False
+                self._stats.lock_retries += 1
+                time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
+                delay = min(delay * 2, 0.1)
+
+    def _create_database(self, hub: duckdb.DuckDBPyConnection) -> None:
+        """Create the database file atomically, schema included.
+
+        Another process attaching a file that DuckDB is still initialising gets
+        "not a valid DuckDB database file", so the file is built under a
+        temporary name and hard-linked into place (never replacing a file
+        another process created meanwhile). Errors are left for ATTACH to report.
+        """
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            hub.execute(f"ATTACH {_sql_string(str(temp))} AS {_ALIAS}_new")
+            try:
+                hub.execute(f"USE {_ALIAS}_new")
+                hub.execute("BEGIN TRANSACTION")
+                ensure_schema(hub)
+                hub.execute("COMMIT")
+                hub.execute(f"CHECKPOINT {_ALIAS}_new")  # only the file is linked, not its WAL
+            finally:
+                hub.execute("USE memory")
+                hub.execute(f"DETACH DATABASE IF EXISTS {_ALIAS}_new")
+            try:
+                os.link(temp, self.path)
+            except FileExistsError:
+                pass  # another process won the race; use its file
+            except OSError:  # no hard links on this filesystem
+                if not self.path.exists():
+                    os.replace(temp, self.path)
+        except (duckdb.Error, OSError) as exc:
+            log.debug("could not pre-create %s: %s", self.path, exc)
+        finally:
+            for leftover in (temp, temp.with_name(temp.name + ".wal")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
