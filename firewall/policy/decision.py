@@ -1,0 +1,274 @@
+"""Decision documents: validation (fail closed) and redaction.
+
+``normalize_decision`` turns whatever ``data.mcpfw.decision`` produced into a
+:class:`Decision`. Anything that does not match the v1 decision contract
+becomes a deny with reason code ``policy_error``: a broken policy must never
+let traffic through. ``apply_redactions`` executes a decision's ``redact``
+instructions on a JSON-RPC message.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from .errors import RedactionError
+
+__all__ = [
+    "DEFAULT_REPLACEMENT",
+    "KNOWN_OBLIGATIONS",
+    "POLICY_ERROR",
+    "Decision",
+    "apply_redactions",
+    "deny_decision",
+    "normalize_decision",
+    "parse_pointer",
+]
+
+POLICY_ERROR: Final = "policy_error"
+DEFAULT_REPLACEMENT: Final = "[REDACTED]"
+KNOWN_OBLIGATIONS: Final = frozenset({"tag"})
+# Redaction may only rewrite payload members: changing "jsonrpc", "id" or
+# "method" would break the protocol rather than hide data.
+REDACTABLE_MEMBERS: Final = frozenset({"params", "result", "error"})
+_INDEX: Final = re.compile(r"0|[1-9][0-9]*")
+_BAD_ESCAPE: Final = re.compile(r"~(?![01])")
+
+Action = Literal["allow", "deny", "redact"]
+
+
+@dataclass(slots=True)
+class Decision:
+    """A validated policy decision (decision document v1)."""
+
+    allow: bool
+    reasons: list[dict[str, str]] = field(default_factory=list)
+    redact: list[dict[str, str]] = field(default_factory=list)
+    obligations: list[dict[str, Any]] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def action(self) -> Action:
+        """``deny`` if not allowed, ``redact`` if allowed with redactions, else ``allow``."""
+        if not self.allow:
+            return "deny"
+        return "redact" if self.redact else "allow"
+
+    @property
+    def reason_codes(self) -> list[str]:
+        """The ``code`` of every reason, in order."""
+        return [reason["code"] for reason in self.reasons]
+
+
+def deny_decision(code: str, message: str, error: str | None = None) -> Decision:
+    """A deny with a single reason."""
+    return Decision(allow=False, reasons=[{"code": code, "message": message}], error=error)
+
+
+class _Invalid(Exception):
+    """Internal: the decision document violates the contract."""
+
+
+def normalize_decision(raw: object) -> Decision:
+    """Validate a raw decision document; fail closed on any contract violation."""
+    try:
+        return _normalize(raw)
+    except _Invalid as exc:
+        return deny_decision(POLICY_ERROR, "the policy returned an invalid decision", error=str(exc))
+
+
+def _normalize(raw: object) -> Decision:
+    if not isinstance(raw, dict):
+        raise _Invalid(f"decision is not an object (got {_json_type(raw)})")
+    version = raw.get("version", 1)
+    if version != 1 or isinstance(version, bool):
+        raise _Invalid(f"unsupported decision version {version!r} (expected 1)")
+    allow = raw.get("allow")
+    if not isinstance(allow, bool):
+        problem = "missing" if "allow" not in raw else f"not a boolean (got {_json_type(allow)})"
+        raise _Invalid(f"decision.allow is {problem}")
+    reasons = [_reason(item, i) for i, item in enumerate(_array(raw, "reasons"))]
+    redact = [_redaction(item, i) for i, item in enumerate(_array(raw, "redact"))]
+    obligations = [_obligation(item, i) for i, item in enumerate(_array(raw, "obligations"))]
+    tags = list(dict.fromkeys(o["tag"] for o in obligations if o["type"] == "tag"))
+    return Decision(allow=allow, reasons=reasons, redact=redact, obligations=obligations, tags=tags)
+
+
+def _array(raw: dict[str, Any], key: str) -> list[Any]:
+    value = raw.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _Invalid(f"decision.{key} is not an array (got {_json_type(value)})")
+    return value
+
+
+def _reason(item: object, index: int) -> dict[str, str]:
+    if isinstance(item, str):
+        return {"code": "policy", "message": item}
+    if isinstance(item, dict):
+        code, message = item.get("code"), item.get("message")
+        if isinstance(code, str) and code and isinstance(message, str):
+            return {"code": code, "message": message}
+    raise _Invalid(f"decision.reasons[{index}] must be a string or {{code: string, message: string}}")
+
+
+def _redaction(item: object, index: int) -> dict[str, str]:
+    where = f"decision.redact[{index}]"
+    if not isinstance(item, dict):
+        raise _Invalid(f"{where} is not an object")
+    pointer = item.get("pointer")
+    if not isinstance(pointer, str):
+        raise _Invalid(f"{where}.pointer must be a string")
+    try:
+        tokens = parse_pointer(pointer)
+    except RedactionError as exc:
+        raise _Invalid(f"{where}.pointer: {exc}") from None
+    if not tokens or tokens[0] not in REDACTABLE_MEMBERS:
+        raise _Invalid(f"{where}.pointer must point inside /params, /result or /error (got {pointer!r})")
+    entry = {"pointer": pointer}
+    for key in ("pattern", "replacement"):
+        if key in item and item[key] is not None:
+            if not isinstance(item[key], str):
+                raise _Invalid(f"{where}.{key} must be a string")
+            entry[key] = item[key]
+    if "pattern" in entry:
+        try:
+            _compile(entry["pattern"])
+        except RedactionError as exc:
+            raise _Invalid(f"{where}.pattern: {exc}") from None
+    return entry
+
+
+def _obligation(item: object, index: int) -> dict[str, Any]:
+    where = f"decision.obligations[{index}]"
+    if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+        raise _Invalid(f"{where} must be an object with a string 'type'")
+    kind = item["type"]
+    if kind not in KNOWN_OBLIGATIONS:
+        raise _Invalid(f"{where} has unknown obligation type {kind!r}")
+    if kind == "tag" and not (isinstance(item.get("tag"), str) and item["tag"]):
+        raise _Invalid(f"{where}: a tag obligation needs a non-empty string 'tag'")
+    return dict(item)
+
+
+def _json_type(value: object) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "boolean"
+        case int() | float():
+            return "number"
+        case str():
+            return "string"
+        case list():
+            return "array"
+        case dict():
+            return "object"
+    return type(value).__name__
+
+
+# -- redaction -------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise RedactionError(f"invalid regular expression {pattern!r}: {exc}") from None
+
+
+def parse_pointer(pointer: str) -> list[str]:
+    """Split an RFC 6901 JSON pointer into unescaped reference tokens."""
+    if pointer == "":
+        return []
+    if not pointer.startswith("/"):
+        raise RedactionError(f"JSON pointer must be empty or start with '/': {pointer!r}")
+    tokens = pointer[1:].split("/")
+    for token in tokens:
+        # "~" is only valid as "~0" or "~1".
+        if "~" in token and _BAD_ESCAPE.search(token):
+            raise RedactionError(f"invalid '~' escape in JSON pointer {pointer!r}")
+    return [token.replace("~1", "/").replace("~0", "~") for token in tokens]
+
+
+def apply_redactions(message: dict[str, Any], redact: list[dict[str, str]]) -> tuple[dict[str, Any], list[str]]:
+    """Apply ``redact`` instructions to a JSON-RPC message.
+
+    Returns ``(redacted_message, problems)``. The input message is never
+    modified: containers on each redacted path are copied. A pointer that
+    does not resolve is skipped and described in ``problems``. Without a
+    ``pattern`` the whole value is replaced by the replacement string; with
+    one, every match inside the string value (or inside every string nested
+    in an array/object value) is replaced literally. Raises RedactionError
+    for an invalid pointer or regular expression, so the caller can deny.
+    """
+    result: dict[str, Any] = dict(message)
+    copied: set[int] = {id(result)}
+    problems: list[str] = []
+    for entry in redact:
+        pointer = entry["pointer"]
+        tokens = parse_pointer(pointer)
+        pattern = entry.get("pattern")
+        regex = _compile(pattern) if pattern is not None else None
+        replacement = entry.get("replacement")
+        if replacement is None:
+            replacement = DEFAULT_REPLACEMENT
+        if not tokens:
+            raise RedactionError("refusing to redact the whole message (empty pointer)")
+        parent = _resolve_parent(result, tokens, copied)
+        key = _child_key(parent, tokens[-1]) if parent is not None else None
+        if key is None:
+            problems.append(f"redaction pointer {pointer!r} does not resolve")
+            continue
+        assert parent is not None
+        if regex is None:
+            parent[key] = replacement
+        else:
+            parent[key] = _substitute(parent[key], regex, replacement)
+    return result, problems
+
+
+def _resolve_parent(root: dict[str, Any], tokens: list[str], copied: set[int]) -> Any:
+    """Walk to the container holding the last token, copying containers on the way."""
+    node: Any = root
+    for token in tokens[:-1]:
+        key = _child_key(node, token)
+        if key is None:
+            return None
+        child = node[key]
+        if not isinstance(child, (dict, list)):
+            return None
+        if id(child) not in copied:
+            child = dict(child) if isinstance(child, dict) else list(child)
+            node[key] = child
+            copied.add(id(child))
+        node = child
+    return node
+
+
+def _child_key(node: Any, token: str) -> str | int | None:
+    """The dict key or list index ``token`` designates in ``node``, or None."""
+    if isinstance(node, dict):
+        return token if token in node else None
+    # RFC 6901 array indices: no sign, no leading zeros; "-" never exists.
+    if isinstance(node, list) and _INDEX.fullmatch(token):
+        index = int(token)
+        return index if index < len(node) else None
+    return None
+
+
+def _substitute(value: Any, regex: re.Pattern[str], replacement: str) -> Any:
+    """Replace matches in a string, or in every string nested in ``value``."""
+    if isinstance(value, str):
+        return regex.sub(lambda _match: replacement, value)
+    if isinstance(value, list):
+        return [_substitute(item, regex, replacement) for item in value]
+    if isinstance(value, dict):
+        return {key: _substitute(item, regex, replacement) for key, item in value.items()}
+    return value

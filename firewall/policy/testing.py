@@ -1,0 +1,232 @@
+"""A Rego unit-test runner in the spirit of ``opa test``.
+
+Every rule whose name starts with ``test_`` in any package of a bundle is a
+test. A test passes when it evaluates to ``true``; ``false`` or undefined is
+a failure and an evaluation error is an error. With several engines every
+test runs on each of them, and a test whose outcome differs between engines
+is reported as a ``DISAGREE`` failure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TextIO
+
+import regorus
+
+from .base import ENGINE_NAMES, PolicyEngine
+from .bundle import Bundle, load_bundle
+from .engine import create_engine
+from .errors import PolicyError, PolicyEvaluationError
+
+__all__ = ["Outcome", "PolicyTest", "PolicyTestResult", "discover_tests", "run_policy_tests"]
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_LOAD_ERROR = 2
+
+
+class Outcome(StrEnum):
+    """The result of one test on one engine."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    ERROR = "ERROR"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyTest:
+    """A discovered test rule: ``name`` is its full reference (``data.pkg.test_x``)."""
+
+    name: str
+    file: str
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyTestResult:
+    """One test run on one engine."""
+
+    test: PolicyTest
+    engine: str
+    outcome: Outcome
+    duration_ms: float
+    error: str | None = None
+    detail: str | None = None
+
+
+def discover_tests(bundle: Bundle) -> list[PolicyTest]:
+    """All ``test_*`` rules of the bundle, in file order, without duplicates.
+
+    Rules are found in the AST regorus produces (engine-independent: only
+    the parser is used). Rules with a ref head (``test_x.y``) or arguments
+    are not tests, as in ``opa test``.
+    """
+    engine = regorus.Engine()
+    engine.set_rego_v0(False)
+    for path, source in bundle.modules.items():
+        engine.add_policy(path, source)
+    seen: set[str] = set()
+    tests: list[PolicyTest] = []
+    for module in json.loads(engine.get_ast_as_json()):
+        ast = module["ast"]
+        package = _ref_parts(ast["package"]["refr"])
+        for rule in ast.get("rules", []):
+            name = _test_rule_name(rule)
+            if name is None:
+                continue
+            ref = _ref_text(["data", *package, name])
+            if ref not in seen:
+                seen.add(ref)
+                tests.append(PolicyTest(name=ref, file=module["source"]["file"]))
+    return tests
+
+
+def _test_rule_name(rule: dict[str, Any]) -> str | None:
+    """The name of a ``test_*`` rule with a plain (non-ref, non-function) head."""
+    if "Spec" in rule:
+        refr = rule["Spec"]["head"].get("Compr", {}).get("refr")
+    else:
+        refr = rule.get("Default", {}).get("refr")
+    if not refr or "Var" not in refr:
+        return None
+    name = refr["Var"]["value"]
+    return name if name.startswith("test_") else None
+
+
+def _ref_parts(node: dict[str, Any]) -> list[str]:
+    """Flatten a package reference AST node into its path segments."""
+    if "Var" in node:
+        return [node["Var"]["value"]]
+    if "RefDot" in node:
+        ref = node["RefDot"]
+        return [*_ref_parts(ref["refr"]), ref["field"][1]]
+    if "RefBrack" in node:
+        ref = node["RefBrack"]
+        index = ref["index"]
+        if "String" not in index:
+            raise PolicyError(f"unsupported package path element: {index}")
+        return [*_ref_parts(ref["refr"]), index["String"]["value"]]
+    raise PolicyError(f"unsupported package path: {node}")
+
+
+def _ref_text(parts: Sequence[str]) -> str:
+    text = parts[0]
+    for part in parts[1:]:
+        text += f".{part}" if _IDENTIFIER.match(part) else f"[{json.dumps(part)}]"
+    return text
+
+
+def run_tests(engine: PolicyEngine, tests: Iterable[PolicyTest]) -> list[PolicyTestResult]:
+    """Evaluate ``tests`` on ``engine``."""
+    results: list[PolicyTestResult] = []
+    for test in tests:
+        start = time.perf_counter()
+        try:
+            value = engine.eval_query(test.name)
+        except PolicyEvaluationError as exc:
+            elapsed = (time.perf_counter() - start) * 1000
+            results.append(PolicyTestResult(test, engine.name, Outcome.ERROR, elapsed, str(exc), exc.detail))
+            continue
+        elapsed = (time.perf_counter() - start) * 1000
+        outcome = Outcome.PASS if value is True else Outcome.FAIL
+        results.append(PolicyTestResult(test, engine.name, outcome, elapsed))
+    return results
+
+
+def run_policy_tests(
+    bundle_dir: str | Path,
+    engines: Sequence[str] | str = ("regorus",),
+    out: TextIO | None = None,
+    verbose: bool = False,
+    run: str | None = None,
+) -> int:
+    """Run the bundle's Rego tests and print one line per test and a summary.
+
+    ``engines`` lists engine names (``regorus``, ``opa``; a comma-separated
+    string is accepted too); ``run`` is a regex
+    searched in each test's full name (``data.pkg.test_x``) to select tests.
+    ``verbose`` adds the full engine error text under ERROR lines. Returns 0
+    when everything passed, 1 on any failure, error or engine disagreement,
+    2 when the bundle or an engine could not be loaded (or bad arguments).
+    """
+    out = out if out is not None else sys.stdout
+    if isinstance(engines, str):
+        engines = engines.split(",")
+    names = list(dict.fromkeys(name.strip() for name in engines if name.strip()))
+    unknown = [name for name in names if name not in ENGINE_NAMES]
+    if not names or unknown:
+        print(
+            f"error: unknown engine(s) {', '.join(unknown) or '(none given)'}; expected {', '.join(ENGINE_NAMES)}",
+            file=out,
+        )
+        return EXIT_LOAD_ERROR
+    try:
+        selector = re.compile(run) if run else None
+    except re.error as exc:
+        print(f"error: invalid --run regular expression {run!r}: {exc}", file=out)
+        return EXIT_LOAD_ERROR
+
+    policy_engines: list[PolicyEngine] = []
+    try:
+        bundle = load_bundle(bundle_dir)
+        tests = [t for t in discover_tests(bundle) if selector is None or selector.search(t.name)]
+        for name in names:
+            policy_engines.append(create_engine(name, bundle))
+    except PolicyError as exc:
+        for engine in policy_engines:
+            engine.close()
+        print(f"error: {exc}", file=out)
+        return EXIT_LOAD_ERROR
+
+    prefix = len(names) > 1
+    by_engine: dict[str, dict[str, PolicyTestResult]] = {}
+    passed = failed = errors = 0
+    try:
+        for engine in policy_engines:
+            results = run_tests(engine, tests)
+            by_engine[engine.name] = {r.test.name: r for r in results}
+            for result in results:
+                _print_result(result, out, prefix=prefix, verbose=verbose)
+                if result.outcome is Outcome.PASS:
+                    passed += 1
+                else:
+                    failed += 1
+                    errors += result.outcome is Outcome.ERROR
+    finally:
+        for engine in policy_engines:
+            engine.close()
+
+    if prefix:
+        for test in tests:
+            outcomes = {name: by_engine[name][test.name].outcome for name in names}
+            if len(set(outcomes.values())) > 1:
+                failed += 1
+                detail = " ".join(f"{name}={outcome}" for name, outcome in outcomes.items())
+                print(f"DISAGREE {test.name}: {detail}", file=out)
+
+    summary = f"{passed} passed, {failed} failed"
+    if errors:
+        summary += f", {errors} errors"
+    print(summary, file=out)
+    return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
+def _print_result(result: PolicyTestResult, out: TextIO, *, prefix: bool, verbose: bool) -> None:
+    line = f"{result.test.name}: {result.outcome} ({result.duration_ms:.2f}ms)"
+    if prefix:
+        line = f"[{result.engine}] {line}"
+    if result.outcome is Outcome.ERROR:
+        line += f": {result.error}"
+    print(line, file=out)
+    if verbose and result.outcome is Outcome.ERROR and result.detail and result.detail != result.error:
+        for detail_line in result.detail.splitlines():
+            print(f"    {detail_line}", file=out)
