@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from .audit.log import AuditLog
 from .config import Config
-from .pipeline import Inspector
+from .enrichers import SecretsEnricher
+from .pipeline import Enricher, Inspector
 from .policy.bundle import Bundle, load_bundle
 from .policy.engine import PolicyEngine, create_engine
 
@@ -40,5 +41,6 @@ def build_firewall(config: Config) -> Firewall:
         spill_path=audit_cfg.spill_path,
     )
     atexit.register(audit.close)
-    inspector = Inspector(engine, audit, bundle_digest=bundle.digest, limits=config.limits)
+    enrichers: tuple[Enricher, ...] = (SecretsEnricher(),)
+    inspector = Inspector(engine, audit, bundle_digest=bundle.digest, limits=config.limits, enrichers=enrichers)
     return Firewall(config, bundle, engine, audit, inspector)

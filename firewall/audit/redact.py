@@ -112,11 +112,15 @@ class SecretRules:
     the rules whose keyword pre-check passes, testing each distinct keyword once.
     """
 
-    __slots__ = ("rules", "_keywords")
+    __slots__ = ("rules", "_keywords", "_trigger", "_unconditional")
 
     def __init__(self, rules: tuple[SecretRule, ...]) -> None:
         self.rules = rules
         self._keywords = tuple(sorted({k for rule in rules for k in rule.keywords}))
+        # One regex over every keyword: cheapest for short texts, where the per-keyword
+        # loop below costs more in interpreter overhead than in scanning.
+        self._trigger = re.compile("|".join(map(re.escape, sorted(self._keywords, key=len, reverse=True)))) if self._keywords else None
+        self._unconditional = [r for r in rules if not r.keywords]
 
     def __iter__(self) -> Iterator[SecretRule]:
         return iter(self.rules)
@@ -126,7 +130,10 @@ class SecretRules:
 
     def candidates(self, lowered: str) -> list[SecretRule]:
         """Rules worth running on a text whose lower-cased form is ``lowered``."""
-        # Plain substring tests (memmem) beat one big alternation regex here.
+        if len(lowered) < 512 and self._trigger is not None:
+            if self._trigger.search(lowered) is None:
+                return list(self._unconditional)
+        # Plain substring tests (memmem) beat one big alternation regex on long texts.
         present = {k for k in self._keywords if k in lowered}
         return [r for r in self.rules if not r.keywords or not present.isdisjoint(r.keywords)]
 
