@@ -153,6 +153,21 @@ class Inspector:
         reply, _ = self._refuse(item, direction, session, size)
         return reply
 
+    def record_transport_error(
+        self, session: Session, direction: str, *, code: int, reason_code: str, message: str,
+        kind: str | None = None, method: str | None = None, msg_id: Any = None, size: int = 0,
+    ) -> str:
+        """Record a message the transport refused or could not deliver (say, the upstream is
+        unreachable, or HTTP headers contradict the body); returns the decision id for its reply."""
+        decision = deny_decision(reason_code, message)
+        decision_id = new_decision_id()
+        self._record(
+            session, direction, decision, decision_id,
+            kind=kind, method=method, tool=None, msg_id=msg_id, arguments=None,
+            digest_of=None, size=size, eval_ms=0.0, error_code=code, error=message,
+        )
+        return decision_id
+
     def _inspect_batch(self, frame: Frame, raw: bytes, direction: str, session: Session) -> Outcome:
         forwards: list[Any] = []
         replies: list[Any] = []
@@ -329,6 +344,7 @@ class Inspector:
 
 
 _UNCHANGED: Any = object()
+_NO_RESOURCES: dict[str, list[Any]] = {"paths": [], "urls": []}
 
 
 def _tool_of(method: str, params: Any) -> dict[str, Any] | None:
@@ -345,17 +361,19 @@ def build_input(ctx: MessageContext) -> dict[str, Any]:
     method, params, tool, pending = ctx.method, ctx.params, ctx.tool, ctx.pending
     body = msg.body
     kind = msg.kind
-    if tool is not None:
+    if kind is Kind.RESPONSE or kind is Kind.ERROR_RESPONSE:
+        resources = _NO_RESOURCES
+    elif tool is not None:
         resources = extract_resources(
             tool["arguments"], base_pointer="/params/arguments", cwd=session.cwd,
             resolve_symlinks=session.resolve_symlinks,
         )
-    elif isinstance(params, dict) and kind is not Kind.RESPONSE:
+    elif isinstance(params, dict):
         resources = extract_resources(
             params, base_pointer="/params", cwd=session.cwd, resolve_symlinks=session.resolve_symlinks
         )
     else:
-        resources = {"paths": [], "urls": []}
+        resources = _NO_RESOURCES
     server = session.server
     doc: dict[str, Any] = {
         "version": 1,
