@@ -1,0 +1,287 @@
+"""HTTP reverse-mode benchmark: the firewall against direct, in the same run.
+
+Scenarios (tools/call with a small argument; audit on; the default policy bundle and a
+trivial one that allows everything):
+
+* ``instant``: an upstream that answers at once with a fixed JSON result, the firewall's
+  own ceiling - throughput at concurrency 32 and median latency at concurrency 1;
+* ``everything``: server-everything (streamableHttp, SSE answers, one MCP session per
+  connection) - throughput at concurrency 32 and latency at concurrency 1;
+* ``instant_mitmproxy``: the instant upstream behind the mitmproxy engine (reverse mode),
+  to show why reverse mode defaults to the lean listener.
+
+The load generator is a separate process: keep-alive connections, one request in flight
+per connection. Prints one JSON document. Usage: python bench/bench_http.py [--seconds S]
+[--workers N] [--scenarios instant,everything,mitmproxy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EVERYTHING = ROOT / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+TRIVIAL_POLICY = 'package mcpfw\n\ndecision := {"allow": true}\n'
+CALL = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hello"}}}'
+INIT = (b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
+        b'"capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}')
+INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+
+
+# -- the instant upstream ---------------------------------------------------------------
+
+RESULT = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hello"}],"isError":false}}'
+INSTANT = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(RESULT), RESULT)
+
+
+class Instant(asyncio.Protocol):
+    """Answers every request on the connection with the same small JSON-RPC result."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            head = self.buf[:end].lower()
+            at = head.find(b"content-length:")
+            length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
+            if len(self.buf) < end + 4 + length:
+                return
+            self.buf = self.buf[end + 4 + length:]
+            self.transport.write(INSTANT)  # type: ignore[attr-defined]
+
+
+async def serve_instant(port: int) -> None:
+    server = await asyncio.get_running_loop().create_server(Instant, "127.0.0.1", port, backlog=1024)
+    await server.serve_forever()
+
+
+# -- the load generator -----------------------------------------------------------------
+
+
+def _request(host: str, path: str, body: bytes, extra: bytes = b"") -> bytes:
+    return (b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+            b"accept: application/json, text/event-stream\r\n%scontent-length: %d\r\n\r\n%s"
+            % (path.encode(), host.encode(), extra, len(body), body))
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lower = head.lower()
+    at = lower.find(b"content-length:")
+    if at >= 0:
+        return head, await reader.readexactly(int(lower[at + 15:].split(b"\r\n", 1)[0]))
+    if b"transfer-encoding: chunked" not in lower:
+        return head, b""
+    body = b""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        chunk = await reader.readexactly(size + 2)
+        if size == 0:
+            return head, body
+        body += chunk[:-2]
+
+
+async def _connection(host: str, port: int, path: str, session: bool, deadline: float, warmup: float, latencies: list[float]) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    extra = b""
+    if session:
+        writer.write(_request(f"{host}:{port}", path, INIT))
+        head, _ = await _response(reader)
+        sid = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"mcp-session-id:")][0]
+        extra = b"mcp-session-id: %s\r\nmcp-protocol-version: 2025-11-25\r\n" % sid
+        writer.write(_request(f"{host}:{port}", path, INITIALIZED, extra))
+        await _response(reader)
+    request = _request(f"{host}:{port}", path, CALL, extra)
+    while (now := time.perf_counter()) < deadline:
+        writer.write(request)
+        head, body = await _response(reader)
+        if not head.startswith(b"HTTP/1.1 200") or b'"result"' not in body:
+            raise RuntimeError(f"unexpected answer: {head[:40]!r} {body[:200]!r}")
+        if now >= warmup:
+            latencies.append(time.perf_counter() - now)
+    writer.close()
+
+
+async def load(url: str, concurrency: int, seconds: float, session: bool) -> dict[str, float]:
+    host_port, _, path = url.removeprefix("http://").partition("/")
+    host, _, port = host_port.partition(":")
+    latencies: list[float] = []
+    start = time.perf_counter()
+    warmup = start + min(1.0, seconds / 4)
+    deadline = warmup + seconds
+    await asyncio.gather(*(_connection(host, int(port), "/" + path, session, deadline, warmup, latencies) for _ in range(concurrency)))
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "throughput_rps": round(len(latencies) / seconds, 1),
+        "median_ms": round(statistics.median(latencies) * 1000, 3),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 3),
+    }
+
+
+def run_load(url: str, concurrency: int, seconds: float, session: bool) -> dict[str, float]:
+    """The load generator in its own process (its CPU is not the firewall's)."""
+    done = subprocess.run([sys.executable, __file__, "--load", url, str(concurrency), str(seconds), str(int(session))],
+                          capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+    return json.loads(done.stdout)
+
+
+# -- processes --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(port)
+
+
+def start(cmd: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    wait_port(port)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process and its children (the workers)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    return total
+
+
+def firewall(upstream: str, bundle: Path | None, workers: int, audit: Path, listener: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "firewall.cli", "proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
+           "--workers", str(workers), "--audit", str(audit), "--listener", listener]
+    if bundle is not None:
+        cmd += ["--policy", str(bundle)]
+    proc = start(cmd, port)
+    time.sleep(0.5 if workers == 1 else 1.5)  # every worker listening
+    return proc, f"http://127.0.0.1:{port}/mcp"
+
+
+def measure(upstream: str, *, session: bool, bundles: dict[str, Path | None], workers: int, seconds: float,
+            tmp: Path, concurrencies: tuple[int, ...], listener: str = "lean") -> list[dict[str, object]]:
+    out = []
+    direct = {c: run_load(upstream, c, seconds, session) for c in concurrencies}
+    for name, bundle in bundles.items():
+        proc, url = firewall(upstream, bundle, workers, tmp / f"audit-{name}-{time.monotonic_ns()}.duckdb", listener)
+        try:
+            for c in concurrencies:
+                before = cpu_seconds(proc.pid)
+                through = run_load(url, c, seconds, session)
+                spent = cpu_seconds(proc.pid) - before
+                through["firewall_cpu_ms_per_request"] = round(spent * 1000 / max(through["requests"], 1) * (seconds / (seconds + min(1.0, seconds / 4))), 3)
+                out.append({
+                    "listener": listener, "workers": workers if listener == "lean" else 1, "bundle": name, "concurrency": c, "direct": direct[c], "firewall": through,
+                    "ratio": round(through["throughput_rps"] / direct[c]["throughput_rps"], 3),
+                    "added_median_ms": round(through["median_ms"] - direct[c]["median_ms"], 3),
+                })
+        finally:
+            stop(proc)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--scenarios", default="instant,everything,mitmproxy")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="mcpfw-bench-http-"))
+    trivial = tmp / "trivial"
+    (trivial / "mcpfw").mkdir(parents=True)
+    (trivial / "mcpfw" / "decision.rego").write_text(TRIVIAL_POLICY)
+    bundles: dict[str, Path | None] = {"default": None, "trivial": trivial}
+    report: dict[str, object] = {"cores": os.cpu_count(), "workers": args.workers, "seconds": args.seconds, "scenarios": {}}
+    scenarios = report["scenarios"]
+    assert isinstance(scenarios, dict)
+    if "instant" in args.scenarios:
+        port = free_port()
+        upstream = start([sys.executable, __file__, "--instant", str(port)], port)
+        try:
+            scenarios["instant"] = measure(f"http://127.0.0.1:{port}/mcp", session=False, bundles=bundles,
+                                           workers=args.workers, seconds=args.seconds, tmp=tmp, concurrencies=(1, 32))
+        finally:
+            stop(upstream)
+    if "mitmproxy" in args.scenarios:
+        # The same instant upstream behind mitmproxy in reverse mode (one process), for comparison.
+        port = free_port()
+        upstream = start([sys.executable, __file__, "--instant", str(port)], port)
+        try:
+            scenarios["instant_mitmproxy"] = measure(f"http://127.0.0.1:{port}/mcp", session=False, bundles=bundles,
+                                                     workers=1, seconds=args.seconds, tmp=tmp, concurrencies=(1, 32),
+                                                     listener="mitmproxy")
+        finally:
+            stop(upstream)
+    if "everything" in args.scenarios:
+        port = free_port()
+        upstream = start(["node", str(EVERYTHING), "streamableHttp"], port, env={"PORT": str(port)})
+        try:
+            scenarios["everything"] = measure(f"http://127.0.0.1:{port}/mcp", session=True, bundles=bundles,
+                                              workers=args.workers, seconds=args.seconds, tmp=tmp, concurrencies=(1, 32))
+        finally:
+            stop(upstream)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--instant":
+        asyncio.run(serve_instant(int(sys.argv[2])))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--load":
+        url, concurrency, seconds, session = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1"
+        print(json.dumps(asyncio.run(load(url, concurrency, seconds, session))))
+    else:
+        sys.exit(main())

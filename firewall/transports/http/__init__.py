@@ -1,0 +1,1 @@
+"""HTTP-family transports (Streamable HTTP, legacy SSE, WebSocket) in front of remote MCP servers."""

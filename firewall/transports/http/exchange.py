@@ -1,0 +1,574 @@
+"""HTTP exchanges mapped onto the one inspection pipeline, for every engine.
+
+An engine (the lean asyncio listener or the mitmproxy addons) hands over each request;
+this module decides what is MCP, which session it belongs to, asks the
+:class:`~firewall.pipeline.Inspector` about every JSON-RPC message in either direction
+(a JSON body, or each event of an SSE stream on its own), and says what to forward or what
+to answer instead. It never does I/O itself, except handing replies meant for the server
+to a :class:`ServerPoster`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urljoin, urlsplit
+
+import orjson
+
+from ... import errors
+from ...jsonrpc import encode, error_response
+from ...pipeline import C2S, S2C, Inspector, Outcome
+from ...session import Session
+from . import mcp_headers
+from .oauth import rewrite_metadata, rewrite_www_authenticate
+from .replies import HEADER_MISMATCH, Reply, accepted, error_reply, jsonrpc_reply, plain, wants_sse_only
+from .routes import PRM_PATH, Route
+from .sessions import Channel, HttpSessions, legacy_key, session_key
+from .sse import OversizedEvent, SseEvent, SseParser, format_event, format_id_only
+
+SESSION_ID = "mcp-session-id"
+_FORWARDED_CLIENT_HEADERS = ("authorization", "cookie", SESSION_ID, mcp_headers.VERSION)
+_SSE_SLACK = 64 * 1024  # "data: " prefixes and line ends around a message of the size limit
+
+
+class HeaderView(Protocol):
+    """Read access to a request's or response's headers, case-insensitive."""
+
+    def get(self, name: str) -> str | None: ...
+
+    def getall(self, name: str) -> list[str]: ...
+
+    def names(self) -> Iterable[str]: ...
+
+
+class ServerPoster(Protocol):
+    """Delivers a JSON-RPC message from the firewall to a server (fire and forget)."""
+
+    def post(self, route: Route, path: str, headers: dict[str, str], body: bytes) -> None: ...
+
+
+@dataclass(slots=True)
+class Request:
+    """What an engine knows about a client's request once its body has arrived."""
+
+    method: str
+    path: str  # path and query on the listener
+    upstream_path: str  # path and query on the upstream
+    host: str | None
+    headers: HeaderView
+    body: bytes
+    scheme: str = "http"
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    """One request/response pair on its way through the firewall."""
+
+    route: Route
+    kind: str  # "mcp" (a POST of JSON-RPC), "stream" (GET), "delete", "metadata", "other"
+    session: Session | None = None
+    channel: Channel | None = None
+    body: bytes | None = None  # what goes upstream when it differs from what the client sent
+    set_headers: dict[str, str] = field(default_factory=dict)
+    open_ids: list[Any] = field(default_factory=list)  # requests forwarded and not yet answered
+    methods: dict[Any, str] = field(default_factory=dict)
+    extra: bytes | None = None  # replies to add to the upstream's answer (a partly denied batch)
+    new_session_id: str | None = None  # the server opened an MCP session with this response
+    sse_only: bool = False
+    upstream_path: str = "/"
+    public_origin: str = ""
+    client_headers: dict[str, str] = field(default_factory=dict)
+    first_method: str | None = None
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _is_sse(content_type: str | None) -> bool:
+    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"  # type: ignore[union-attr]
+
+
+def _requests_in(body: Any) -> list[tuple[Any, str]]:
+    """(id, method) of every request in a parsed frame."""
+    items = body if isinstance(body, list) else [body]
+    return [
+        (item["id"], item["method"])
+        for item in items
+        if isinstance(item, dict) and "id" in item and isinstance(item.get("method"), str)
+    ]
+
+
+def _deny_code(outcome: Outcome) -> int | None:
+    for verdict in outcome.verdicts:
+        if verdict.decision.action == "deny":
+            return verdict.error_code
+    return None
+
+
+class HttpInspection:
+    """The HTTP side of the firewall, shared by all exchanges of one process."""
+
+    def __init__(
+        self,
+        inspector: Inspector,
+        sessions: HttpSessions,
+        *,
+        max_message_bytes: int,
+        reverse: bool = True,
+        public_url: str | None = None,
+        non_mcp: str = "pass",
+        poster: ServerPoster | None = None,
+    ) -> None:
+        self.inspector = inspector
+        self.sessions = sessions
+        self.max_message_bytes = max_message_bytes
+        self.reverse = reverse
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.non_mcp = non_mcp
+        self.poster = poster
+
+    # -- requests --------------------------------------------------------------------
+
+    def request(self, route: Route, req: Request) -> Exchange | Reply:
+        """Classify and inspect a request: an exchange to forward, or the firewall's answer."""
+        method = req.method
+        headers = req.headers
+        ex = Exchange(route, "other", upstream_path=req.upstream_path)
+        if self.reverse:
+            ex.public_origin = self.public_url or f"{req.scheme}://{req.host or route.netloc}"
+        if method == "POST" and self._is_jsonrpc_post(req, route):
+            ex.kind = "mcp"
+        elif method == "GET":
+            path = req.upstream_path
+            if path.startswith(PRM_PATH) and self.reverse:
+                ex.kind = "metadata"
+            elif self.reverse or _mcp_stream_request(req):
+                ex.kind = "stream"  # decided by the response: only an event stream is inspected
+        elif method == "DELETE" and headers.get(SESSION_ID):
+            ex.kind = "delete"
+        if not self.reverse and self.non_mcp == "deny" and not self._looks_mcp(ex, req):
+            return plain(403, "mcpfw: only MCP traffic may pass this proxy\n")
+        if ex.kind in ("other", "metadata"):
+            return ex
+        ex.client_headers = {
+            name: value for name in _FORWARDED_CLIENT_HEADERS if (value := headers.get(name)) is not None
+        }
+        self._attach_session(ex, req)
+        if ex.kind != "mcp":
+            return ex
+        ex.set_headers["accept-encoding"] = "identity"  # bodies must be readable to be inspected
+        ex.sse_only = wants_sse_only(headers.get("accept"))
+        return self._inspect_request(ex, req)
+
+    def _is_jsonrpc_post(self, req: Request, route: Route) -> bool:
+        if req.upstream_path.split("?", 1)[0] == route.endpoint_path:
+            return True
+        headers = req.headers
+        if headers.get(SESSION_ID) or headers.get(mcp_headers.METHOD) or headers.get(mcp_headers.VERSION):
+            return True
+        # Elsewhere on the origin (a legacy message endpoint, a co-hosted OAuth server): a
+        # JSON body naming "jsonrpc" is MCP, a form or a plain JSON document is not.
+        return _is_json(headers.get("content-type")) and b"jsonrpc" in req.body
+
+    @staticmethod
+    def _looks_mcp(ex: Exchange, req: Request) -> bool:
+        headers = req.headers
+        if ex.kind in ("mcp", "delete"):
+            return True
+        if headers.get(SESSION_ID) or headers.get(mcp_headers.VERSION):
+            return True
+        return req.method == "GET" and "text/event-stream" in (headers.get("accept") or "")
+
+    def _attach_session(self, ex: Exchange, req: Request) -> None:
+        route = ex.route
+        headers = req.headers
+        sid = headers.get(SESSION_ID)
+        if sid:
+            channel = self.sessions.get(route, session_key(sid))
+            if channel is None:
+                # Started before this process saw it (a restart): learn it from here on.
+                session = self.sessions.new_session(route, "http", headers.get(mcp_headers.VERSION))
+                channel = Channel(session, route, route.endpoint_path)
+                self.sessions.add(session_key(sid), channel)
+            channel.headers = ex.client_headers
+            ex.channel, ex.session = channel, channel.session
+            return
+        if ex.kind == "mcp" and "?" in req.upstream_path:
+            channel = self.sessions.get(route, legacy_key(req.upstream_path))
+            if channel is not None:
+                ex.channel, ex.session = channel, channel.session
+                return
+        ex.session = self.sessions.new_session(route, "http", headers.get(mcp_headers.VERSION))
+
+    def _inspect_request(self, ex: Exchange, req: Request) -> Exchange | Reply:
+        session = ex.session
+        assert session is not None
+        raw = req.body
+        headers = req.headers
+        routing: dict[str, str] = {}
+        parsed: Any = None
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # the pipeline refuses it with the right error
+        if headers.get(mcp_headers.METHOD) or headers.get(mcp_headers.NAME) or _has_param_header(headers):
+            routing, problem = mcp_headers.collect(headers.getall, headers.names())
+            problem = problem or mcp_headers.mismatch(routing, parsed)
+            if problem:
+                return self._transport_denial(ex, parsed, HEADER_MISMATCH, "header_mismatch", problem, len(raw))
+        requests = _requests_in(parsed)
+        for msg_id, method in requests:
+            ex.methods[_id_key(msg_id)] = method
+        if requests:
+            ex.first_method = requests[0][1]
+        token = mcp_headers.current_http.set({"headers": routing}) if routing else None
+        try:
+            outcome = self.inspector.inspect(raw, C2S, session)
+        finally:
+            if token is not None:
+                mcp_headers.current_http.reset(token)
+        forward, reply = outcome.forward, outcome.reply
+        if forward is not None and forward is not raw and routing:
+            try:
+                updates, complaint = mcp_headers.rederive(routing, parsed, orjson.loads(forward))
+            except orjson.JSONDecodeError:
+                updates, complaint = {}, None
+            if complaint:
+                return self._transport_denial(ex, parsed, HEADER_MISMATCH, "header_mismatch", complaint, len(raw))
+            ex.set_headers.update(updates)
+        channel = ex.channel
+        if reply is not None and channel is not None and channel.legacy:
+            stand_in = self._stand_in_pings(channel, forward, reply)
+            if stand_in is not None:
+                forward, reply = stand_in, None
+        if forward is None:
+            if reply is None:
+                return accepted()
+            return jsonrpc_reply(reply, _deny_code(outcome), sse=ex.sse_only)
+        if forward is not raw:
+            ex.body = forward
+            if parsed is not None:
+                try:
+                    requests = _requests_in(orjson.loads(forward))
+                except orjson.JSONDecodeError:
+                    requests = []
+        ex.extra = reply
+        ex.open_ids = [msg_id for msg_id, _ in requests]
+        return ex
+
+    def _stand_in_pings(self, channel: Channel, forward: bytes | None, reply: bytes) -> bytes | None:
+        """Legacy SSE: answers travel on the event stream, so a denied request is replaced
+        by a ping with its id, and the server's answer to that ping by the denial."""
+        errors_ = orjson.loads(reply)
+        items = errors_ if isinstance(errors_, list) else [errors_]
+        pings: list[dict[str, Any]] = []
+        for item in items:
+            msg_id = item.get("id")
+            if msg_id is None:
+                continue
+            channel.substitutes[_id_key(msg_id)] = encode(item)
+            pings.append({"jsonrpc": "2.0", "id": msg_id, "method": "ping"})
+        if not pings:
+            return None  # nothing to answer on the stream (say, unparseable input): answer the POST
+        if forward is not None:
+            kept = orjson.loads(forward)
+            pings = (kept if isinstance(kept, list) else [kept]) + pings
+        return encode(pings[0] if len(pings) == 1 else pings)
+
+    def _transport_denial(self, ex: Exchange, parsed: Any, code: int, reason: str, message: str, size: int) -> Reply:
+        session = ex.session
+        assert session is not None
+        requests = _requests_in(parsed)
+        msg_id, method = requests[0] if len(requests) == 1 else (None, None)
+        decision_id = self.inspector.record_transport_error(
+            session, C2S, code=code, reason_code=reason, message=message,
+            kind="request" if msg_id is not None else None, method=method, msg_id=msg_id, size=size,
+        )
+        data = {"decision_id": decision_id, "reasons": [{"code": reason, "message": message}]}
+        return error_reply(msg_id, code, f"mcpfw: {message}", data, sse=ex.sse_only)
+
+    # -- responses -------------------------------------------------------------------
+
+    def response_head(self, ex: Exchange, status: int, headers: HeaderView) -> tuple[str, dict[str, str]]:
+        """How to treat the response ("json", "sse", "metadata" or "pass") and header changes."""
+        changes: dict[str, str] = {}
+        route = ex.route
+        if ex.public_origin and status in (401, 403):
+            challenge = headers.get("www-authenticate")
+            if challenge and "resource_metadata" in challenge.lower():
+                changes["www-authenticate"] = rewrite_www_authenticate(challenge, route, ex.public_origin)
+        if ex.kind == "metadata":
+            return ("metadata" if 200 <= status < 300 else "pass"), changes
+        if ex.kind == "other":
+            return "pass", changes
+        if ex.kind == "delete":
+            if 200 <= status < 300 or status == 404:
+                self.sessions.drop(route, session_key(ex.client_headers.get(SESSION_ID, "")))
+            return "pass", changes
+        sid = headers.get(SESSION_ID)
+        if sid and ex.channel is None and 200 <= status < 300 and ex.session is not None:
+            channel = Channel(ex.session, route, ex.upstream_path if ex.kind == "mcp" else route.endpoint_path)
+            channel.headers = {**ex.client_headers, SESSION_ID: sid}
+            self.sessions.add(session_key(sid), channel)
+            ex.channel = channel
+            ex.new_session_id = sid
+        elif status == 404 and ex.client_headers.get(SESSION_ID):
+            self.sessions.drop(route, session_key(ex.client_headers[SESSION_ID]))
+        content_type = headers.get("content-type")
+        if _is_sse(content_type):
+            return "sse", changes
+        if ex.kind == "mcp" and _is_json(content_type):
+            return "json", changes
+        if ex.kind == "mcp" and status == 202 and ex.extra is not None:
+            return "json", changes  # the server took the rest of a partly denied batch
+        return "pass", changes
+
+    def json_body(self, ex: Exchange, status: int, body: bytes) -> tuple[int, bytes]:
+        """Inspect a JSON response body; return the status and body to send on."""
+        if status == 202 and not body:
+            if ex.extra is None:
+                return status, body
+            return 200, ex.extra
+        if status >= 400 and b"jsonrpc" not in body:
+            return status, body  # an HTTP-level error page, not a JSON-RPC message
+        session = ex.session
+        assert session is not None
+        outcome = self.inspector.inspect(body, S2C, session)
+        forward = outcome.forward
+        if forward is None:
+            code = _deny_code(outcome) or errors.INVALID_REQUEST
+            return 502, self._errors_for_open(ex, code, "mcpfw: the server's answer was refused", outcome)
+        ex.open_ids.clear()
+        self._learn(ex)
+        if ex.extra is not None:
+            forward = _merge(forward, ex.extra)
+        return status, forward
+
+    def metadata_body(self, ex: Exchange, body: bytes) -> bytes:
+        return rewrite_metadata(body, ex.route, ex.public_origin) or body
+
+    def sse(self, ex: Exchange) -> SseFilter:
+        return SseFilter(self, ex)
+
+    def _learn(self, ex: Exchange) -> None:
+        if ex.first_method in ("initialize", "server/discover") and ex.session is not None:
+            self.sessions.learn_server(ex.route, ex.session)
+
+    # -- failures --------------------------------------------------------------------
+
+    def refuse(self, route: Route, *, code: int, reason: str, message: str, status: int, size: int = 0) -> Reply:
+        """A request the transport cannot take (too large, too slow): recorded and answered."""
+        session = self.sessions.new_session(route, "http")
+        if code == errors.MESSAGE_TOO_LARGE:
+            reply = self.inspector.refuse_oversized(size, self.max_message_bytes, C2S, session)
+            return Reply(status, reply or b"", {"content-type": "application/json"})
+        decision_id = self.inspector.record_transport_error(
+            session, C2S, code=code, reason_code=reason, message=message, size=size
+        )
+        return error_reply(None, code, f"mcpfw: {message}", {"decision_id": decision_id}, status=status)
+
+    def upstream_failed(self, ex: Exchange, reason: str, *, status: int = 502) -> Reply:
+        """The upstream could not be reached or broke off: JSON-RPC errors for the client."""
+        session = ex.session or self.sessions.new_session(ex.route, "http")
+        message = f"mcpfw: upstream {ex.route.name} unavailable: {reason}"
+        if ex.kind != "mcp" or not ex.open_ids:
+            decision_id = self.inspector.record_transport_error(
+                session, C2S, code=errors.UPSTREAM_UNAVAILABLE, reason_code="upstream_unavailable", message=message
+            )
+            if ex.kind not in ("mcp", "stream"):
+                return plain(status, message + "\n")
+            return error_reply(None, errors.UPSTREAM_UNAVAILABLE, message, {"decision_id": decision_id}, status=status)
+        body = self._errors_for_open(ex, errors.UPSTREAM_UNAVAILABLE, message, None)
+        return Reply(status, body, {"content-type": "application/json"})
+
+    def stream_failed(self, ex: Exchange, reason: str) -> bytes:
+        """The upstream broke off an event stream: error events for requests still unanswered."""
+        if not ex.open_ids:
+            return b""
+        message = f"mcpfw: upstream {ex.route.name} unavailable: {reason}"
+        body = self._errors_for_open(ex, errors.UPSTREAM_UNAVAILABLE, message, None)
+        items = orjson.loads(body)
+        return b"".join(format_event(encode(item)) for item in (items if isinstance(items, list) else [items]))
+
+    def _errors_for_open(self, ex: Exchange, code: int, message: str, outcome: Outcome | None) -> bytes:
+        session = ex.session
+        assert session is not None
+        replies = []
+        for msg_id in ex.open_ids or [None]:
+            method = ex.methods.get(_id_key(msg_id)) if msg_id is not None else None
+            if outcome is not None and outcome.verdicts:
+                decision_id = outcome.verdicts[0].decision_id
+            else:
+                decision_id = self.inspector.record_transport_error(
+                    session, C2S, code=code, reason_code="upstream_unavailable", message=message,
+                    kind="request" if msg_id is not None else None, method=method, msg_id=msg_id,
+                )
+            if msg_id is not None:
+                session.forget_pending(C2S, msg_id)
+            replies.append(error_response(msg_id, code, message, {"decision_id": decision_id, "firewall": "mcpfw"}))
+        ex.open_ids.clear()
+        return encode(replies[0] if len(replies) == 1 else replies)
+
+
+class SseFilter:
+    """Inspects an event stream block by block, forwarding each as soon as it is complete."""
+
+    def __init__(self, core: HttpInspection, ex: Exchange) -> None:
+        self._core = core
+        self._ex = ex
+        self._parser = SseParser(core.max_message_bytes + _SSE_SLACK)
+        self._prefix = format_event(ex.extra) if ex.extra is not None else b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        out = [self._prefix] if self._prefix else []
+        self._prefix = b""
+        for block in self._parser.feed(chunk):
+            piece = self._block(block)
+            if piece:
+                out.append(piece)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """End of the upstream stream: an unfinished block is dropped, as a client would."""
+        self._core._learn(self._ex)
+        return self._prefix
+
+    def _block(self, block: SseEvent | OversizedEvent) -> bytes:
+        core, ex = self._core, self._ex
+        session = ex.session
+        assert session is not None
+        if isinstance(block, OversizedEvent):
+            return self._oversized(block)
+        data = block.data
+        if data is None or not data.strip():
+            return block.raw  # comments, keep-alives, priming events, retry hints
+        if block.event == "endpoint":
+            return self._endpoint(block)
+        raw = data.encode("utf-8")
+        channel = ex.channel
+        if channel is not None and channel.substitutes:
+            substitute = self._substitute(channel, raw)
+            if substitute is not None:
+                return format_event(substitute, event=block.event, event_id=block.id, retry=block.retry)
+        outcome = core.inspector.inspect(raw, S2C, session)
+        if outcome.reply is not None and core.poster is not None:
+            self._to_server(outcome.reply)
+        self._answered(outcome, raw)
+        forward = outcome.forward
+        if forward is raw:
+            return block.raw
+        if forward is None:
+            return format_id_only(block.id) if block.id is not None else b""
+        return format_event(forward, event=block.event, event_id=block.id, retry=block.retry)
+
+    def _answered(self, outcome: Outcome, raw: bytes) -> None:
+        open_ids = self._ex.open_ids
+        if not open_ids or not any(v.kind in ("response", "error_response") for v in outcome.verdicts):
+            return
+        if len(open_ids) == 1:
+            open_ids.clear()
+            return
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        for item in body if isinstance(body, list) else [body]:
+            if isinstance(item, dict) and item.get("id") in open_ids and "method" not in item:
+                open_ids.remove(item["id"])
+
+    def _substitute(self, channel: Channel, raw: bytes) -> bytes | None:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        if isinstance(body, dict) and "method" not in body and "id" in body:
+            return channel.substitutes.pop(_id_key(body["id"]), None)
+        return None
+
+    def _to_server(self, reply: bytes) -> None:
+        ex = self._ex
+        poster = self._core.poster
+        assert poster is not None
+        if ex.channel is not None:
+            poster.post(ex.route, ex.channel.post_path, ex.channel.headers, reply)
+        else:
+            poster.post(ex.route, ex.route.endpoint_path, ex.client_headers, reply)
+
+    def _oversized(self, block: OversizedEvent) -> bytes:
+        ex = self._ex
+        session = ex.session
+        assert session is not None
+        limit = self._core.max_message_bytes
+        reply = self._core.inspector.refuse_oversized(block.size, limit, S2C, session)
+        msg_id = _recover_id(block.head, block.tail)
+        if reply is None or msg_id is None:
+            return b""
+        if msg_id in ex.open_ids:
+            ex.open_ids.remove(msg_id)
+        error = orjson.loads(reply)
+        error["id"] = msg_id
+        return format_event(encode(error))
+
+    def _endpoint(self, block: SseEvent) -> bytes:
+        """Legacy HTTP+SSE: the server names the URL for the client's messages."""
+        ex, core = self._ex, self._core
+        route = ex.route
+        assert block.data is not None and ex.session is not None
+        target = urljoin(f"{route.origin}{ex.upstream_path}", block.data.strip())
+        parts = urlsplit(target)
+        if f"{parts.scheme}://{parts.netloc}".lower() != route.origin.lower():
+            return block.raw
+        post_path = parts.path + (f"?{parts.query}" if parts.query else "")
+        channel = Channel(ex.session, route, post_path, dict(ex.client_headers), legacy=True)
+        ex.session.transport = "sse"
+        ex.channel = channel
+        core.sessions.add(legacy_key(post_path), channel)
+        public = route.public_path(parts.path) + (f"?{parts.query}" if parts.query else "")
+        if public == block.data.strip():
+            return block.raw
+        return format_event(public, event="endpoint", event_id=block.id, retry=block.retry)
+
+
+def _mcp_stream_request(req: Request) -> bool:
+    """Forward mode: a GET is an MCP stream when it says so (other sites' event streams pass)."""
+    headers = req.headers
+    if headers.get(SESSION_ID) or headers.get(mcp_headers.VERSION):
+        return True
+    return req.upstream_path.split("?", 1)[0].rstrip("/").endswith("/sse")
+
+
+def _has_param_header(headers: HeaderView) -> bool:
+    return any(name.lower().startswith(mcp_headers.PARAM_PREFIX) for name in headers.names())
+
+
+def _id_key(msg_id: Any) -> str:
+    return orjson.dumps(msg_id).decode()
+
+
+def _merge(forward: bytes, extra: bytes) -> bytes:
+    first = orjson.loads(forward)
+    second = orjson.loads(extra)
+    items = (first if isinstance(first, list) else [first]) + (second if isinstance(second, list) else [second])
+    return encode(items)
+
+
+_ID_FIELD = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,256}")')
+
+
+def _recover_id(head: bytes, tail: bytes) -> Any:
+    """The JSON-RPC id of a message too large to parse, when it sits at either end."""
+    for text in (tail, head):
+        match = _ID_FIELD.search(text)
+        if match:
+            try:
+                return orjson.loads(match.group(1))
+            except orjson.JSONDecodeError:
+                return None
+    return None

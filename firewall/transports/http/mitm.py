@@ -1,0 +1,313 @@
+"""mitmproxy addons that put HTTP, SSE and WebSocket traffic through the pipeline.
+
+Used for regular (forward) and transparent modes, where mitmproxy's CONNECT handling and
+TLS interception (with its own CA) are needed, and for reverse mode on request. mitmproxy
+is embedded through its Python API with only the addons a proxy needs: no flow storage,
+no dumping, no console. Each addon has one concern:
+
+* :class:`McpHttp` - requests and responses (JSON bodies, SSE streams block by block);
+* :class:`McpWebSocket` - every WebSocket message, both ways;
+* :class:`UpstreamFailures` - a failed upstream leaves an audit record.
+
+Known difference from the lean listener: when mitmproxy cannot reach the upstream it
+answers with its own 502 page (no addon hook can replace it); the audit record is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ...config import Config
+from ...paths import state_dir
+from ...runtime import build_firewall
+from .exchange import Exchange, HttpInspection, Request
+from .outbound import UpstreamPoster, client_session
+from .replies import Reply
+from .routes import Route, Router
+from .runner import Listen, announce, install_stop_signals
+from .service import build_inspection, build_router
+from .websocket import WebSocketInspection
+
+log = logging.getLogger("mcpfw.http")
+_KEY = "mcpfw"
+
+
+class Headers:
+    """:class:`~.exchange.HeaderView` over mitmproxy's headers."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self, headers: Any) -> None:
+        self._h = headers
+
+    def get(self, name: str) -> str | None:
+        return self._h.get(name)
+
+    def getall(self, name: str) -> list[str]:
+        return self._h.get_all(name)
+
+    def names(self) -> Iterable[str]:
+        return self._h.keys()
+
+
+def _make_response(reply: Reply) -> Any:
+    from mitmproxy import http
+
+    return http.Response.make(reply.status, reply.body, reply.headers)
+
+
+class McpHttp:
+    """Inspects every HTTP exchange: the request body, then a JSON body or each SSE event."""
+
+    def __init__(self, core: HttpInspection, router: Router | None, *, preserve_host: bool) -> None:
+        self.core = core
+        self.router = router
+        self.preserve_host = preserve_host
+        self._targets: dict[tuple[str, str, int], Route] = {}
+
+    def _route(self, flow: Any) -> tuple[Route, str] | None:
+        request = flow.request
+        if self.router is not None:
+            return self.router.match(request.headers.get("host"), request.path)
+        # Forward and transparent modes: the destination names the server. There is no
+        # configured endpoint path, so what is MCP is told by the request itself.
+        key = (request.scheme, request.host, request.port)
+        route = self._targets.get(key)
+        if route is None:
+            default = 443 if request.scheme == "https" else 80
+            netloc = request.host if request.port == default else f"{request.host}:{request.port}"
+            route = self._targets[key] = Route(
+                name=request.host, url=f"{request.scheme}://{netloc}", scheme=request.scheme, netloc=netloc,
+                endpoint_path="\x00",
+            )
+        return route, request.path
+
+    def request(self, flow: Any) -> None:
+        if flow.response is not None or flow.request.headers.get("upgrade", "").lower() == "websocket":
+            return
+        match = self._route(flow)
+        if match is None:
+            flow.response = _make_response(Reply(404, b"mcpfw: no upstream is configured for this path\n"))
+            return
+        route, upstream_path = match
+        request = flow.request
+        result = self.core.request(route, Request(
+            request.method, request.path, upstream_path, request.headers.get("host"), Headers(request.headers),
+            request.get_content(strict=False) or b"", request.scheme,
+        ))
+        if isinstance(result, Reply):
+            flow.response = _make_response(result)
+            return
+        flow.metadata[_KEY] = result
+        if self.router is not None:
+            self._retarget(request, route, upstream_path)
+        if result.body is not None:
+            request.content = result.body
+        for name, value in result.set_headers.items():
+            request.headers[name] = value
+
+    def _retarget(self, request: Any, route: Route, upstream_path: str) -> None:
+        host_header = request.headers.get("host")
+        host, _, port = route.netloc.rpartition(":") if route.netloc.count(":") == 1 else (route.netloc, "", "")
+        request.scheme = route.scheme
+        request.host = host.strip("[]")
+        request.port = int(port) if port else (443 if route.scheme == "https" else 80)
+        request.path = upstream_path
+        if self.preserve_host and host_header is not None:
+            request.headers["host"] = host_header  # the setters above rewrote it
+
+    def responseheaders(self, flow: Any) -> None:
+        ex: Exchange | None = flow.metadata.get(_KEY)
+        if ex is None:
+            return
+        response = flow.response
+        plan, changes = self.core.response_head(ex, response.status_code, Headers(response.headers))
+        for name, value in changes.items():
+            response.headers[name] = value
+        flow.metadata[_KEY + ".plan"] = plan
+        if plan == "sse":
+            response.stream = _SseStream(self.core.sse(ex))
+        elif plan == "pass":
+            response.stream = True  # nothing to inspect: do not hold it in memory
+
+    def response(self, flow: Any) -> None:
+        ex: Exchange | None = flow.metadata.get(_KEY)
+        plan = flow.metadata.get(_KEY + ".plan")
+        if ex is None or plan not in ("json", "metadata"):
+            return
+        response = flow.response
+        body = response.get_content(strict=False) or b""
+        if plan == "metadata":
+            response.content = self.core.metadata_body(ex, body)
+            return
+        status, body = self.core.json_body(ex, response.status_code, body)
+        response.status_code = status
+        response.content = body
+        if status == 200 and "content-type" not in response.headers:
+            response.headers["content-type"] = "application/json"
+
+
+class _SseStream:
+    """mitmproxy's streaming callback: chunks in, inspected events out; b"" ends the stream."""
+
+    def __init__(self, events: Any) -> None:
+        self._events = events
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return self._events.finish()
+        return self._events.feed(chunk)
+
+
+class UpstreamFailures:
+    """Records why an MCP exchange failed upstream (refused, reset, timed out)."""
+
+    def __init__(self, core: HttpInspection) -> None:
+        self.core = core
+
+    def error(self, flow: Any) -> None:
+        ex: Exchange | None = flow.metadata.get(_KEY)
+        if ex is not None and flow.response is None and flow.error is not None:
+            self.core.upstream_failed(ex, str(flow.error.msg))
+
+
+class McpWebSocket:
+    """Inspects every WebSocket message; a denied request is answered on the same socket."""
+
+    def __init__(self, core: HttpInspection, router: Router | None) -> None:
+        self.core = core
+        self.router = router
+
+    def websocket_start(self, flow: Any) -> None:
+        request = flow.request
+        match = self.router.match(request.headers.get("host"), request.path) if self.router else None
+        route = match[0] if match else Route(request.host, request.url, request.scheme, request.host, request.path)
+        session = self.core.sessions.new_session(route, "websocket")
+        flow.metadata[_KEY + ".ws"] = WebSocketInspection(self.core.inspector, session, self.core.max_message_bytes)
+
+    def websocket_message(self, flow: Any) -> None:
+        from mitmproxy import ctx
+
+        inspection: WebSocketInspection | None = flow.metadata.get(_KEY + ".ws")
+        if inspection is None:
+            return
+        message = flow.websocket.messages[-1]
+        judge = inspection.from_client if message.from_client else inspection.from_server
+        relay = judge(message.content)
+        if relay.forward is None:
+            message.drop()
+        elif relay.forward is not message.content:
+            message.content = relay.forward
+        if relay.reply is not None:
+            # Back to whoever sent it: the client for its requests, the server for its own.
+            ctx.master.commands.call("inject.websocket", flow, message.from_client, relay.reply, message.is_text)
+
+
+# -- running mitmproxy embedded ---------------------------------------------------------
+
+
+def _options(config: Config, listen: Listen) -> dict[str, Any]:
+    proxy = config.proxy
+    confdir = proxy.confdir or (state_dir() / "mitmproxy")
+    Path(confdir).expanduser().mkdir(parents=True, exist_ok=True)
+    if proxy.mode == "reverse":
+        # McpHttp picks the route of each request; this only gives mitmproxy a default.
+        mode = f"reverse:{build_router(config).routes[-1].origin}"
+    else:
+        mode = proxy.mode
+    return {
+        "mode": [mode],
+        "listen_host": listen.host,
+        "listen_port": listen.port,
+        "confdir": str(Path(confdir).expanduser()),
+        "ssl_insecure": proxy.ssl_insecure,
+        "keep_host_header": proxy.preserve_host,
+        "connection_strategy": "lazy",
+        "stream_large_bodies": None,
+        "body_size_limit": None,
+    }
+
+
+async def serve_mitmproxy(config: Config, listen: Listen, *, on_ready: Any = None, stop: asyncio.Event | None = None) -> None:
+    """Run mitmproxy with the mcpfw addons until ``stop`` is set (or a signal arrives)."""
+    from mitmproxy import master, options
+    from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+
+    stop = stop or asyncio.Event()
+    install_stop_signals(stop)
+    firewall = build_firewall(config)
+    client = None
+    try:
+        reverse = config.proxy.mode == "reverse"
+        client = client_session(connect_timeout=config.proxy.connect_timeout_seconds, verify_tls=not config.proxy.ssl_insecure)
+        held = client
+        inspection = build_inspection(
+            firewall, reverse=reverse, poster=UpstreamPoster(lambda: held, config.proxy.upstream_timeout_seconds)
+        )
+        router = build_router(config) if reverse else None
+        opts = options.Options()
+        m = master.Master(opts, with_termlog=False)
+        m.addons.add(
+            core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
+            errorcheck.ErrorCheck(),
+            McpHttp(inspection, router, preserve_host=config.proxy.preserve_host),
+            McpWebSocket(inspection, router),
+            UpstreamFailures(inspection),
+        )
+        opts.update(**_options(config, listen))
+        runner = asyncio.ensure_future(m.run())
+        await _wait_listening(m, runner)
+        if on_ready is not None:
+            on_ready(_bound_port(m, listen.port))
+        waiter = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([runner, waiter], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if not runner.done():
+            m.shutdown()
+            await runner
+        elif runner.exception() is not None:
+            raise runner.exception()  # type: ignore[misc]
+    finally:
+        if client is not None:
+            await client.close()
+        firewall.close()
+
+
+async def _wait_listening(m: Any, runner: asyncio.Future[Any]) -> None:
+    ps = m.addons.get("proxyserver")
+    for _ in range(200):
+        if runner.done():
+            break
+        if any(getattr(s, "listen_addrs", None) for s in ps.servers):
+            return
+        await asyncio.sleep(0.02)
+
+
+def _bound_port(m: Any, default: int) -> int:
+    ps = m.addons.get("proxyserver")
+    for server in ps.servers:
+        for addr in server.listen_addrs:
+            return addr[1]
+    return default
+
+
+def run_mitmproxy(config: Config, listen: Listen) -> int:
+    def ready(port: int) -> None:
+        announce(listen, port, config.proxy.mode, "mitmproxy", 1)
+        if config.proxy.mode != "reverse":
+            ca = Path(_options(config, listen)["confdir"]) / "mitmproxy-ca-cert.pem"
+            print(f"mcpfw proxy: TLS interception CA: {ca}", flush=True, file=sys.stderr)
+
+    asyncio.run(serve_mitmproxy(config, listen, on_ready=ready))
+    return 0
+
+
+def ca_certificate(config: Config) -> Path:
+    confdir = config.proxy.confdir or (state_dir() / "mitmproxy")
+    return Path(os.path.expanduser(confdir)) / "mitmproxy-ca-cert.pem"

@@ -1,0 +1,197 @@
+"""Server-Sent Events, parsed incrementally by the rules of the HTML standard.
+
+Lines end with CRLF, LF or a lone CR (servers differ: TypeScript ones write LF, Python
+ones CRLF), a blank line dispatches the block, ``:`` starts a comment, and one space after
+a field's colon is dropped. The parser keeps each block's bytes exactly as received, so a
+block the firewall does not change is forwarded byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+_BOM = b"\xef\xbb\xbf"
+_KEEP = 512  # bytes kept from each end of an oversized block, to recover its JSON-RPC id
+
+
+@dataclass(slots=True)
+class SseEvent:
+    """One block ended by a blank line: its bytes as received and the fields the spec reads."""
+
+    raw: bytes
+    data: str | None = None  # None when the block had no data field (a comment, a bare id:)
+    event: str | None = None
+    id: str | None = None
+    retry: int | None = None
+
+
+@dataclass(slots=True)
+class OversizedEvent:
+    """A block larger than the limit: dropped unread, with its ends kept to name its request."""
+
+    size: int
+    head: bytes
+    tail: bytes
+
+
+class SseParser:
+    """Turns a byte stream into blocks as soon as each one is complete."""
+
+    def __init__(self, max_event_bytes: int) -> None:
+        self._limit = max_event_bytes
+        self._buf = bytearray()  # the current, incomplete block
+        self._scan = 0  # start of the first line of _buf not yet read
+        self._first_line = True
+        self._after_cr = False  # the last line ended with a CR at the end of a chunk
+        self._discarding = False
+        self._at_line_start = True
+        self._dropped = 0
+        self._head = b""
+        self._tail = b""
+        self._clear_fields()
+
+    def _clear_fields(self) -> None:
+        self._data: list[str] | None = None
+        self._event: str | None = None
+        self._id: str | None = None
+        self._retry: int | None = None
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes held back because their block is not complete yet."""
+        return len(self._buf)
+
+    def feed(self, chunk: bytes) -> list[SseEvent | OversizedEvent]:
+        """Parse ``chunk``; return every block it completes, in order."""
+        out: list[SseEvent | OversizedEvent] = []
+        if not chunk:
+            return out
+        skip_lf = self._after_cr and chunk[:1] == b"\n"  # the LF of a CRLF split across chunks
+        self._after_cr = False
+        if self._discarding:
+            rest = self._discard(chunk, 1 if skip_lf else 0, out)
+            if rest is None:
+                return out
+            chunk, skip_lf = rest, False
+        buf = self._buf
+        if skip_lf and self._scan == len(buf):
+            self._scan += 1
+        buf += chunk
+        self._read_lines(out)
+        return out
+
+    def _read_lines(self, out: list[SseEvent | OversizedEvent]) -> None:
+        buf = self._buf
+        scan = self._scan
+        while True:
+            match = _EOL.search(buf, scan)
+            if match is None:
+                break
+            end = match.end()
+            if end == len(buf) and match.group() == b"\r":
+                self._after_cr = True
+            line = bytes(buf[scan:match.start()])
+            if self._first_line:
+                self._first_line = False
+                if line.startswith(_BOM):
+                    line = line[3:]
+            scan = end
+            if line:
+                self._field(line)
+                continue
+            if end > self._limit:
+                out.append(OversizedEvent(end, bytes(buf[:_KEEP]), bytes(buf[end - _KEEP:end])))
+                self._clear_fields()
+            else:
+                out.append(self._dispatch(bytes(buf[:end])))
+            del buf[:end]
+            scan = 0
+        self._scan = scan
+        if len(buf) > self._limit:
+            self._begin_discard(out)
+
+    def _field(self, line: bytes) -> None:
+        if line[:1] == b":":
+            return
+        name, colon, value = line.partition(b":")
+        if colon and value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            if self._data is None:
+                self._data = []
+            self._data.append(value.decode("utf-8", "replace"))
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"id":
+            if b"\x00" not in value:
+                self._id = value.decode("utf-8", "replace")
+        elif name == b"retry":
+            if value.isdigit():
+                self._retry = int(value)
+
+    def _dispatch(self, raw: bytes) -> SseEvent:
+        data = "\n".join(self._data) if self._data is not None else None
+        event = SseEvent(raw, data, self._event, self._id, self._retry)
+        self._clear_fields()
+        return event
+
+    # -- blocks beyond the limit ---------------------------------------------------
+
+    def _begin_discard(self, out: list[SseEvent | OversizedEvent]) -> None:
+        buf = self._buf
+        self._discarding = True
+        self._dropped = len(buf)
+        self._head = bytes(buf[:_KEEP])
+        self._tail = bytes(buf[-_KEEP:])
+        self._at_line_start = self._scan == len(buf)
+        del buf[:]
+        self._scan = 0
+
+    def _discard(self, chunk: bytes, pos: int, out: list[SseEvent | OversizedEvent]) -> bytes | None:
+        """Skip the rest of an oversized block; return what follows it, or None if it goes on."""
+        while True:
+            match = _EOL.search(chunk, pos)
+            if match is None:
+                if pos < len(chunk):
+                    self._at_line_start = False
+                self._dropped += len(chunk)
+                self._tail = (self._tail + chunk)[-_KEEP:]
+                return None
+            end = match.end()
+            if end == len(chunk) and match.group() == b"\r":
+                self._after_cr = True
+            if match.start() == pos and self._at_line_start:
+                self._dropped += end
+                self._tail = (self._tail + chunk[:end])[-_KEEP:]
+                out.append(OversizedEvent(self._dropped, self._head, self._tail))
+                self._discarding = False
+                self._at_line_start = True
+                self._clear_fields()
+                return chunk[end:]
+            self._at_line_start = True
+            pos = end
+
+
+def format_event(
+    data: bytes | str, *, event: str | None = None, event_id: str | None = None, retry: int | None = None
+) -> bytes:
+    """Serialise one block with LF line ends (every conforming client accepts them)."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    parts: list[str] = []
+    if event:
+        parts.append(f"event: {event}\n")
+    if event_id is not None:
+        parts.append(f"id: {event_id}\n")
+    if retry is not None:
+        parts.append(f"retry: {retry}\n")
+    for line in text.split("\n"):
+        parts.append(f"data: {line}\n")
+    parts.append("\n")
+    return "".join(parts).encode("utf-8")
+
+
+def format_id_only(event_id: str) -> bytes:
+    """A block that only moves the client's last event id: nothing is dispatched."""
+    return f"id: {event_id}\n\n".encode("utf-8")

@@ -1,0 +1,167 @@
+"""Upstream failures, oversized bodies and slow clients: a clear JSON-RPC error and an audit record."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from firewall import errors
+from peers.http_harness import InProcessFirewall, audit_rows, free_port, http, make_config
+
+CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "hi"}}}
+HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+class RawServer:
+    """A TCP server whose every connection is handled by ``behaviour(sock)`` on a thread."""
+
+    def __init__(self, behaviour: Callable[[socket.socket], None]) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.behaviour = behaviour
+        self.closing = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self.closing.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                self.behaviour(conn)
+            except OSError:
+                pass
+
+    def __enter__(self) -> RawServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closing.set()
+        self.sock.close()
+
+
+def read_request(conn: socket.socket) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+
+
+def reset(conn: socket.socket) -> None:
+    read_request(conn)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+
+
+def hang(conn: socket.socket) -> None:
+    read_request(conn)
+    time.sleep(4)
+
+
+def broken_stream(conn: socket.socket) -> None:
+    read_request(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+    event = b'data: {"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"x"}}\n\n'
+    conn.sendall(b"%x\r\n%s\r\n" % (len(event), event))
+    time.sleep(0.2)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def firewall_for(tmp_path, port: int, **limits) -> InProcessFirewall:
+    config = make_config(tmp_path, [{"url": f"http://127.0.0.1:{port}/mcp", "name": "up"}],
+                         upstream_timeout_seconds=1, client_timeout_seconds=1, limits=limits or None)
+    return InProcessFirewall(config)
+
+
+def reason_of(tmp_path, decision_id: str) -> dict:
+    (row,) = audit_rows(tmp_path / "audit.duckdb", f"decision_id = '{decision_id}'")
+    return row
+
+
+@pytest.mark.parametrize("kind", ["refused", "reset", "timeout"])
+def test_upstream_failures_become_jsonrpc_errors(tmp_path, kind):
+    behaviours = {"reset": reset, "timeout": hang}
+    if kind == "refused":
+        server = None
+        port = free_port()
+    else:
+        server = RawServer(behaviours[kind]).__enter__()
+        port = server.port
+    try:
+        with firewall_for(tmp_path, port) as fw:
+            started = time.monotonic()
+            r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+            elapsed = time.monotonic() - started
+    finally:
+        if server is not None:
+            server.__exit__()
+    answer = r.json()
+    assert r.status_code == (504 if kind == "timeout" else 502)
+    assert answer["id"] == 7 and answer["error"]["code"] == errors.UPSTREAM_UNAVAILABLE
+    expected = {"refused": "refused", "reset": "connection", "timeout": "no response within 1 s"}[kind]
+    assert expected in answer["error"]["message"].lower()
+    assert elapsed < 3
+    row = reason_of(tmp_path, answer["error"]["data"]["decision_id"])
+    assert row["reason_codes"] == ["upstream_unavailable"] and row["error_code"] == errors.UPSTREAM_UNAVAILABLE
+    assert expected in row["error"].lower() and row["method"] == "tools/call" and row["message_id"] == "7"
+
+
+def test_stream_broken_off_midway_gets_an_error_event(tmp_path):
+    with RawServer(broken_stream) as server, firewall_for(tmp_path, server.port) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[0]["method"] == "notifications/message"  # what came before the break went through
+    assert events[-1]["id"] == 7 and events[-1]["error"]["code"] == errors.UPSTREAM_UNAVAILABLE
+
+
+def test_oversized_body_is_refused_before_the_upstream(tmp_path):
+    seen = []
+    with RawServer(lambda conn: seen.append(conn.recv(10))) as server, firewall_for(tmp_path, server.port, max_message_bytes=4096) as fw:
+        big = {**CALL, "params": {"name": "echo", "arguments": {"message": "x" * 10_000}}}
+        r = http("POST", f"{fw.url}/mcp", json_body=big, headers=HEADERS)
+    assert r.status_code == 413 and r.json()["error"]["code"] == errors.MESSAGE_TOO_LARGE
+    assert not seen
+    rows = audit_rows(tmp_path / "audit.duckdb", "error_code = -32053")
+    assert rows and rows[0]["decision"] == "deny"
+
+
+def test_slow_loris_clients_are_cut_off_while_others_are_served(tmp_path):
+    with RawServer(hang) as server, firewall_for(tmp_path, server.port) as fw:
+        slow_headers = socket.create_connection(("127.0.0.1", fw.port))
+        slow_headers.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\n")
+        slow_body = socket.create_connection(("127.0.0.1", fw.port))
+        slow_body.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"js")
+        started = time.monotonic()
+        # Meanwhile another client is served at once (the upstream here never answers: 404 route check).
+        quick = http("POST", f"{fw.url}/mcp", json_body={"jsonrpc": "2.0", "id": 1, "method": "bad/"}, headers={**HEADERS, "content-type": "text/plain"})
+        assert quick.status_code == 504 and time.monotonic() - started < 1.5
+        slow_headers.settimeout(5)
+        slow_body.settimeout(5)
+        head = slow_headers.recv(4096)
+        body_answer = b""
+        while chunk := slow_body.recv(4096):
+            body_answer += chunk
+            if b"}" in chunk:
+                break
+        elapsed = time.monotonic() - started
+        slow_headers.close()
+        slow_body.close()
+    assert head.startswith(b"HTTP/1.1 408")
+    assert body_answer.startswith(b"HTTP/1.1 408") and b'"code":-32600' in body_answer
+    assert elapsed < 4
+    reasons = [r["reason_codes"] for r in audit_rows(tmp_path / "audit.duckdb")]
+    assert reasons.count(["client_timeout"]) == 2

@@ -1,0 +1,126 @@
+"""Regular (forward) proxy mode on mitmproxy: plain HTTP, TLS interception with mitmproxy's
+CA, and what happens to traffic that is not MCP."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import ssl
+from pathlib import Path
+
+import aiohttp
+import anyio
+import pytest
+
+from firewall import errors
+from peers.http_harness import InProcessFirewall, audit_rows, conformance_server, free_port, make_config
+from test_http_reverse import TEST_POLICY
+
+ACCEPT = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp / "upstream.pem", tmp / "upstream.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def messages(body: bytes, content_type: str) -> list[dict]:
+    if not body.strip():
+        return []
+    if content_type.startswith("text/event-stream"):
+        return [json.loads(line[5:]) for line in body.decode().splitlines() if line.startswith("data:") and line[5:].strip()]
+    return [json.loads(body)]
+
+
+async def mcp_session(url: str, proxy: str, ssl_ctx: ssl.SSLContext | bool = True) -> list[dict]:
+    """initialize, an allowed call and a denied one, as a client configured with a proxy."""
+    answers = []
+    async with aiohttp.ClientSession() as http:
+        async def post(body: dict, headers: dict) -> tuple[dict, dict]:
+            async with http.post(url, json=body, headers={**ACCEPT, **headers}, proxy=proxy, ssl=ssl_ctx) as r:
+                found = messages(await r.read(), r.headers.get("content-type", ""))
+                return (found[-1] if found else {}), dict(r.headers)
+
+        init, headers = await post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "proxied", "version": "1"}}}, {})
+        session = {"mcp-session-id": headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        await post({"jsonrpc": "2.0", "method": "notifications/initialized"}, session)
+        answers.append(init)
+        for i, message in enumerate(("via the proxy", "forbidden"), start=2):
+            answer, _ = await post({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                                    "params": {"name": "echo", "arguments": {"message": message}}}, session)
+            answers.append(answer)
+    return answers
+
+
+def test_regular_mode_plain_http(tmp_path):
+    port = free_port()
+    with conformance_server(port):
+        config = make_config(tmp_path, [], policy=TEST_POLICY, mode="regular", confdir=str(tmp_path / "mitm"))
+        with InProcessFirewall(config, engine="mitmproxy") as fw:
+            init, ok, denied = anyio.run(mcp_session, f"http://127.0.0.1:{port}/mcp", fw.url)
+    assert init["result"]["serverInfo"]["name"] == "mcpfw-conformance-fixtures"
+    assert ok["result"]["content"][0]["text"] == "via the proxy"
+    assert denied["error"]["code"] == errors.POLICY_DENIED
+    rows = audit_rows(tmp_path / "audit.duckdb", "method = 'tools/call' AND direction = 'client_to_server'")
+    assert [r["decision"] for r in rows][1:] == ["deny"] and rows[0]["server"] == "127.0.0.1"
+
+
+def test_tls_interception_with_the_mitmproxy_ca(tmp_path):
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    confdir = tmp_path / "mitm"
+    with conformance_server(port, "--tls", str(cert), str(key)):
+        config = make_config(tmp_path, [], policy=TEST_POLICY, mode="regular", confdir=str(confdir), ssl_insecure=True)
+        with InProcessFirewall(config, engine="mitmproxy") as fw:
+            # The client trusts mitmproxy's CA (step 3 of docs/http.md), nothing else.
+            trust = ssl.create_default_context(cafile=str(confdir / "mitmproxy-ca-cert.pem"))
+            init, ok, denied = anyio.run(mcp_session, f"https://127.0.0.1:{port}/mcp", fw.url, trust)
+            # Without the CA the interception is visible to the client, as it should be.
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                anyio.run(mcp_session, f"https://127.0.0.1:{port}/mcp", fw.url, ssl.create_default_context())
+    assert ok["result"]["content"][0]["text"] == "via the proxy"
+    assert denied["error"]["code"] == errors.POLICY_DENIED
+    rows = audit_rows(tmp_path / "audit.duckdb", "decision = 'deny'")
+    assert rows and rows[0]["tool"] == "echo"
+
+
+@pytest.mark.parametrize("non_mcp", ["pass", "deny"])
+def test_traffic_that_is_not_mcp(tmp_path, non_mcp):
+    port = free_port()
+
+    async def plain_requests(proxy: str) -> tuple[int, bytes, int]:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/not-mcp", proxy=proxy) as r:
+                page = (r.status, await r.read())
+            async with http.post(f"http://127.0.0.1:{port}/form", data={"a": "b"}, proxy=proxy) as r:
+                return page[0], page[1], r.status
+
+    with conformance_server(port):
+        config = make_config(tmp_path, [], mode="regular", non_mcp=non_mcp, confdir=str(tmp_path / "mitm"))
+        with InProcessFirewall(config, engine="mitmproxy") as fw:
+            status, body, form = anyio.run(plain_requests, fw.url)
+            mcp_still_works = anyio.run(mcp_session, f"http://127.0.0.1:{port}/mcp", fw.url)
+    if non_mcp == "pass":
+        assert (status, form) == (404, 404)  # the server's own answers, untouched
+    else:
+        assert (status, form) == (403, 403) and b"only MCP" in body
+    assert mcp_still_works[1]["result"]["content"][0]["text"] == "via the proxy"

@@ -1,0 +1,81 @@
+"""server-everything (TypeScript) in its streamableHttp and sse modes behind the firewall,
+driven by the real TypeScript and Python SDK clients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
+from mcp.shared.exceptions import MCPError
+
+from firewall import errors
+from peers.http_harness import InProcessFirewall, audit_rows, everything_server, free_port, make_config
+from test_http_reverse import TEST_POLICY
+
+TS_CLIENT = Path(__file__).parent / "peers" / "ts_http_client.mjs"
+ENDPOINT = {"streamableHttp": "/mcp", "sse": "/sse"}
+
+
+@pytest.fixture(scope="module", params=["streamableHttp", "sse"])
+def everything(request, tmp_path_factory):
+    transport = request.param
+    port = free_port()
+    tmp = tmp_path_factory.mktemp(transport)
+    with everything_server(port, transport):
+        config = make_config(tmp, [{"url": f"http://127.0.0.1:{port}/mcp", "name": "everything"}], policy=TEST_POLICY)
+        with InProcessFirewall(config) as fw:
+            fw.audit = tmp / "audit.duckdb"
+            yield transport, fw
+
+
+def ts_client(transport: str, url: str, calls: list[dict]) -> dict:
+    done = subprocess.run(["node", str(TS_CLIENT), transport, url, json.dumps({"calls": calls})],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_typescript_client(everything):
+    transport, fw = everything
+    url = fw.url + ENDPOINT[transport]
+    probe = ts_client(transport, url, [])
+    calls = [
+        {"tool": "echo", "arguments": {"message": "through the firewall"}},
+        {"tool": "echo", "arguments": {"message": "forbidden"}},
+        {"tool": "get-sum", "arguments": {"a": 2, "b": 3}},
+    ]
+    if "trigger-sampling-request" in probe["tools"]:
+        calls.append({"tool": "trigger-sampling-request", "arguments": {"prompt": "hello", "maxTokens": 10}})
+    out = ts_client(transport, url, calls)
+    echo, denied, total = out["results"][:3]
+    assert echo["ok"] and "through the firewall" in echo["content"][0]["text"]
+    assert not denied["ok"] and denied["error"]["code"] == errors.POLICY_DENIED
+    assert total["ok"] and "5" in total["content"][0]["text"]
+    if len(out["results"]) > 3:
+        assert out["results"][3]["ok"] and out["seen"]["sampling"][0].endswith("hello")
+    rows = audit_rows(fw.audit, "decision = 'deny'")
+    assert rows and rows[-1]["transport"] == ("sse" if transport == "sse" else "http")
+
+
+def test_python_client(everything):
+    transport, fw = everything
+    url = fw.url + ENDPOINT[transport]
+
+    async def scenario():
+        target = sse_client(url) if transport == "sse" else url
+        async with Client(target) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            ok = await client.call_tool("echo", {"message": "python"})
+            with anyio.fail_after(10), pytest.raises(MCPError) as denied:
+                await client.call_tool("echo", {"message": "forbidden"})
+            again = await client.call_tool("echo", {"message": "again"})
+            return names, ok.content[0].text, denied.value.error.code, again.content[0].text
+
+    names, ok, code, again = anyio.run(scenario)
+    assert "echo" in names and "python" in ok and "again" in again
+    assert code == errors.POLICY_DENIED

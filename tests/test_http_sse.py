@@ -1,0 +1,87 @@
+"""The SSE parser: the HTML standard's line rules, whatever the chunking."""
+
+from __future__ import annotations
+
+import pytest
+
+from firewall.transports.http.sse import OversizedEvent, SseEvent, SseParser, format_event, format_id_only
+
+STREAMS = [
+    # Python SDK servers: CRLF, a BOM first; a comment; a CR-only block; multi-line data
+    b"\xef\xbb\xbfid: 1\r\ndata: {\"a\":1}\r\n\r\n: keep-alive\r\n\r\nevent: endpoint\rdata: /m?x=1\r\r"
+    b"data: a\ndata: b\n\nretry: 100\nid\n\n",
+    # TypeScript servers: LF, a priming event (id and empty data)
+    b"id: 7\ndata: \n\ndata:x\n\ndata\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\"}\n\n",
+]
+
+
+def parse(stream: bytes, cuts: list[int], limit: int = 1000) -> list[SseEvent | OversizedEvent]:
+    parser = SseParser(limit)
+    out: list[SseEvent | OversizedEvent] = []
+    previous = 0
+    for cut in [*cuts, len(stream)]:
+        out += parser.feed(stream[previous:cut])
+        previous = cut
+    return out
+
+
+def fields(events: list[SseEvent | OversizedEvent]) -> list[tuple]:
+    return [
+        (type(e).__name__, getattr(e, "data", None), getattr(e, "event", None), getattr(e, "id", None), getattr(e, "retry", None))
+        for e in events
+    ]
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_every_split_gives_the_same_events(stream):
+    whole = parse(stream, [])
+    for i in range(len(stream) + 1):
+        assert fields(parse(stream, [i])) == fields(whole), i
+        for j in range(i, min(len(stream), i + 5) + 1):
+            assert fields(parse(stream, [i, j])) == fields(whole), (i, j)
+
+
+def test_field_rules():
+    events = parse(STREAMS[0], [])
+    assert fields(events) == [
+        ("SseEvent", '{"a":1}', None, "1", None),
+        ("SseEvent", None, None, None, None),  # a comment dispatches nothing
+        ("SseEvent", "/m?x=1", "endpoint", None, None),
+        ("SseEvent", "a\nb", None, None, None),
+        ("SseEvent", None, None, "", 100),
+    ]
+    lf = fields(parse(STREAMS[1], []))
+    assert lf[0] == ("SseEvent", "", None, "7", None)  # priming: id with empty data
+    assert lf[1][1] == "x" and lf[2][1] == ""  # no space after the colon; a bare field name
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+def test_unchanged_events_keep_their_bytes(stream):
+    events = parse(stream, [len(stream) // 3, len(stream) // 2])
+    assert b"".join(e.raw for e in events) == stream  # CRLF, CR and LF kept as they came
+
+
+def test_an_unfinished_block_is_held_back():
+    parser = SseParser(1000)
+    assert parser.feed(b"data: {\"jsonrpc\"") == []
+    assert parser.pending_bytes > 0
+    (event,) = parser.feed(b":\"2.0\"}\n\n")
+    assert event.data == '{"jsonrpc":"2.0"}'
+
+
+def test_oversized_blocks_are_dropped_and_parsing_goes_on():
+    big = b"data: {\"jsonrpc\":\"2.0\",\"id\":42,\"result\":\"" + b"y" * 5000 + b"\"}\r\n\r\n"
+    stream = big + b"data: small\r\n\r\n"
+    for cuts in ([], [100], [100, 3000], [len(big) - 1]):
+        events = parse(stream, cuts)
+        assert isinstance(events[0], OversizedEvent) and events[0].size >= 5000
+        assert b'"id":42' in events[0].head
+        assert events[1].data == "small"
+
+
+def test_format():
+    assert format_event(b'{"a":1}', event_id="5") == b'id: 5\ndata: {"a":1}\n\n'
+    assert format_event("a\nb", event="endpoint", retry=10) == b"event: endpoint\nretry: 10\ndata: a\ndata: b\n\n"
+    (event,) = SseParser(100).feed(format_event("x\ny", event_id="1"))
+    assert (event.data, event.id) == ("x\ny", "1")
+    assert format_id_only("9") == b"id: 9\n\n"

@@ -1,0 +1,74 @@
+"""MCP over WebSocket: every message inspected both ways, denials answered on the socket."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import anyio
+import pytest
+
+from firewall import errors
+from peers.http_harness import PEERS, InProcessFirewall, audit_rows, free_port, make_config, node22, process
+from test_http_reverse import TEST_POLICY
+
+TS_CLIENT = PEERS / "ts_http_client.mjs"
+
+
+@pytest.fixture(scope="module")
+def ws_upstream(tmp_path_factory):
+    calls = tmp_path_factory.mktemp("ws") / "calls.jsonl"
+    calls.touch()
+    port = free_port()
+    with process([sys.executable, str(PEERS / "ws_server.py"), "--port", str(port), "--calls", str(calls)], port):
+        yield f"ws://127.0.0.1:{port}/mcp", calls
+
+
+@pytest.mark.parametrize("engine", ["lean", "mitmproxy"])
+def test_typescript_websocket_client(ws_upstream, tmp_path, engine):
+    url, calls = ws_upstream
+    config = make_config(tmp_path, [{"url": url, "name": "ws"}], policy=TEST_POLICY)
+    plan = {"calls": [
+        {"tool": "echo", "arguments": {"message": "over a socket"}},
+        {"tool": "echo", "arguments": {"message": "forbidden"}},
+        {"tool": "ask", "arguments": {"prompt": "hello"}},
+        {"tool": "ask", "arguments": {"prompt": "deny me"}},
+    ]}
+    with InProcessFirewall(config, engine=engine) as fw:
+        # The SDK uses the global WebSocket of Node 22 (Node 20 has none).
+        done = subprocess.run([node22() or "node", str(TS_CLIENT), "websocket", f"ws://127.0.0.1:{fw.port}/mcp", json.dumps(plan)],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    echo, denied, sampled, refused = out["results"]
+    assert out["tools"] == ["echo", "ask"]
+    assert echo["ok"] and echo["content"][0]["text"] == "over a socket"
+    assert denied["error"]["code"] == errors.POLICY_DENIED
+    assert sampled["content"][0]["text"] == "sampled: sampled by the TS client"
+    # The server's own request was denied: it got the firewall's error, the client saw nothing.
+    assert "no sampling of that" in refused["content"][0]["text"]
+    assert out["seen"]["sampling"] == ["hello"]
+    assert all(c["arguments"].get("message") != "forbidden" for c in map(json.loads, calls.read_text().splitlines()))
+    rows = audit_rows(tmp_path / "audit.duckdb", "decision = 'deny'")
+    assert {r["transport"] for r in rows} == {"websocket"} and len(rows) == 2
+
+
+def test_malformed_message_is_answered_on_the_socket(ws_upstream, tmp_path):
+    config = make_config(tmp_path, [{"url": ws_upstream[0]}])
+
+    async def scenario(port: int):
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://127.0.0.1:{port}/mcp", protocols=("mcp",)) as ws:
+            assert ws.protocol == "mcp"
+            await ws.send_str('{"jsonrpc": "2.0", "id": 1, "method": "ping", "id": 2}')
+            duplicate = json.loads((await ws.receive()).data)
+            await ws.send_str('{"jsonrpc": "2.0", "id": 3, "method": "ping"}')
+            pong = json.loads((await ws.receive()).data)
+            return duplicate, pong
+
+    with InProcessFirewall(config) as fw:
+        duplicate, pong = anyio.run(scenario, fw.port)
+    assert duplicate["error"]["code"] == errors.INVALID_REQUEST
+    assert pong == {"jsonrpc": "2.0", "id": 3, "result": {}}
