@@ -19,7 +19,7 @@ from . import errors
 from .jsonrpc import Frame, Invalid, Kind, Message, encode, error_response, parse_frame
 from .canonical import extract_resources
 from .config import LimitsConfig
-from .policy.decision import Decision, apply_redactions, deny_decision, normalize_decision
+from .policy.decision import Decision, apply_redactions, apply_removals, deny_decision, normalize_decision
 from .policy.engine import PolicyEngine
 from .session import PendingRequest, Session
 
@@ -243,7 +243,11 @@ class Inspector:
         action = decision.action
         if action == "redact":
             try:
-                forwarded, _problems = apply_redactions(body, decision.redact)
+                forwarded = body
+                if decision.redact:
+                    forwarded, _problems = apply_redactions(forwarded, decision.redact)
+                if decision.remove:
+                    forwarded, _problems = apply_removals(forwarded, decision.remove)
                 forward = encode(forwarded)
             except Exception as exc:  # an unusable redaction must not leak the original
                 decision = deny_decision("policy_error", f"redaction failed: {exc}", error=str(exc))

@@ -263,3 +263,24 @@ def test_missing_server_command_is_reported(audit_db):
     proc = subprocess.run(shim_command(audit_db, server=["/nonexistent/mcp-server"]), input=b"", capture_output=True, timeout=30)
     assert proc.returncode == 127
     assert b"cannot start" in proc.stderr
+
+
+def test_removed_list_elements_never_reach_client(tmp_path, audit_db):
+    bundle = tmp_path / "hide-echo"
+    bundle.mkdir()
+    (bundle / "p.rego").write_text(
+        "package mcpfw\n\n"
+        'decision := {"allow": true, "remove": [sprintf("/result/tools/%d", [i]) |\n'
+        '\tinput.kind == "response"\n\tinput.method == "tools/list"\n'
+        '\tsome i, tool in input.result.tools\n\ttool.name in {"echo", "get-sum"}\n]}\n'
+    )
+    client = RawClient(shim_command(audit_db, "--policy", str(bundle), server=everything_server()))
+    try:
+        client.send(b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}')
+        client.recv_reply(1)
+        client.send(b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}')
+        names = [t["name"] for t in client.recv_reply(2)["result"]["tools"]]
+    finally:
+        client.close()
+    assert names and "echo" not in names and "get-sum" not in names
+    assert "get-env" in names

@@ -22,6 +22,7 @@ __all__ = [
     "POLICY_ERROR",
     "Decision",
     "apply_redactions",
+    "apply_removals",
     "deny_decision",
     "normalize_decision",
     "parse_pointer",
@@ -49,13 +50,14 @@ class Decision:
     obligations: list[dict[str, Any]] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     error: str | None = None
+    remove: list[str] = field(default_factory=list)
 
     @property
     def action(self) -> Action:
-        """``deny`` if not allowed, ``redact`` if allowed with redactions, else ``allow``."""
+        """``deny`` if not allowed, ``redact`` if allowed but the message is modified, else ``allow``."""
         if not self.allow:
             return "deny"
-        return "redact" if self.redact else "allow"
+        return "redact" if self.redact or self.remove else "allow"
 
     @property
     def reason_codes(self) -> list[str]:
@@ -94,7 +96,8 @@ def _normalize(raw: object) -> Decision:
     redact = [_redaction(item, i) for i, item in enumerate(_array(raw, "redact"))]
     obligations = [_obligation(item, i) for i, item in enumerate(_array(raw, "obligations"))]
     tags = list(dict.fromkeys(o["tag"] for o in obligations if o["type"] == "tag"))
-    return Decision(allow=allow, reasons=reasons, redact=redact, obligations=obligations, tags=tags)
+    remove = [_removal(item, i) for i, item in enumerate(_array(raw, "remove"))]
+    return Decision(allow=allow, reasons=reasons, redact=redact, obligations=obligations, tags=tags, remove=remove)
 
 
 def _array(raw: dict[str, Any], key: str) -> list[Any]:
@@ -141,6 +144,19 @@ def _redaction(item: object, index: int) -> dict[str, str]:
         except RedactionError as exc:
             raise _Invalid(f"{where}.pattern: {exc}") from None
     return entry
+
+
+def _removal(item: object, index: int) -> str:
+    where = f"decision.remove[{index}]"
+    if not isinstance(item, str):
+        raise _Invalid(f"{where} must be a JSON pointer string")
+    try:
+        tokens = parse_pointer(item)
+    except RedactionError as exc:
+        raise _Invalid(f"{where}: {exc}") from None
+    if len(tokens) < 2 or tokens[0] not in REDACTABLE_MEMBERS:
+        raise _Invalid(f"{where} must point to a member inside /params, /result or /error (got {item!r})")
+    return item
 
 
 def _obligation(item: object, index: int) -> dict[str, Any]:
@@ -231,6 +247,30 @@ def apply_redactions(message: dict[str, Any], redact: list[dict[str, str]]) -> t
             parent[key] = replacement
         else:
             parent[key] = _substitute(parent[key], regex, replacement)
+    return result, problems
+
+
+def apply_removals(message: dict[str, Any], remove: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Delete the members or array elements that ``remove`` points at (e.g. ``/result/tools/3``).
+
+    Like :func:`apply_redactions` the input is never modified. All pointers refer to the
+    message as the policy saw it: elements of one array are deleted from the highest
+    index down, so earlier deletions never shift later ones.
+    """
+    result: dict[str, Any] = dict(message)
+    copied: set[int] = {id(result)}
+    problems: list[str] = []
+    resolved = []
+    for pointer in dict.fromkeys(remove):
+        tokens = parse_pointer(pointer)
+        parent = _resolve_parent(result, tokens, copied)
+        key = _child_key(parent, tokens[-1]) if parent is not None else None
+        if key is None:
+            problems.append(f"removal pointer {pointer!r} does not resolve")
+            continue
+        resolved.append((id(parent), key if isinstance(key, int) else -1, parent, key))
+    for _, _, parent, key in sorted(resolved, key=lambda r: (r[0], r[1]), reverse=True):
+        del parent[key]
     return result, problems
 
 

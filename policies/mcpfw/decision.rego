@@ -27,6 +27,7 @@ decision := {
 	"reasons": [reason | some reason in deny],
 	"redact": [entry | some entry in redact],
 	"obligations": [obligation | some obligation in obligations],
+	"remove": [pointer | some pointer in remove],
 }
 
 default allow := false
@@ -38,6 +39,10 @@ deny contains reason if some reason in data.mcpfw.rules[_].deny
 redact contains entry if some entry in data.mcpfw.rules[_].redact
 
 obligations contains obligation if some obligation in data.mcpfw.rules[_].obligations
+
+# JSON pointers of members or array elements to delete from the forwarded message,
+# e.g. a tool hidden from a tools/list result.
+remove contains pointer if some pointer in data.mcpfw.rules[_].remove
 
 # These rules were written for policy input version 1.
 deny contains {"code": "unsupported_input", "message": "unsupported policy input version (expected 1)"} if {
