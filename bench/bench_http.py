@@ -11,8 +11,12 @@ trivial one that allows everything):
   to show why reverse mode defaults to the lean listener.
 
 The load generator is a separate process: keep-alive connections, one request in flight
-per connection. Prints one JSON document. Usage: python bench/bench_http.py [--seconds S]
-[--workers N] [--scenarios instant,everything,mitmproxy]
+per connection. Each round runs direct and then through every firewall, and the report
+gives medians over the rounds (the machine is shared, so only figures from one run
+compare). CPU per request is the firewall processes' own (supervisor and workers, from
+/proc), the upstream's and the load generator's, over every request of a load run.
+Prints one JSON document. Usage: python bench/bench_http.py [--seconds S] [--repeat R]
+[--workers N] [--scenarios instant,everything,mitmproxy] [--bundles trivial,default]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 EVERYTHING = ROOT / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"
@@ -95,7 +100,15 @@ async def _response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
         body += chunk[:-2]
 
 
-async def _connection(host: str, port: int, path: str, session: bool, deadline: float, warmup: float, latencies: list[float]) -> None:
+class Counter:
+    """Requests answered by one load run, warm-up included (the CPU figures cover them all)."""
+
+    def __init__(self) -> None:
+        self.all = 0
+
+
+async def _connection(host: str, port: int, path: str, session: bool, deadline: float, warmup: float,
+                      latencies: list[float], counter: Counter) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     extra = b""
     if session:
@@ -105,12 +118,14 @@ async def _connection(host: str, port: int, path: str, session: bool, deadline: 
         extra = b"mcp-session-id: %s\r\nmcp-protocol-version: 2025-11-25\r\n" % sid
         writer.write(_request(f"{host}:{port}", path, INITIALIZED, extra))
         await _response(reader)
+        counter.all += 2
     request = _request(f"{host}:{port}", path, CALL, extra)
     while (now := time.perf_counter()) < deadline:
         writer.write(request)
         head, body = await _response(reader)
         if not head.startswith(b"HTTP/1.1 200") or b'"result"' not in body:
             raise RuntimeError(f"unexpected answer: {head[:40]!r} {body[:200]!r}")
+        counter.all += 1
         if now >= warmup:
             latencies.append(time.perf_counter() - now)
     writer.close()
@@ -120,26 +135,39 @@ async def load(url: str, concurrency: int, seconds: float, session: bool) -> dic
     host_port, _, path = url.removeprefix("http://").partition("/")
     host, _, port = host_port.partition(":")
     latencies: list[float] = []
+    counter = Counter()
+    cpu = time.process_time()
     start = time.perf_counter()
     warmup = start + min(1.0, seconds / 4)
     deadline = warmup + seconds
-    await asyncio.gather(*(_connection(host, int(port), "/" + path, session, deadline, warmup, latencies) for _ in range(concurrency)))
+    await asyncio.gather(*(_connection(host, int(port), "/" + path, session, deadline, warmup, latencies, counter)
+                           for _ in range(concurrency)))
     latencies.sort()
     return {
         "requests": len(latencies),
+        "all_requests": counter.all,
         "throughput_rps": round(len(latencies) / seconds, 1),
         "median_ms": round(statistics.median(latencies) * 1000, 3),
         "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 3),
+        "client_cpu_ms_per_request": round((time.process_time() - cpu) * 1000 / max(counter.all, 1), 4),
     }
 
 
-def run_load(url: str, concurrency: int, seconds: float, session: bool) -> dict[str, float]:
-    """The load generator in its own process (its CPU is not the firewall's)."""
+def run_load(url: str, concurrency: int, seconds: float, session: bool, cpu_of: dict[str, list[int]]) -> dict[str, float]:
+    """The load generator in its own process (its CPU is not the firewall's).
+
+    ``cpu_of`` names processes whose CPU per request is reported (process and children).
+    """
+    before = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in cpu_of.items()}
     done = subprocess.run([sys.executable, __file__, "--load", url, str(concurrency), str(seconds), str(int(session))],
                           capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
         raise RuntimeError(done.stderr)
-    return json.loads(done.stdout)
+    result = json.loads(done.stdout)
+    for name, pids in cpu_of.items():
+        spent = sum(cpu_seconds(pid) for pid in pids) - before[name]
+        result[f"{name}_cpu_ms_per_request"] = round(spent * 1000 / max(result["all_requests"], 1), 4)
+    return result
 
 
 # -- processes --------------------------------------------------------------------------
@@ -206,53 +234,100 @@ def firewall(upstream: str, bundle: Path | None, workers: int, audit: Path, list
            "--workers", str(workers), "--audit", str(audit), "--listener", listener]
     if bundle is not None:
         cmd += ["--policy", str(bundle)]
-    proc = start(cmd, port)
+    # A state directory of its own: the tool registry's learned state must not leak in from other runs.
+    proc = start(cmd, port, env={"MCPFW_HOME": str(audit.parent / f"home-{port}")})
     time.sleep(0.5 if workers == 1 else 1.5)  # every worker listening
     return proc, f"http://127.0.0.1:{port}/mcp"
 
 
-def measure(upstream: str, *, session: bool, bundles: dict[str, Path | None], workers: int, seconds: float,
-            tmp: Path, concurrencies: tuple[int, ...], listener: str = "lean") -> list[dict[str, object]]:
-    out = []
-    direct = {c: run_load(upstream, c, seconds, session) for c in concurrencies}
-    for name, bundle in bundles.items():
-        proc, url = firewall(upstream, bundle, workers, tmp / f"audit-{name}-{time.monotonic_ns()}.duckdb", listener)
-        try:
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 4)
+
+
+def _summary(runs: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str, float]:
+    return {key: _median([run[key] for run in runs]) for key in keys if key in runs[0]}
+
+
+def measure(upstream: str, upstream_pid: int, *, session: bool, bundles: dict[str, Path | None], workers: int,
+            seconds: float, repeat: int, tmp: Path, concurrencies: tuple[int, ...], listener: str = "lean") -> list[dict[str, object]]:
+    """Direct and through each firewall, interleaved in every round; medians over the rounds."""
+    firewalls = {}
+    try:
+        for name, bundle in bundles.items():
+            firewalls[name] = firewall(upstream, bundle, workers, tmp / f"audit-{name}-{time.monotonic_ns()}.duckdb", listener)
+        direct: dict[int, list[dict[str, float]]] = {c: [] for c in concurrencies}
+        through: dict[tuple[str, int], list[dict[str, float]]] = {(n, c): [] for n in bundles for c in concurrencies}
+        for _ in range(repeat):
             for c in concurrencies:
-                before = cpu_seconds(proc.pid)
-                through = run_load(url, c, seconds, session)
-                spent = cpu_seconds(proc.pid) - before
-                through["firewall_cpu_ms_per_request"] = round(spent * 1000 / max(through["requests"], 1) * (seconds / (seconds + min(1.0, seconds / 4))), 3)
-                out.append({
-                    "listener": listener, "workers": workers if listener == "lean" else 1, "bundle": name, "concurrency": c, "direct": direct[c], "firewall": through,
-                    "ratio": round(through["throughput_rps"] / direct[c]["throughput_rps"], 3),
-                    "added_median_ms": round(through["median_ms"] - direct[c]["median_ms"], 3),
-                })
-        finally:
+                direct[c].append(run_load(upstream, c, seconds, session, {"upstream": [upstream_pid]}))
+                for name, (proc, url) in firewalls.items():
+                    through[(name, c)].append(run_load(url, c, seconds, session, {"firewall": [proc.pid], "upstream": [upstream_pid]}))
+    finally:
+        for proc, _ in firewalls.values():
             stop(proc)
+    keys = ("throughput_rps", "median_ms", "p99_ms", "firewall_cpu_ms_per_request", "upstream_cpu_ms_per_request",
+            "client_cpu_ms_per_request")
+    out: list[dict[str, object]] = []
+    for name in bundles:
+        for c in concurrencies:
+            pairs = list(zip(direct[c], through[(name, c)]))
+            out.append({
+                "listener": listener, "workers": workers if listener == "lean" else 1, "bundle": name, "concurrency": c,
+                "direct": _summary(direct[c], keys), "firewall": _summary(through[(name, c)], keys),
+                "ratio": _median([f["throughput_rps"] / d["throughput_rps"] for d, f in pairs]),
+                "added_median_ms": _median([f["median_ms"] - d["median_ms"] for d, f in pairs]),
+                "runs": [{"direct_rps": d["throughput_rps"], "firewall_rps": f["throughput_rps"],
+                          "added_median_ms": round(f["median_ms"] - d["median_ms"], 3),
+                          "firewall_cpu_ms_per_request": f["firewall_cpu_ms_per_request"]} for d, f in pairs],
+            })
+    return out
+
+
+def verdicts(scenarios: dict[str, list[dict[str, object]]]) -> dict[str, object]:
+    """The issue's targets, checked against the trivial bundle's rows."""
+    def row(scenario: str, c: int) -> dict[str, object] | None:
+        rows = [r for r in scenarios.get(scenario, []) if r["bundle"] == "trivial" and r["concurrency"] == c]
+        return rows[0] if rows else None
+
+    out: dict[str, object] = {}
+    if (r := row("instant", 32)) is not None:
+        rps = r["firewall"]["throughput_rps"]  # type: ignore[index]
+        out["instant_c32_rps_at_least_1500"] = {"value": rps, "met": rps >= 1500}
+    if (r := row("instant", 1)) is not None:
+        added = r["added_median_ms"]
+        out["instant_c1_added_median_at_most_1ms"] = {"value": added, "met": added <= 1.0}  # type: ignore[operator]
+    if (r := row("everything", 32)) is not None:
+        ratio = r["ratio"]
+        out["everything_c32_ratio_at_least_0.8"] = {"value": ratio, "met": ratio >= 0.8}  # type: ignore[operator]
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of direct and firewall runs; medians are reported")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--scenarios", default="instant,everything,mitmproxy")
+    parser.add_argument("--bundles", default="trivial,default", help="policy bundles: trivial, default, or a bundle's path")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mcpfw-bench-http-"))
     trivial = tmp / "trivial"
     (trivial / "mcpfw").mkdir(parents=True)
     (trivial / "mcpfw" / "decision.rego").write_text(TRIVIAL_POLICY)
-    bundles: dict[str, Path | None] = {"default": None, "trivial": trivial}
-    report: dict[str, object] = {"cores": os.cpu_count(), "workers": args.workers, "seconds": args.seconds, "scenarios": {}}
-    scenarios = report["scenarios"]
-    assert isinstance(scenarios, dict)
+    known: dict[str, Path | None] = {"default": None, "trivial": trivial}
+    bundles = {name: known[name] if name in known else Path(name) for name in args.bundles.split(",")}
+    report: dict[str, object] = {
+        "cores": os.cpu_count(), "workers": args.workers, "seconds": args.seconds, "repeat": args.repeat,
+        "load_average_at_start": os.getloadavg()[0], "scenarios": {},
+    }
+    scenarios: dict[str, list[dict[str, object]]] = {}
+    common = {"bundles": bundles, "seconds": args.seconds, "repeat": args.repeat, "tmp": tmp, "concurrencies": (1, 32)}
     if "instant" in args.scenarios:
         port = free_port()
         upstream = start([sys.executable, __file__, "--instant", str(port)], port)
         try:
-            scenarios["instant"] = measure(f"http://127.0.0.1:{port}/mcp", session=False, bundles=bundles,
-                                           workers=args.workers, seconds=args.seconds, tmp=tmp, concurrencies=(1, 32))
+            scenarios["instant"] = measure(f"http://127.0.0.1:{port}/mcp", upstream.pid, session=False,
+                                           workers=args.workers, **common)  # type: ignore[arg-type]
         finally:
             stop(upstream)
     if "mitmproxy" in args.scenarios:
@@ -260,28 +335,38 @@ def main() -> int:
         port = free_port()
         upstream = start([sys.executable, __file__, "--instant", str(port)], port)
         try:
-            scenarios["instant_mitmproxy"] = measure(f"http://127.0.0.1:{port}/mcp", session=False, bundles=bundles,
-                                                     workers=1, seconds=args.seconds, tmp=tmp, concurrencies=(1, 32),
-                                                     listener="mitmproxy")
+            scenarios["instant_mitmproxy"] = measure(f"http://127.0.0.1:{port}/mcp", upstream.pid, session=False,
+                                                     workers=1, listener="mitmproxy", **common)  # type: ignore[arg-type]
         finally:
             stop(upstream)
     if "everything" in args.scenarios:
         port = free_port()
         upstream = start(["node", str(EVERYTHING), "streamableHttp"], port, env={"PORT": str(port)})
         try:
-            scenarios["everything"] = measure(f"http://127.0.0.1:{port}/mcp", session=True, bundles=bundles,
-                                              workers=args.workers, seconds=args.seconds, tmp=tmp, concurrencies=(1, 32))
+            scenarios["everything"] = measure(f"http://127.0.0.1:{port}/mcp", upstream.pid, session=True,
+                                              workers=args.workers, **common)  # type: ignore[arg-type]
         finally:
             stop(upstream)
+    report["scenarios"] = scenarios
+    report["load_average_at_end"] = os.getloadavg()[0]
+    report["targets"] = verdicts(scenarios)
     print(json.dumps(report, indent=2))
     return 0
 
 
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop  # the load generator and the instant upstream steal less CPU from the firewall
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--instant":
-        asyncio.run(serve_instant(int(sys.argv[2])))
+        _run(serve_instant(int(sys.argv[2])))
     elif len(sys.argv) > 1 and sys.argv[1] == "--load":
         url, concurrency, seconds, session = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1"
-        print(json.dumps(asyncio.run(load(url, concurrency, seconds, session))))
+        print(json.dumps(_run(load(url, concurrency, seconds, session))))
     else:
         sys.exit(main())

@@ -78,9 +78,26 @@ def _parser() -> argparse.ArgumentParser:
     cshow.set_defaults(handler=_cmd_config_show)
     config.set_defaults(handler=lambda a: (config.print_help(), 2)[1])
 
+    detect = sub.add_parser(
+        "detect", help="score texts with the detectors (JSON lines on stdin, one JSON line out per input)",
+        description="Input lines: {\"text\": ..., \"kind\": \"prompt\"|\"tool_output\"|\"tool_description\"} or "
+        "{\"kind\": \"intent\", \"task\": ..., \"tool_call\": {\"name\": ..., \"arguments\": {...}}}.",
+    )
+    detect.add_argument("--config", type=Path, default=None, help="YAML configuration file (its detectors section)")
+    detect.set_defaults(handler=_cmd_detect)
+
     demo = sub.add_parser("demo", help="the firewall in front of a real MCP server, driven by a real client")
     demo.add_argument("--audit", type=Path, default=None, help="DuckDB file for the demo (default: a temporary one)")
     demo.set_defaults(handler=_cmd_demo)
+
+    # Each transport family declares its own subcommand next to its code; registering must
+    # stay import-light (no mitmproxy import until the command runs).
+    from .transports.http.cli import register as register_proxy
+
+    register_proxy(sub, _serving_options)
+    from .registry_cli import register as register_registry
+
+    register_registry(sub)
     return parser
 
 
@@ -89,14 +106,20 @@ def _serving_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", type=Path, default=None, metavar="DIR", help="Rego bundle directory (overrides config)")
     p.add_argument("--audit", type=Path, default=None, metavar="FILE", help="DuckDB audit file (overrides config)")
     p.add_argument("--engine", choices=["regorus", "opa"], default=None, help="policy engine (overrides config)")
+    p.add_argument("--registry", type=Path, default=None, metavar="FILE", help="tool registry file (overrides config)")
+    p.add_argument("--registry-mode", choices=["strict", "tofu", "off"], default=None,
+                   help="tool registry mode for every server (overrides config)")
 
 
 def _serving_config(args: argparse.Namespace) -> Config:
     config = load_config(args.config)
-    return config.with_overrides(
+    config = config.with_overrides(
         policy={"bundle": args.policy, "engine": args.engine},
         audit={"path": args.audit},
     )
+    from .registry_cli import serving_overrides
+
+    return serving_overrides(config, args.registry, args.registry_mode)
 
 
 def _cmd_stdio(args: argparse.Namespace) -> int:
@@ -221,6 +244,12 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
     return 0
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from .detect_cli import main_detect
+
+    return main_detect(load_config(args.config))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

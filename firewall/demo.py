@@ -26,7 +26,9 @@ async def _drive(workspace: Path, audit: Path) -> list[tuple[str, bool]]:
     node = shutil.which("node") or "node"
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "firewall.cli", "stdio", "--audit", str(audit), "--root", str(workspace),
+        # The demo's own tool registry, next to its audit log: the user's stays untouched.
+        args=["-m", "firewall.cli", "stdio", "--audit", str(audit), "--registry", str(audit.with_suffix(".registry.yaml")),
+              "--root", str(workspace),
               "--server-name", "filesystem", "--", node, str(_SERVER), str(workspace)],
     )
     calls = [

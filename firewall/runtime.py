@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from .audit.log import AuditLog
 from .config import Config
+from .detection_enrichers import Detectors
 from .enrichers import SecretsEnricher
 from .pipeline import Enricher, Inspector
+from .registry import build_registry_enricher
 from .policy.bundle import Bundle, load_bundle
 from .policy.engine import PolicyEngine, create_engine
 
@@ -22,6 +24,7 @@ class Firewall:
     engine: PolicyEngine
     audit: AuditLog
     inspector: Inspector
+    detectors: Detectors
 
     def close(self) -> None:
         """Flush every pending audit record; safe to call more than once."""
@@ -41,6 +44,13 @@ def build_firewall(config: Config) -> Firewall:
         spill_path=audit_cfg.spill_path,
     )
     atexit.register(audit.close)
-    enrichers: tuple[Enricher, ...] = (SecretsEnricher(),)
+    # Detectors load their rules and model here, once, before the first message.
+    detectors = Detectors(config.detectors)
+    secrets: tuple[Enricher, ...] = (SecretsEnricher(),) if config.detectors.secrets.enabled else ()
+    enrichers: tuple[Enricher, ...] = secrets + detectors.enrichers()
+    # Last, so that it sees the detectors' findings (poisoning) on the same list.
+    registry = build_registry_enricher(config)
+    if registry is not None:
+        enrichers += (registry,)
     inspector = Inspector(engine, audit, bundle_digest=bundle.digest, limits=config.limits, enrichers=enrichers)
-    return Firewall(config, bundle, engine, audit, inspector)
+    return Firewall(config, bundle, engine, audit, inspector, detectors)

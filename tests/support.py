@@ -17,8 +17,13 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def shim_command(audit: Path, *options: str, server: list[str]) -> list[str]:
-    """The command line a client would configure: mcpfw stdio [options] -- server..."""
-    return [sys.executable, "-m", "firewall.cli", "stdio", "--audit", str(audit), *options, "--", *server]
+    """The command line a client would configure: mcpfw stdio [options] -- server...
+
+    The tool registry goes next to the audit file unless ``options`` name one: SDK clients
+    start servers with a minimal environment, so the tests' MCPFW_HOME never reaches the shim.
+    """
+    registry = ["--registry", str(audit.with_name(audit.stem + ".registry.yaml"))]
+    return [sys.executable, "-m", "firewall.cli", "stdio", "--audit", str(audit), *registry, *options, "--", *server]
 
 
 def everything_server() -> list[str]:

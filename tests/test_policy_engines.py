@@ -92,7 +92,7 @@ def make_input(**overrides: Any) -> dict[str, Any]:
     return value
 
 
-def tool_result(text: str) -> dict[str, Any]:
+def tool_result(text: str, findings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return make_input(
         direction="server_to_client",
         kind="response",
@@ -100,7 +100,14 @@ def tool_result(text: str) -> dict[str, Any]:
         result={"content": [{"type": "text", "text": "ok"}, {"type": "text", "text": text}]},
         request={"method": "tools/call", "params": {"name": "read_file", "arguments": {}}},
         resources={"paths": [], "urls": []},
+        findings={"secrets": findings or []},
     )
+
+
+def finding(pointer: str, rule: str, text: str, secret: str, part: str) -> dict[str, Any]:
+    """A secrets-detector finding for the first occurrence of ``secret`` in ``text``."""
+    start = text.index(secret)
+    return {"pointer": pointer, "rule": rule, "start": start, "end": start + len(secret), "part": part}
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +284,7 @@ def test_engine_reports_its_name(default_engine, engine_name):
 
 def test_default_bundle_allows_ordinary_tool_call(default_engine):
     decision = default_engine.evaluate(json.dumps(make_input()))
-    assert decision == {"version": 1, "allow": True, "reasons": [], "redact": [], "obligations": []}
+    assert decision == {"version": 1, "allow": True, "reasons": [], "redact": [], "obligations": [], "remove": []}
 
 
 def test_default_bundle_denies_path_outside_roots(default_engine):
@@ -456,10 +463,14 @@ SAMPLE_INPUTS = {
         resources={"paths": [], "urls": []},
     ),
     "secret in arguments": make_input(
+        params={"name": "http_post", "arguments": {"body": "AKIAIOSFODNN7EXAMPLE"}},
         tool={"name": "http_post", "arguments": {"body": "AKIAIOSFODNN7EXAMPLE"}},
         resources={"paths": [], "urls": []},
+        findings={"secrets": [{"pointer": "/params/arguments/body", "rule": "aws-access-key-id", "start": 0, "end": 20, "part": "arguments"}]},
     ),
-    "secret in result": tool_result(PRIVATE_KEY),
+    "secret in result": tool_result(
+        PRIVATE_KEY, [finding("/result/content/1/text", "private-key-pem", PRIVATE_KEY, PRIVATE_KEY, "result")]
+    ),
     "no tool name": make_input(tool=None, resources={"paths": [], "urls": []}),
     "wrong version": make_input(version=2),
 }
@@ -677,19 +688,215 @@ def test_redaction_patterns_are_cached():
 
 def test_default_bundle_redaction_end_to_end(default_engine):
     text = f"here is the key:\n{PRIVATE_KEY}\nand AKIAIOSFODNN7EXAMPLE"
-    raw = default_engine.evaluate(json.dumps(tool_result(text)))
+    pointer = "/result/content/1/text"
+    findings = [
+        finding(pointer, "private-key-pem", text, PRIVATE_KEY, "result"),
+        finding(pointer, "aws-access-key-id", text, "AKIAIOSFODNN7EXAMPLE", "result"),
+    ]
+    raw = default_engine.evaluate(json.dumps(tool_result(text, findings)))
     decision = normalize_decision(raw)
+    assert decision.error is None
     assert decision.action == "redact"
     assert decision.tags == ["secret_redacted"]
+    assert {tuple(entry["span"]) for entry in decision.redact} == {(f["start"], f["end"]) for f in findings}
     content = [{"type": "text", "text": "ok"}, {"type": "text", "text": text}]
     wire = {"jsonrpc": "2.0", "id": 7, "result": {"content": content}}
     redacted, problems = apply_redactions(wire, decision.redact)
     assert problems == []
     out = redacted["result"]["content"][1]["text"]
-    assert "PRIVATE KEY" not in out and "b3BlbnNzaC1rZXkt" not in out
-    assert "AKIAIOSFODNN7EXAMPLE" not in out
-    assert "[REDACTED:private_key]" in out and "[REDACTED:aws_access_key_id]" in out
-    assert out.startswith("here is the key:\n")
+    assert out == "here is the key:\n[REDACTED:private-key-pem]\nand [REDACTED:aws-access-key-id]"
+
+
+def test_default_bundle_denies_secret_in_tool_arguments(default_engine):
+    decision = default_engine.evaluate(json.dumps(SAMPLE_INPUTS["secret in arguments"]))
+    assert decision["allow"] is False
+    assert decision["reasons"] == [
+        {
+            "code": "secret_in_arguments",
+            "message": "tool http_post: argument /params/arguments/body contains a credential (aws-access-key-id)",
+        }
+    ]
+
+
+def test_default_bundle_redacts_secret_in_tool_arguments_when_configured(engine_name, default_bundle):
+    extra = {"mcpfw": {"config": {"secrets": {"arguments_action": "redact"}}}}
+    engine = create_engine(engine_name, default_bundle, extra_data=extra)
+    try:
+        decision = normalize_decision(engine.evaluate(json.dumps(SAMPLE_INPUTS["secret in arguments"])))
+    finally:
+        engine.close()
+    assert decision.action == "redact"
+    wire = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "http_post", "arguments": {"body": "AKIAIOSFODNN7EXAMPLE"}}}
+    redacted, problems = apply_redactions(wire, decision.redact)
+    assert problems == []
+    assert redacted["params"]["arguments"]["body"] == "[REDACTED:aws-access-key-id]"
+
+
+def test_default_bundle_ignores_findings_of_other_client_requests(default_engine):
+    inp = make_input(
+        method="resources/read",
+        params={"uri": "https://example.com/?k=AKIAIOSFODNN7EXAMPLE"},
+        tool=None,
+        resources={"paths": [], "urls": []},
+        findings={"secrets": [{"pointer": "/params/uri", "rule": "aws-access-key-id", "start": 24, "end": 44, "part": "params"}]},
+    )
+    decision = default_engine.evaluate(json.dumps(inp))
+    assert decision == {"version": 1, "allow": True, "reasons": [], "redact": [], "obligations": [], "remove": []}
+
+
+# -- span redaction ----------------------------------------------------------------
+
+
+def span_message(text: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": 3, "result": {"content": [{"type": "text", "text": text}, {"type": "text", "text": "plain"}]}}
+
+
+TEXT_POINTER = "/result/content/0/text"
+
+
+def test_span_redaction_replaces_exactly_the_range():
+    original = span_message("token ghp_abc here")
+    redacted, problems = apply_redactions(original, [{"pointer": TEXT_POINTER, "span": [6, 13], "replacement": "[REDACTED:github-token]"}])
+    assert problems == []
+    assert redacted["result"]["content"][0]["text"] == "token [REDACTED:github-token] here"
+    assert original == span_message("token ghp_abc here")  # the input is never modified
+    assert redacted["result"]["content"][1] is original["result"]["content"][1]
+
+
+def test_span_redaction_default_replacement():
+    redacted, _ = apply_redactions(span_message("abcdef"), [{"pointer": TEXT_POINTER, "span": [1, 3]}])
+    assert redacted["result"]["content"][0]["text"] == "a[REDACTED]def"
+
+
+def test_several_spans_on_one_pointer_use_original_offsets():
+    text = "a=AKIAIOSFODNN7EXAMPLE b=ghp_0123456789 c=end"
+    first = (text.index("AKIA"), text.index("AKIA") + 20)
+    second = (text.index("ghp_"), text.index("ghp_") + 14)
+    entries = [
+        # In any order: both offsets refer to the text as the policy saw it.
+        {"pointer": TEXT_POINTER, "span": list(first), "replacement": "[REDACTED:aws]"},
+        {"pointer": TEXT_POINTER, "span": list(second), "replacement": "[REDACTED:github-longer-replacement]"},
+    ]
+    for order in (entries, entries[::-1]):
+        redacted, problems = apply_redactions(span_message(text), order)
+        assert problems == []
+        assert redacted["result"]["content"][0]["text"] == "a=[REDACTED:aws] b=[REDACTED:github-longer-replacement] c=end"
+
+
+def test_overlapping_and_nested_spans_leave_nothing_behind():
+    text = "0123456789abcdefghij"
+    redacted, _ = apply_redactions(
+        span_message(text),
+        [
+            {"pointer": TEXT_POINTER, "span": [2, 8], "replacement": "<A>"},
+            {"pointer": TEXT_POINTER, "span": [5, 12], "replacement": "<B>"},
+            {"pointer": TEXT_POINTER, "span": [3, 4], "replacement": "<C>"},
+            {"pointer": TEXT_POINTER, "span": [15, 17], "replacement": "<D>"},
+        ],
+    )
+    assert redacted["result"]["content"][0]["text"] == "01<A><C><B>cde<D>hij"
+
+
+def test_adjacent_spans_stay_separate_and_empty_text_spans_work():
+    redacted, _ = apply_redactions(
+        span_message("aabb"),
+        [{"pointer": TEXT_POINTER, "span": [0, 2], "replacement": "X"}, {"pointer": TEXT_POINTER, "span": [2, 4], "replacement": "Y"}],
+    )
+    assert redacted["result"]["content"][0]["text"] == "XY"
+    redacted, _ = apply_redactions(span_message(""), [{"pointer": TEXT_POINTER, "span": [0, 0], "replacement": "Z"}])
+    assert redacted["result"]["content"][0]["text"] == "Z"
+
+
+def test_span_offsets_are_python_string_indices():
+    text = "h\u00e9llo \U0001f511 s3cr3t"  # non-ASCII before the span: character, not byte, offsets
+    start = text.index("s3cr3t")
+    redacted, _ = apply_redactions(span_message(text), [{"pointer": TEXT_POINTER, "span": [start, start + 6], "replacement": "*"}])
+    assert redacted["result"]["content"][0]["text"] == "h\u00e9llo \U0001f511 *"
+
+
+def test_spans_apply_before_pattern_and_whole_value_redactions():
+    text = "key=AKIAIOSFODNN7EXAMPLE user=bob"
+    redacted, _ = apply_redactions(
+        span_message(text),
+        [
+            {"pointer": TEXT_POINTER, "pattern": "user=\\w+", "replacement": "user=?"},
+            {"pointer": TEXT_POINTER, "span": [4, 24], "replacement": "[K]"},
+            {"pointer": "/result/content/1/text"},
+            {"pointer": "/result/content/1/text", "span": [0, 5], "replacement": "[P]"},
+        ],
+    )
+    assert redacted["result"]["content"][0]["text"] == "key=[K] user=?"
+    assert redacted["result"]["content"][1]["text"] == "[REDACTED]"
+
+
+def test_span_beyond_the_string_raises():
+    with pytest.raises(RedactionError, match="beyond"):
+        apply_redactions(span_message("short"), [{"pointer": TEXT_POINTER, "span": [2, 6]}])
+    with pytest.raises(RedactionError, match="beyond"):
+        apply_redactions(span_message("short"), [{"pointer": TEXT_POINTER, "span": [9, 9]}])
+
+
+def test_span_on_a_non_string_raises():
+    with pytest.raises(RedactionError, match="not a string"):
+        apply_redactions(span_message("x"), [{"pointer": "/result/content/0", "span": [0, 1]}])
+
+
+def test_span_with_unresolved_pointer_is_reported():
+    redacted, problems = apply_redactions(span_message("x"), [{"pointer": "/result/content/7/text", "span": [0, 1]}])
+    assert problems == ["redaction pointer '/result/content/7/text' does not resolve"]
+    assert redacted == span_message("x")
+
+
+def test_normalize_accepts_spans():
+    decision = normalize_decision(
+        {"allow": True, "redact": [{"pointer": TEXT_POINTER, "span": [0, 3], "replacement": "[REDACTED:x]"}, {"pointer": TEXT_POINTER, "span": [4, 4]}]}
+    )
+    assert decision.error is None
+    assert decision.redact == [
+        {"pointer": TEXT_POINTER, "span": [0, 3], "replacement": "[REDACTED:x]"},
+        {"pointer": TEXT_POINTER, "span": [4, 4]},
+    ]
+    assert decision.action == "redact"
+
+
+@pytest.mark.parametrize(
+    "span",
+    [[1], [1, 2, 3], [-1, 2], [3, 2], [1.0, 2], [True, 2], [0, False], ["0", "1"], "0-1", {"start": 0, "end": 1}, 5],
+)
+def test_normalize_rejects_bad_spans(span):
+    decision = normalize_decision({"allow": True, "redact": [{"pointer": TEXT_POINTER, "span": span}]})
+    assert decision.reason_codes == ["policy_error"]
+    assert re.search(r"redact\[0\]\.span must be \[start, end\]", decision.error)
+
+
+def test_normalize_rejects_span_with_pattern():
+    decision = normalize_decision({"allow": True, "redact": [{"pointer": TEXT_POINTER, "span": [0, 1], "pattern": "x"}]})
+    assert decision.reason_codes == ["policy_error"]
+    assert "both 'span' and 'pattern'" in decision.error
+
+
+def test_decision_schema_and_normalizer_agree_on_spans():
+    schema = load_schema("decision.v1.json")
+    valid = {"allow": True, "redact": [{"pointer": TEXT_POINTER, "span": [0, 1], "replacement": "r"}]}
+    jsonschema.validate(valid, schema)
+    assert normalize_decision(valid).error is None
+    for bad in ([0], [-1, 1], [0, 1, 2]):
+        raw = {"allow": True, "redact": [{"pointer": TEXT_POINTER, "span": bad}]}
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(raw, schema)
+        assert normalize_decision(raw).reason_codes == ["policy_error"]
+    both = {"allow": True, "redact": [{"pointer": TEXT_POINTER, "span": [0, 1], "pattern": "x"}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(both, schema)
+    assert normalize_decision(both).reason_codes == ["policy_error"]
+
+
+def test_secret_findings_match_input_schema():
+    schema = load_schema("policy-input.v1.json")
+    jsonschema.validate(SAMPLE_INPUTS["secret in result"], schema)
+    bad = dict(SAMPLE_INPUTS["secret in result"], findings={"secrets": [{"pointer": "/result", "rule": "x", "start": 0, "end": 1}]})
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
 
 
 # -- published schemas -----------------------------------------------------------
@@ -744,3 +951,68 @@ def test_decision_schema_and_normalizer_agree_on_invalid_decisions(raw):
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(raw, schema)
     assert normalize_decision(raw).reason_codes == ["policy_error"]
+
+
+# -- span redaction through the pipeline -------------------------------------------------
+
+
+class _StubSecretsDetector:
+    """Reports fixed secrets findings for server responses, like the secrets detector would."""
+
+    name = "secrets"
+
+    def __init__(self, findings: list[dict[str, Any]]) -> None:
+        self._findings = findings
+
+    def enrich(self, ctx: Any) -> None:
+        ctx.findings["secrets"] = self._findings if ctx.direction == "server_to_client" else []
+
+    def after(self, ctx: Any, decision: Any, forwarded: Any) -> None:
+        pass
+
+
+class _Audit:
+    accepting = True
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def record(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+
+def _round_trip(default_bundle, findings: list[dict[str, Any]], text: str) -> tuple[Any, _Audit]:
+    from firewall.config import LimitsConfig
+    from firewall.pipeline import Inspector
+    from firewall.session import ServerIdentity, Session
+
+    audit = _Audit()
+    inspector = Inspector(
+        create_engine("regorus", default_bundle), audit, bundle_digest=default_bundle.digest,
+        limits=LimitsConfig(), enrichers=(_StubSecretsDetector(findings),),
+    )
+    session = Session(ServerIdentity("srv"), transport="stdio", cwd="/", resolve_symlinks=False)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "get_env", "arguments": {}}}
+    assert inspector.inspect(json.dumps(call).encode(), "client_to_server", session).forward is not None
+    result = {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": text}]}}
+    return inspector.inspect(json.dumps(result).encode(), "server_to_client", session), audit
+
+
+def test_pipeline_redacts_secret_findings_by_span(default_bundle):
+    text = "AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE region=eu"
+    outcome, audit = _round_trip(default_bundle, [finding(TEXT_POINTER, "aws-access-key-id", text, "AKIAIOSFODNN7EXAMPLE", "result")], text)
+    forwarded = json.loads(outcome.forward)
+    assert forwarded["result"]["content"][0]["text"] == "AWS_ACCESS_KEY_ID=[REDACTED:aws-access-key-id] region=eu"
+    assert audit.rows[-1]["decision"] == "redact"
+    assert audit.rows[-1]["tags"] == ["secret_redacted"]
+
+
+def test_pipeline_denies_when_a_span_does_not_fit(default_bundle):
+    text = "short"
+    bad = {"pointer": TEXT_POINTER, "rule": "aws-access-key-id", "start": 2, "end": 40, "part": "result"}
+    outcome, audit = _round_trip(default_bundle, [bad], text)
+    forwarded = json.loads(outcome.forward)  # a denied response still answers the request, as an error
+    assert "result" not in forwarded
+    assert forwarded["error"]["data"]["reasons"][0]["code"] == "policy_error"
+    assert "short" not in json.dumps(forwarded)
+    assert audit.rows[-1]["decision"] == "deny"

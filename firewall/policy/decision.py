@@ -4,7 +4,8 @@
 :class:`Decision`. Anything that does not match the v1 decision contract
 becomes a deny with reason code ``policy_error``: a broken policy must never
 let traffic through. ``apply_redactions`` executes a decision's ``redact``
-instructions on a JSON-RPC message.
+instructions on a JSON-RPC message: whole values, regular-expression matches,
+or character spans (``"span": [start, end]``, e.g. from a detector finding).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Decision:
 
     allow: bool
     reasons: list[dict[str, str]] = field(default_factory=list)
-    redact: list[dict[str, str]] = field(default_factory=list)
+    redact: list[dict[str, Any]] = field(default_factory=list)
     obligations: list[dict[str, Any]] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     error: str | None = None
@@ -119,7 +120,7 @@ def _reason(item: object, index: int) -> dict[str, str]:
     raise _Invalid(f"decision.reasons[{index}] must be a string or {{code: string, message: string}}")
 
 
-def _redaction(item: object, index: int) -> dict[str, str]:
+def _redaction(item: object, index: int) -> dict[str, Any]:
     where = f"decision.redact[{index}]"
     if not isinstance(item, dict):
         raise _Invalid(f"{where} is not an object")
@@ -132,7 +133,7 @@ def _redaction(item: object, index: int) -> dict[str, str]:
         raise _Invalid(f"{where}.pointer: {exc}") from None
     if not tokens or tokens[0] not in REDACTABLE_MEMBERS:
         raise _Invalid(f"{where}.pointer must point inside /params, /result or /error (got {pointer!r})")
-    entry = {"pointer": pointer}
+    entry: dict[str, Any] = {"pointer": pointer}
     for key in ("pattern", "replacement"):
         if key in item and item[key] is not None:
             if not isinstance(item[key], str):
@@ -143,7 +144,24 @@ def _redaction(item: object, index: int) -> dict[str, str]:
             _compile(entry["pattern"])
         except RedactionError as exc:
             raise _Invalid(f"{where}.pattern: {exc}") from None
+    span = item.get("span")
+    if span is not None:
+        if "pattern" in entry:
+            raise _Invalid(f"{where} has both 'span' and 'pattern'; use one")
+        entry["span"] = _span(span, where)
     return entry
+
+
+def _span(span: object, where: str) -> list[int]:
+    """Validate ``[start, end]``: two non-negative integers (not booleans), start <= end."""
+    if (
+        isinstance(span, list)
+        and len(span) == 2
+        and all(isinstance(bound, int) and not isinstance(bound, bool) and bound >= 0 for bound in span)
+        and span[0] <= span[1]
+    ):
+        return [span[0], span[1]]
+    raise _Invalid(f"{where}.span must be [start, end]: two non-negative integers with start <= end (got {span!r})")
 
 
 def _removal(item: object, index: int) -> str:
@@ -213,21 +231,46 @@ def parse_pointer(pointer: str) -> list[str]:
     return [token.replace("~1", "/").replace("~0", "~") for token in tokens]
 
 
-def apply_redactions(message: dict[str, Any], redact: list[dict[str, str]]) -> tuple[dict[str, Any], list[str]]:
+def apply_redactions(message: dict[str, Any], redact: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     """Apply ``redact`` instructions to a JSON-RPC message.
 
     Returns ``(redacted_message, problems)``. The input message is never
     modified: containers on each redacted path are copied. A pointer that
-    does not resolve is skipped and described in ``problems``. Without a
-    ``pattern`` the whole value is replaced by the replacement string; with
-    one, every match inside the string value (or inside every string nested
-    in an array/object value) is replaced literally. Raises RedactionError
-    for an invalid pointer or regular expression, so the caller can deny.
+    does not resolve is skipped and described in ``problems``.
+
+    Span redactions (``"span": [start, end]``) come first: their offsets are
+    character offsets (Python ``str`` indices) into the string as the policy
+    saw it, so all spans of one pointer are applied together, from the last
+    to the first, before anything else changes that string. Overlapping
+    spans are merged so that no character of any of them survives.
+    The other instructions then run in order: without a ``pattern`` the whole
+    value is replaced by the replacement string; with one, every match inside
+    the string value (or inside every string nested in an array/object value)
+    is replaced literally. Raises RedactionError for an invalid pointer or
+    regular expression, and for a span that does not fit the string at its
+    pointer (or a pointer to a non-string), so the caller can deny.
     """
     result: dict[str, Any] = dict(message)
     copied: set[int] = {id(result)}
     problems: list[str] = []
+    spans: dict[str, list[dict[str, Any]]] = {}
     for entry in redact:
+        if entry.get("span") is not None:
+            spans.setdefault(entry["pointer"], []).append(entry)
+    for pointer, entries in spans.items():
+        tokens = parse_pointer(pointer)
+        if not tokens:
+            raise RedactionError("refusing to redact the whole message (empty pointer)")
+        parent = _resolve_parent(result, tokens, copied)
+        key = _child_key(parent, tokens[-1]) if parent is not None else None
+        if key is None:
+            problems.append(f"redaction pointer {pointer!r} does not resolve")
+            continue
+        assert parent is not None
+        parent[key] = _redact_spans(parent[key], pointer, entries)
+    for entry in redact:
+        if entry.get("span") is not None:
+            continue
         pointer = entry["pointer"]
         tokens = parse_pointer(pointer)
         pattern = entry.get("pattern")
@@ -301,6 +344,37 @@ def _child_key(node: Any, token: str) -> str | int | None:
         index = int(token)
         return index if index < len(node) else None
     return None
+
+
+def _redact_spans(value: Any, pointer: str, entries: list[dict[str, Any]]) -> str:
+    """Replace the character ranges of ``entries`` (all for one pointer) in the string ``value``."""
+    if not isinstance(value, str):
+        raise RedactionError(f"span redaction at {pointer!r}: the value is a {_json_type(value)}, not a string")
+    ranges = []
+    for entry in entries:
+        start, end = entry["span"]
+        if end > len(value):
+            raise RedactionError(
+                f"span redaction at {pointer!r}: span [{start}, {end}] is beyond the string's {len(value)} characters"
+            )
+        replacement = entry.get("replacement")
+        ranges.append((start, end, DEFAULT_REPLACEMENT if replacement is None else replacement))
+    ranges.sort(key=lambda item: (item[0], item[1]))
+    # Merge overlapping ranges: replacing a nested or overlapping span after
+    # another one would otherwise work on shifted offsets and could leave
+    # original characters behind. Adjacent ranges stay separate.
+    merged: list[tuple[int, int, list[str]]] = []
+    for start, end, replacement in ranges:
+        if merged and start < merged[-1][1]:
+            last_start, last_end, replacements = merged[-1]
+            if replacement not in replacements:
+                replacements.append(replacement)
+            merged[-1] = (last_start, max(last_end, end), replacements)
+        else:
+            merged.append((start, end, [replacement]))
+    for start, end, replacements in reversed(merged):
+        value = value[:start] + "".join(replacements) + value[end:]
+    return value
 
 
 def _substitute(value: Any, regex: re.Pattern[str], replacement: str) -> Any:

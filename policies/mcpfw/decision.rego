@@ -1,73 +1,121 @@
 # Package mcpfw is the policy entry point.
 #
 # The firewall evaluates exactly one document, data.mcpfw.decision (decision
-# document v1, see firewall/schemas/decision.v1.json). It is assembled from
-# the topic packages under data.mcpfw.rules, each of which may contribute to
-# three sets:
+# document v1, see firewall/schemas/decision.v1.json), once per message. It is
+# assembled from the topic packages under data.mcpfw.rules. A topic that
+# applies to a message contributes up to four sets:
 #
 #   deny         reasons {"code", "message"}; any reason blocks the message
-#   redact       redactions {"pointer", "pattern"?, "replacement"?}
+#   redact       redactions {"pointer", "pattern"? | "span"?, "replacement"?}
 #   obligations  e.g. {"type": "tag", "tag": "..."} to tag the audit record
+#   remove       JSON pointers of members or array elements to delete
 #
-# Adding a package under mcpfw.rules extends the policy without touching this
-# file. Keep such packages small and put helper rules and functions in
-# mcpfw.lib.<topic>: regorus evaluates every rule of every mcpfw.rules package
-# for each message. The few protocol invariants below live here so that they
-# hold even if every rule package is removed. Configuration for the rule
-# packages lives in data.mcpfw.config (config/data.json) and can be
-# overridden from the firewall's configuration file. Unit tests live in the
-# mcpfw_test.* packages (tests/), outside data.mcpfw.
+# This package routes: it evaluates a topic only for the messages the topic
+# can act on, decided from `input` alone, so that a message no topic cares
+# about (tools/list, notifications, most responses) costs almost nothing.
+# Do not iterate data.mcpfw.rules[_] here: regorus then evaluates every rule
+# of every topic package for every message, and reading data (configuration,
+# another package's rule) costs a scan of all loaded modules each time.
+# Hence the shape of the routes below:
 #
-# Detector findings (input.findings) are not used by the default rules yet.
+#   * each route starts with cheap `input` checks (its gate), and a gate
+#     must hold whenever the topic could contribute anything;
+#   * the filesystem, commands and secrets topics run on most tools/call
+#     traffic: the route calls their `effects(config)` function (no data
+#     scan) with the configuration read once, through `settings`;
+#   * the detector topics (injection, pii, poisoning, intent) and the
+#     registry act on findings or registry events that are absent from most
+#     messages: the route evaluates the whole package, and its sets are read
+#     from it.
+#
+# A new topic package under mcpfw.rules needs a route here and its name in
+# `topics`; data.mcpfw_test.decision.test_every_rules_package_is_routed fails
+# until it has one. The protocol invariants below hold even if every topic
+# package is removed. Configuration lives in data.mcpfw.config (config/
+# data.json, overridable from the firewall's configuration file). Unit tests
+# live in the mcpfw_test.* packages (tests/), outside data.mcpfw.
 package mcpfw
+
+# The topic packages the routes below evaluate.
+topics := {"filesystem", "commands", "secrets", "injection", "pii", "poisoning", "intent", "registry"}
 
 decision := {
 	"version": 1,
-	"allow": allow,
+	"allow": count(deny) == 0,
 	"reasons": [reason | some reason in deny],
 	"redact": [entry | some entry in redact],
 	"obligations": [obligation | some obligation in obligations],
 	"remove": [pointer | some pointer in remove],
+} if {
+	# What each applicable topic contributes: objects with deny, redact,
+	# obligations and remove sets (any of them may be missing).
+	effects := {effect |
+		# Filesystem: a request naming files. effects() checks the rest.
+		input.resources.paths[0]
+		input.kind == "request"
+		effect := data.mcpfw.rules.filesystem.effects(settings.filesystem)
+	} | {effect |
+		# Commands: a client's tools/call.
+		input.method == "tools/call"
+		input.kind == "request"
+		input.direction == "client_to_server"
+		effect := data.mcpfw.rules.commands.effects(settings.commands)
+	} | {effect |
+		# Secrets: the credential detector found something.
+		input.findings.secrets[0]
+		effect := data.mcpfw.rules.secrets.effects(settings.secrets)
+	} | {effect |
+		input.findings.injection.items[0]
+		effect := data.mcpfw.rules.injection
+	} | {effect |
+		input.findings.pii[0]
+		effect := data.mcpfw.rules.pii
+	} | {effect |
+		input.findings.poisoning
+		effect := data.mcpfw.rules.poisoning
+	} | {effect |
+		input.findings.intent
+		effect := data.mcpfw.rules.intent
+	} | {effect |
+		# Registry: the server registry reported an event for this message. It
+		# judges every tools/call, so its configuration is passed in.
+		input.registry.event
+		not registry_quiet_use
+		effect := data.mcpfw.rules.registry.effects(settings.registry)
+	}
+	# Reasons that hold for any policy (inline: a rule of its own costs more):
+	# an input of another version, a tools/call request without a usable tool
+	# name or with arguments that are not an object.
+	deny := {reason | some effect in effects; some reason in effect.deny} | {{"code": "unsupported_input", "message": "unsupported policy input version (expected 1)"} |
+		not input.version == 1
+	} | {{"code": "invalid_tool_call", "message": "tools/call request without a tool name"} |
+		input.method == "tools/call"
+		input.kind == "request"
+		input.direction == "client_to_server"
+		count({name | name := input.tool.name; is_string(name); name != ""}) == 0
+	} | {{"code": "invalid_tool_call", "message": "tools/call arguments must be an object"} |
+		input.method == "tools/call"
+		input.kind == "request"
+		input.direction == "client_to_server"
+		arguments := input.params.arguments
+		arguments != null
+		not is_object(arguments)
+	}
+	redact := {entry | some effect in effects; some entry in effect.redact}
+	obligations := {obligation | some effect in effects; some obligation in effect.obligations}
+	remove := {pointer | some effect in effects; some pointer in effect.remove}
 }
 
-default allow := false
-
-allow if count(deny) == 0
-
-deny contains reason if some reason in data.mcpfw.rules[_].deny
-
-redact contains entry if some entry in data.mcpfw.rules[_].redact
-
-obligations contains obligation if some obligation in data.mcpfw.rules[_].obligations
-
-# JSON pointers of members or array elements to delete from the forwarded message,
-# e.g. a tool hidden from a tools/list result.
-remove contains pointer if some pointer in data.mcpfw.rules[_].remove
-
-# These rules were written for policy input version 1.
-deny contains {"code": "unsupported_input", "message": "unsupported policy input version (expected 1)"} if {
-	not input.version == 1
+# Most tools/call traffic uses a definition the registry trusts and the client
+# saw: mcpfw.rules.registry has nothing to add then, and is not evaluated.
+registry_quiet_use if {
+	input.registry.event == "use"
+	target := input.registry.target
+	not target.status in settings.registry.block_statuses
+	not target.shadows[0]
+	target.visible != false
 }
 
-tool_call_request if {
-	input.direction == "client_to_server"
-	input.kind == "request"
-	input.method == "tools/call"
-}
-
-deny contains {"code": "invalid_tool_call", "message": "tools/call request without a tool name"} if {
-	tool_call_request
-	not _has_tool_name
-}
-
-_has_tool_name if {
-	is_string(input.tool.name)
-	input.tool.name != ""
-}
-
-deny contains {"code": "invalid_tool_call", "message": "tools/call arguments must be an object"} if {
-	tool_call_request
-	arguments := input.params.arguments
-	arguments != null
-	not is_object(arguments)
-}
+# The configuration (data.mcpfw.config), read once per evaluation and only by
+# a route that needs it. Not named `config`: that would be data.mcpfw.config.
+settings := data.mcpfw.config

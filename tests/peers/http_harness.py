@@ -90,7 +90,8 @@ def everything_server(port: int, transport: str) -> contextlib.AbstractContextMa
 
 def firewall_cli(upstream: str, port: int, audit: Path, *flags: str, log: Path | None = None) -> contextlib.AbstractContextManager[Any]:
     """``mcpfw proxy`` as a user runs it."""
-    cmd = [sys.executable, "-m", "firewall.cli", "proxy", "--listen", f"127.0.0.1:{port}", "--audit", str(audit)]
+    cmd = [sys.executable, "-m", "firewall.cli", "proxy", "--listen", f"127.0.0.1:{port}", "--audit", str(audit),
+           "--registry", str(audit.with_suffix(".registry.yaml"))]  # the tool registry stays with the test too
     if upstream:
         cmd += ["--upstream", upstream]
     return process([*cmd, *flags], port, log=log)
@@ -163,6 +164,7 @@ def make_config(
     raw: dict[str, Any] = {
         "limits": limits or {},
         "audit": {"path": str(tmp / "audit.duckdb"), "flush_interval_ms": 50},
+        "registry": {"file": str(tmp / "registry.yaml")},
         "proxy": {"upstreams": upstreams, "client_timeout_seconds": 3, "upstream_timeout_seconds": 5, **proxy},
     }
     if policy is not None:

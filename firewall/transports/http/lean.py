@@ -1,132 +1,62 @@
-"""The lean reverse listener: aiohttp's low-level server and client around the exchange logic.
+"""The lean reverse listener: the exchange logic between two thin HTTP/1.1 protocols.
 
-mitmproxy costs 2-3 ms of CPU per request; a reverse proxy that only has to read one
-HTTP/1.1 request, ask the pipeline and pass the answer on needs a fraction of that. This
-engine serves reverse mode; mitmproxy serves regular and transparent modes, where its
-CONNECT handling and TLS interception are needed. Both call the same
+mitmproxy costs 2-3 ms of CPU per request, and aiohttp's server and client about 0.3 ms
+together; a reverse proxy that only has to read one request, ask the pipeline and pass
+the answer on needs a fraction of that. So requests are parsed by httptools on plain
+asyncio Protocols (:mod:`.server`), sent upstream over pooled keep-alive connections
+(:mod:`.upstream`), and header bytes are copied rather than decoded and re-encoded.
+WebSocket upgrades are handed to aiohttp, which then owns the connection. mitmproxy
+serves regular and transparent modes. Every engine calls the same
 :class:`~.exchange.HttpInspection`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import os
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ... import errors
 from ...config import ProxyConfig
 from .exchange import Exchange, HttpInspection, Request
 from .outbound import client_session
-from .replies import Reply
+from .replies import Reply, plain
 from .routes import Route, Router
+from .server import IncomingRequest, ServerConnection, ServerSettings, serve_factory
 from .sessions import Channel
+from .upstream import Origin, UpstreamError, UpstreamPool, UpstreamResponse
 from .websocket import WebSocketInspection
+from .wire import CRLF, HOP_BY_HOP, encode, header_block
 
-log = logging.getLogger("mcpfw.http")
-
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-})
-_NOT_FORWARDED = HOP_BY_HOP | {"content-length", "host"}
-_SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+# Not copied upstream: hop-by-hop headers, and what the firewall sets itself.
+_NOT_FORWARDED = HOP_BY_HOP | {b"content-length", b"host", b"expect"}
+_NOT_RETURNED = HOP_BY_HOP | {b"content-length"}
 _WS_HEADERS = ("authorization", "cookie", "origin", "mcp-protocol-version")
-_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
-
-
-class Headers:
-    """:class:`~.exchange.HeaderView` over aiohttp's header multidict."""
-
-    __slots__ = ("_h",)
-
-    def __init__(self, headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> None:
-        self._h = headers
-
-    def get(self, name: str) -> str | None:
-        return self._h.get(name)
-
-    def getall(self, name: str) -> list[str]:
-        return self._h.getall(name, [])
-
-    def names(self) -> Iterable[str]:
-        return self._h.keys()
+_NO_ROUTE = plain(404, "mcpfw: no upstream is configured for this path\n")
+_SWEEP_SECONDS = 30.0
 
 
 class Affinity(Protocol):
     """Keeps every request of an MCP session in the worker process that owns the session."""
 
-    async def intercept(self, request: web.BaseRequest) -> web.StreamResponse | None: ...
+    def intercepts(self, request: IncomingRequest) -> bool: ...
 
-    def owner(self, request: web.BaseRequest, upstream_path: str) -> int | None: ...
+    def take_over(self, request: IncomingRequest) -> Reply: ...
 
-    async def relay(self, request: web.BaseRequest, owner: int, body: bytes) -> web.StreamResponse: ...
+    def owner(self, request: IncomingRequest, upstream_path: str) -> int | None: ...
+
+    async def relay(self, request: IncomingRequest, owner: int, conn: ServerConnection) -> None: ...
 
     async def adopt(self, route: Route, sid: str, channel: Channel) -> None: ...
 
 
-class _GuardedHandler(RequestHandler):
-    """aiohttp's connection handler, plus a deadline for receiving a request's headers.
-
-    A client that trickles its headers (slow-loris) would otherwise hold the connection
-    forever: it gets 408 and the connection is closed once the deadline passes.
-    """
-
-    def __init__(self, manager: web.Server, *, header_timeout: float, on_timeout: Any, **kwargs: Any) -> None:
-        super().__init__(manager, loop=asyncio.get_running_loop(), **kwargs)
-        self._header_timeout = header_timeout
-        self._on_timeout = on_timeout
-        self._deadline: asyncio.TimerHandle | None = None
-        self.mcpfw_busy = False
-
-    def data_received(self, data: bytes) -> None:
-        if not self.mcpfw_busy and self._deadline is None:
-            self._deadline = asyncio.get_running_loop().call_later(self._header_timeout, self._expire)
-        super().data_received(data)
-
-    def request_started(self) -> None:
-        self.mcpfw_busy = True
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def request_finished(self) -> None:
-        self.mcpfw_busy = False
-
-    def _expire(self) -> None:
-        self._deadline = None
-        transport = self.transport
-        if self.mcpfw_busy or transport is None or transport.is_closing():
-            return
-        transport.write(_TIMEOUT_RESPONSE)
-        transport.close()
-        self._on_timeout()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        super().connection_lost(exc)
-
-
-class _GuardedServer(web.Server):
-    def __init__(self, handler: Any, *, header_timeout: float, on_timeout: Any) -> None:
-        super().__init__(handler, access_log=None, auto_decompress=False)
-        self._guard = {"header_timeout": header_timeout, "on_timeout": on_timeout}
-
-    def __call__(self) -> RequestHandler:
-        return _GuardedHandler(self, access_log=None, auto_decompress=False, **self._guard)
-
-
 class LeanListener:
-    """Serves reverse mode: one listening socket, aiohttp on both sides."""
+    """Serves reverse mode: listening sockets, the upstream pool, and the per-request flow."""
 
     def __init__(
         self,
@@ -141,167 +71,185 @@ class LeanListener:
         self.settings = settings
         self.affinity = affinity
         self._limit = core.max_message_bytes
+        self._server_settings = ServerSettings(client_timeout=settings.client_timeout_seconds, max_body=self._limit)
+        self._connections: set[ServerConnection] = set()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._origins = {route.name: Origin.of(route.scheme, route.netloc) for route in router.routes}
+        self._pool: UpstreamPool | None = None
         self._client: aiohttp.ClientSession | None = None
-        self._servers: list[asyncio.base_events.Server] = []
-        self._web = _GuardedServer(self.handle, header_timeout=settings.client_timeout_seconds, on_timeout=self._slow_headers)
+        self._websockets: web.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     @property
     def client(self) -> aiohttp.ClientSession:
+        """aiohttp's client, for WebSockets and the firewall's own posts to servers."""
         if self._client is None:
             self._client = client_session(connect_timeout=self.settings.connect_timeout_seconds)
         return self._client
 
+    @property
+    def pool(self) -> UpstreamPool:
+        if self._pool is None:
+            self._pool = UpstreamPool(connect_timeout=self.settings.connect_timeout_seconds)
+        return self._pool
+
     async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         """Start accepting on ``host:port``; return the bound port."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(self._web, host, port, reuse_port=reuse_port or None, backlog=1024)
+        factory = serve_factory(self, self._server_settings, self._connections)
+        server = await loop.create_server(factory, host, port, reuse_port=reuse_port or None, backlog=1024)
         self._servers.append(server)
+        self._schedule_sweep()
         return server.sockets[0].getsockname()[1]
 
     async def listen_unix(self, path: str) -> None:
+        """Accept the other workers' relayed requests (marked internal)."""
         loop = asyncio.get_running_loop()
-        self._servers.append(await loop.create_unix_server(self._web, path))
+        factory = serve_factory(self, self._server_settings, self._connections, internal=True)
+        self._servers.append(await loop.create_unix_server(factory, path))
 
     async def close(self) -> None:
         for server in self._servers:
             server.close()
-        await self._web.shutdown(2.0)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self._connections):
+            if not conn.busy:
+                conn.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                while any(conn.busy for conn in self._connections):
+                    await asyncio.sleep(0.05)
+        for conn in list(self._connections):
+            conn.close()
+        if self._websockets is not None:
+            await self._websockets.shutdown(2.0)
         for server in self._servers:
-            await server.wait_closed()
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        if self._pool is not None:
+            self._pool.close()
         if self._client is not None:
             await self._client.close()
 
-    def _slow_headers(self) -> None:
-        route = self.router.routes[0]
-        self.core.refuse(
-            route, code=errors.INVALID_REQUEST, reason="client_timeout", status=408,
-            message=f"the client did not send its request headers within {self.settings.client_timeout_seconds:g} s",
+    def _schedule_sweep(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_SECONDS, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close idle keep-alive connections, both sides."""
+        self._sweeper = None
+        oldest = asyncio.get_running_loop().time() - self._server_settings.idle_timeout
+        for conn in [c for c in self._connections if not c.busy and c.idle_since < oldest]:
+            conn.close()
+        if self._pool is not None:
+            self._pool.sweep()
+        self._schedule_sweep()
+
+    # -- refusals by the connection (server.Handler) -----------------------------------
+
+    def too_large(self, request: IncomingRequest, size: int) -> Reply:
+        match = self.router.match(request.headers.get("host"), request.target)
+        if match is None:
+            return _NO_ROUTE
+        return self.core.refuse(match[0], code=errors.MESSAGE_TOO_LARGE, reason="too_large", message="", status=413, size=size)
+
+    def too_slow(self, request: IncomingRequest | None, size: int) -> Reply | None:
+        """A client too slow with its headers (None: a bare 408 is sent) or its body."""
+        timeout = self.settings.client_timeout_seconds
+        if request is None:
+            self.core.refuse(
+                self.router.routes[0], code=errors.INVALID_REQUEST, reason="client_timeout", status=408,
+                message=f"the client did not send its request headers within {timeout:g} s",
+            )
+            return None
+        match = self.router.match(request.headers.get("host"), request.target)
+        route = match[0] if match is not None else self.router.routes[0]
+        return self.core.refuse(
+            route, code=errors.INVALID_REQUEST, reason="client_timeout", status=408, size=size,
+            message=f"the client did not send its request body within {timeout:g} s",
         )
 
     # -- one request -----------------------------------------------------------------
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        protocol = request.protocol
-        guarded = isinstance(protocol, _GuardedHandler)
-        if guarded:
-            protocol.request_started()
-        try:
-            return await self._handle(request)
-        finally:
-            if guarded:
-                protocol.request_finished()
-
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def serve(self, request: IncomingRequest, conn: ServerConnection) -> None:
         affinity = self.affinity
-        if affinity is not None:
-            own = await affinity.intercept(request)
-            if own is not None:
-                return own
+        if affinity is not None and request.internal and affinity.intercepts(request):
+            conn.reply(affinity.take_over(request))
+            return
         host = request.headers.get("host")
-        match = self.router.match(host, request.raw_path)
+        match = self.router.match(host, request.target)
         if match is None:
-            return _plain(404, "mcpfw: no upstream is configured for this path\n")
+            conn.reply(_NO_ROUTE)
+            return
         route, upstream_path = match
-        if request.headers.get("upgrade", "").lower() == "websocket":
-            return await self._websocket(request, route, upstream_path)
-        body = await self._read_body(request, route)
-        if isinstance(body, Reply):
-            return _respond(body, close=True)
         if affinity is not None:
             owner = affinity.owner(request, upstream_path)
             if owner is not None:
-                return await affinity.relay(request, owner, body)
+                await affinity.relay(request, owner, conn)
+                return
         result = self.core.request(
-            route, Request(request.method, request.raw_path, upstream_path, host, Headers(request.headers), body)
+            route, Request(request.method, request.target, upstream_path, host, request.headers, request.body)
         )
         if isinstance(result, Reply):
-            return _respond(result)
-        return await self._forward(request, result, body)
+            conn.reply(result)
+            return
+        await self._forward(request, conn, result)
 
-    async def _read_body(self, request: web.BaseRequest, route: Route) -> bytes | Reply:
-        limit = self._limit
-        length = request.content_length
-        if length is not None and length > limit:
-            return self.core.refuse(route, code=errors.MESSAGE_TOO_LARGE, reason="too_large", message="", status=413, size=length)
-        if not request.body_exists:
-            return b""
-        if request.headers.get("expect", "").lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(self.settings.client_timeout_seconds):
-                while chunk := await request.content.readany():
-                    size += len(chunk)
-                    if size > limit:
-                        return self.core.refuse(
-                            route, code=errors.MESSAGE_TOO_LARGE, reason="too_large", message="", status=413, size=size
-                        )
-                    chunks.append(chunk)
-        except TimeoutError:
-            return self.core.refuse(
-                route, code=errors.INVALID_REQUEST, reason="client_timeout", status=408, size=size,
-                message=f"the client did not send its request body within {self.settings.client_timeout_seconds:g} s",
-            )
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    def _upstream_head(self, request: IncomingRequest, ex: Exchange, body: bytes) -> bytes:
+        lines = [b"%s %s HTTP/1.1\r\n" % (encode(request.method), encode(ex.upstream_path))]
+        lines += header_block(request.headers.raw, _NOT_FORWARDED, ex.set_headers)
+        host = request.headers.get("host") if self.settings.preserve_host else None
+        lines += (b"host: ", encode(host) if host else encode(ex.route.netloc), CRLF)
+        if body or request.has_body:
+            lines.append(b"content-length: %d\r\n" % len(body))
+        lines.append(CRLF)
+        return b"".join(lines)
 
-    def _upstream_headers(self, request: web.BaseRequest, ex: Exchange) -> tuple[CIMultiDict[str], set[str]]:
-        headers: CIMultiDict[str] = CIMultiDict()
-        changes = ex.set_headers
-        for name, value in request.headers.items():
-            lower = name.lower()
-            if lower in _NOT_FORWARDED or lower in changes:
-                continue
-            headers.add(name, value)
-        for name, value in changes.items():
-            headers[name] = value
-        if self.settings.preserve_host and "host" in request.headers:
-            headers["Host"] = request.headers["host"]
-        skip = {name for name in _SKIP_AUTO if name not in headers}
-        return headers, skip
-
-    async def _forward(self, request: web.BaseRequest, ex: Exchange, body: bytes) -> web.StreamResponse:
+    async def _forward(self, request: IncomingRequest, conn: ServerConnection, ex: Exchange) -> None:
         route = ex.route
         core = self.core
-        headers, skip = self._upstream_headers(request, ex)
-        data = ex.body if ex.body is not None else body
-        url = URL(route.origin + ex.upstream_path, encoded=True)
+        body = ex.body if ex.body is not None else request.body
         try:
-            async with asyncio.timeout(self.settings.upstream_timeout_seconds):
-                upstream = await self.client.request(
-                    request.method, url, data=data if data or request.body_exists else None,
-                    headers=headers, skip_auto_headers=skip, allow_redirects=False,
-                )
-        except TimeoutError:
-            return _respond(core.upstream_failed(
-                ex, f"no response within {self.settings.upstream_timeout_seconds:g} s", status=504))
-        except aiohttp.ClientConnectorError as exc:
-            return _respond(core.upstream_failed(ex, f"cannot connect to {route.netloc}: {_why(exc)}"))
-        except (aiohttp.ClientError, OSError) as exc:
-            return _respond(core.upstream_failed(ex, f"the connection failed: {_why(exc)}"))
+            upstream = await self.pool.request(
+                self._origins[route.name], self._upstream_head(request, ex, body), body,
+                method=request.method, timeout=self.settings.upstream_timeout_seconds,
+            )
+        except UpstreamError as exc:
+            conn.reply(core.upstream_failed(ex, self._failure(route, exc), status=504 if exc.timed_out else 502))
+            return
         try:
-            plan, changes = core.response_head(ex, upstream.status, Headers(upstream.headers))
+            plan, changes = core.response_head(ex, upstream.status, upstream.headers)
             if ex.new_session_id is not None and self.affinity is not None and ex.channel is not None:
                 await self.affinity.adopt(route, ex.new_session_id, ex.channel)
             if plan == "sse":
-                return await self._stream_events(request, ex, upstream, changes)
-            if plan in ("json", "metadata"):
-                return await self._whole_body(ex, upstream, changes, plan)
-            return await self._pass(request, upstream, changes)
+                await self._stream_events(conn, ex, upstream, changes)
+            elif plan in ("json", "metadata"):
+                await self._whole_body(conn, ex, upstream, changes, plan)
+            else:
+                await relay_response(conn, upstream, changes)
         finally:
             upstream.release()
 
+    def _failure(self, route: Route, exc: UpstreamError) -> str:
+        if exc.connecting:
+            return f"cannot connect to {route.netloc}: {exc.why}"
+        if exc.timed_out:
+            return f"no response within {self.settings.upstream_timeout_seconds:g} s"
+        return f"the connection failed: {exc.why}"
+
     async def _whole_body(
-        self, ex: Exchange, upstream: aiohttp.ClientResponse, changes: dict[str, str], plan: str
-    ) -> web.StreamResponse:
+        self, conn: ServerConnection, ex: Exchange, upstream: UpstreamResponse, changes: dict[str, str], plan: str
+    ) -> None:
         core = self.core
         try:
-            async with asyncio.timeout(self.settings.upstream_timeout_seconds):
-                body = await _read_limited(upstream, self._limit)
-        except TimeoutError:
-            return _respond(core.upstream_failed(ex, "the response body did not arrive in time", status=504))
-        except (aiohttp.ClientError, OSError) as exc:
-            return _respond(core.upstream_failed(ex, f"the response broke off: {_why(exc)}"))
+            body = await upstream.read(self._limit, self.settings.upstream_timeout_seconds)
+        except UpstreamError as exc:
+            if exc.timed_out:
+                conn.reply(core.upstream_failed(ex, "the response body did not arrive in time", status=504))
+            else:
+                conn.reply(core.upstream_failed(ex, f"the response broke off: {exc.why}"))
+            return
         status = upstream.status
         if body is None:
             body = b" " * (self._limit + 1)  # the pipeline refuses it by size, as any other message
@@ -309,49 +257,60 @@ class LeanListener:
             body = core.metadata_body(ex, body)
         else:
             status, body = core.json_body(ex, status, body)
-        headers = _response_headers(upstream.headers, changes)
         if status == 200 and upstream.status == 202:
-            headers["content-type"] = "application/json"
-        return web.Response(status=status, body=body, headers=headers)
+            changes = {**changes, "content-type": "application/json"}
+        conn.respond(status, header_block(upstream.raw, _NOT_RETURNED, changes), body, date=not _has_date(upstream))
 
     async def _stream_events(
-        self, request: web.BaseRequest, ex: Exchange, upstream: aiohttp.ClientResponse, changes: dict[str, str]
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream.headers, changes))
+        self, conn: ServerConnection, ex: Exchange, upstream: UpstreamResponse, changes: dict[str, str]
+    ) -> None:
+        conn.start(upstream.status, header_block(upstream.raw, _NOT_RETURNED, changes), date=not _has_date(upstream))
+        conn.on_lost = upstream.close  # the client left: stop the server's stream too
         events = self.core.sse(ex)
         try:
-            await response.prepare(request)
             try:
-                async for chunk in upstream.content.iter_any():
-                    out = events.feed(chunk)
-                    if out:
-                        await response.write(out)
+                while True:
+                    data = upstream.take()
+                    if data and (out := events.feed(data)):
+                        conn.write(out)
+                    if upstream.finished:
+                        break
+                    await conn.drain()  # sends what is held: each event leaves as soon as it is judged
+                    await upstream.more()
                 tail = events.finish()
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-                if request.transport is None or request.transport.is_closing():
+            except UpstreamError as exc:
+                if conn.closed:
                     raise ConnectionResetError from exc
-                tail = events.finish() + self.core.stream_failed(ex, f"the event stream broke off: {_why(exc)}")
+                tail = events.finish() + self.core.stream_failed(ex, f"the event stream broke off: {exc.why}")
             if tail:
-                await response.write(tail)
-            await response.write_eof()
+                conn.write(tail)
+            conn.end()
         except ConnectionResetError:
-            upstream.close()  # the client left: stop the server's stream too
-        return response
-
-    async def _pass(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, changes: dict[str, str]) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=_response_headers(upstream.headers, changes))
-        if upstream.content_length is not None and "transfer-encoding" not in upstream.headers:
-            response.content_length = upstream.content_length
-        await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-        except (ConnectionResetError, aiohttp.ClientError):
             upstream.close()
-        return response
 
-    # -- WebSocket -------------------------------------------------------------------
+    # -- WebSocket: handed to aiohttp ------------------------------------------------
+
+    def upgrade(self, request: IncomingRequest, conn: ServerConnection, rest: bytes) -> None:
+        """Give the connection to aiohttp, replaying the request head it has not seen."""
+        if self._websockets is None:
+            self._websockets = web.Server(self._handle_upgrade, access_log=None, auto_decompress=False)
+        transport = conn.detach()
+        handler = self._websockets()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        head = [b"%s %s HTTP/1.1\r\n" % (encode(request.method), encode(request.target))]
+        for name, value in request.headers.raw:
+            head += (name, b": ", value, CRLF)
+        head.append(CRLF)
+        handler.data_received(b"".join(head) + rest)
+
+    async def _handle_upgrade(self, request: web.BaseRequest) -> web.StreamResponse:
+        match = self.router.match(request.headers.get("host"), request.raw_path)
+        if match is None:
+            return web.Response(status=404, text=_NO_ROUTE.body.decode())
+        if request.headers.get("upgrade", "").lower() != "websocket":
+            return web.Response(status=400, text="mcpfw: only WebSocket upgrades are supported\n")
+        return await self._websocket(request, *match)
 
     async def _websocket(self, request: web.BaseRequest, route: Route, upstream_path: str) -> web.StreamResponse:
         core = self.core
@@ -369,11 +328,11 @@ class LeanListener:
                     protocols=offered, headers=headers, max_msg_size=2 * self._limit, autoping=True,
                 )
         except aiohttp.WSServerHandshakeError as exc:
-            return _plain(exc.status or 502, f"mcpfw: the upstream refused the WebSocket: {exc.message}\n")
+            return web.Response(status=exc.status or 502, text=f"mcpfw: the upstream refused the WebSocket: {exc.message}\n")
         except TimeoutError:
-            return _respond(core.upstream_failed(ex, "the WebSocket handshake timed out", status=504))
+            return _aiohttp_reply(core.upstream_failed(ex, "the WebSocket handshake timed out", status=504))
         except (aiohttp.ClientError, OSError) as exc:
-            return _respond(core.upstream_failed(ex, f"cannot open the WebSocket: {_why(exc)}"))
+            return _aiohttp_reply(core.upstream_failed(ex, f"cannot open the WebSocket: {_why(exc)}"))
         client = web.WebSocketResponse(
             protocols=(upstream.protocol,) if upstream.protocol else (), max_msg_size=2 * self._limit, autoping=True
         )
@@ -391,6 +350,31 @@ class LeanListener:
             await upstream.close()
             await client.close()
         return client
+
+
+async def relay_response(conn: ServerConnection, upstream: UpstreamResponse, changes: dict[str, str] | None = None) -> None:
+    """Pass a response on as it arrives, body bytes unchanged."""
+    length = None if upstream.chunked else upstream.length
+    lines = header_block(upstream.raw, _NOT_RETURNED, changes)
+    conn.start(upstream.status, lines, reason=upstream.reason or None, length=length, date=not _has_date(upstream))
+    conn.on_lost = upstream.close
+    try:
+        while True:
+            conn.write(upstream.take())
+            if upstream.finished:
+                break
+            await conn.drain()
+            await upstream.more()
+        conn.end()
+    except ConnectionResetError:
+        upstream.close()
+    except UpstreamError:
+        upstream.close()
+        conn.close()  # the client sees the body cut short, as it was
+
+
+def _has_date(upstream: UpstreamResponse) -> bool:
+    return any(name.lower() == b"date" for name, _ in upstream.raw)
 
 
 async def _pump(source: Any, sink: Any, judge: Any) -> None:
@@ -412,42 +396,8 @@ async def _pump(source: Any, sink: Any, judge: Any) -> None:
             break
 
 
-async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
-    """The whole body, or None once it grows past ``limit``."""
-    length = response.content_length
-    if length is not None and length > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _response_headers(upstream: CIMultiDictProxy[str], changes: dict[str, str]) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower == "content-length" or lower in changes:
-            continue
-        headers.add(name, value)
-    for name, value in changes.items():
-        headers[name] = value
-    return headers
-
-
-def _respond(reply: Reply, *, close: bool = False) -> web.Response:
-    response = web.Response(status=reply.status, body=reply.body, headers=reply.headers)
-    if close:
-        response.force_close()
-    return response
-
-
-def _plain(status: int, text: str) -> web.Response:
-    return web.Response(status=status, text=text)
+def _aiohttp_reply(reply: Reply) -> web.Response:
+    return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
 
 def _why(exc: BaseException) -> str:

@@ -65,7 +65,9 @@ async def serve_lean(
             from .workers import SessionAffinity
 
             assert socket_dir is not None
-            affinity = SessionAffinity(worker_index, worker_count, socket_dir, core)
+            affinity = SessionAffinity(
+                worker_index, worker_count, socket_dir, core, timeout=config.proxy.upstream_timeout_seconds
+            )
         listener = LeanListener(core, build_router(config), config.proxy, affinity=affinity)
         client = listener
         core.poster = UpstreamPoster(lambda: client.client, config.proxy.upstream_timeout_seconds)

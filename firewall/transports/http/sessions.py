@@ -9,6 +9,7 @@ response. The table is bounded and forgets the least recently used session first
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,17 +52,24 @@ class HttpSessions:
         self._roots = roots or {}
         self._channels: OrderedDict[tuple[str, str], Channel] = OrderedDict()
         self._known: dict[str, _Known] = {}
+        self._servers: dict[str, ServerIdentity] = {}  # read-only once made: shared by the route's sessions
 
     def __len__(self) -> int:
         return len(self._channels)
 
     def new_session(self, route: Route, transport: str, version: str | None = None) -> Session:
         """A fresh session, seeded with what is already known about the server."""
+        server = self._servers.get(route.name)
+        if server is None:
+            server = ServerIdentity(name=route.name, url=route.url, roots=list(self._roots.get(route.name, ())))
+            self._servers[route.name] = server
         session = Session(
-            ServerIdentity(name=route.name, url=route.url, roots=list(self._roots.get(route.name, ()))),
+            server,
             transport=transport,
             cwd="/",  # the server runs elsewhere: relative paths have no meaning here
             resolve_symlinks=False,
+            # Most HTTP requests get a session of their own: an id without uuid4's system call.
+            session_id=f"{random.getrandbits(128):032x}",
         )
         if version:
             session.protocol_version = version

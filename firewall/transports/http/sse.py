@@ -85,14 +85,21 @@ class SseParser:
     def _read_lines(self, out: list[SseEvent | OversizedEvent]) -> None:
         buf = self._buf
         scan = self._scan
+        lf_only = b"\r" not in buf  # TypeScript servers: plain finds instead of the regex
         while True:
-            match = _EOL.search(buf, scan)
-            if match is None:
-                break
-            end = match.end()
-            if end == len(buf) and match.group() == b"\r":
-                self._after_cr = True
-            line = bytes(buf[scan:match.start()])
+            if lf_only:
+                stop = buf.find(b"\n", scan)
+                if stop < 0:
+                    break
+                end = stop + 1
+            else:
+                match = _EOL.search(buf, scan)
+                if match is None:
+                    break
+                stop, end = match.start(), match.end()
+                if end == len(buf) and match.group() == b"\r":
+                    self._after_cr = True
+            line = bytes(buf[scan:stop])
             if self._first_line:
                 self._first_line = False
                 if line.startswith(_BOM):

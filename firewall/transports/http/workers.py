@@ -28,15 +28,16 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
-from aiohttp import web
-from multidict import CIMultiDict
 
 from ...config import Config
 from .exchange import HttpInspection
+from .replies import Reply, plain
 from .routes import Route
+from .server import IncomingRequest, ServerConnection
 from .sessions import Channel, session_key
+from .upstream import Origin, UpstreamError, UpstreamPool
+from .wire import CRLF, HOP_BY_HOP, encode, header_block
 
 if TYPE_CHECKING:
     from .lean import LeanListener
@@ -45,8 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcpfw.http")
 
 ADOPT_PATH = "/.mcpfw/adopt"
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
+_NOT_RELAYED = HOP_BY_HOP | {b"content-length"}
 _SESSION_FIELDS = ("protocol_version", "era", "client_info", "client_capabilities", "server_info", "server_capabilities")
+_RELAY_SLACK = 10.0  # seconds the owner may take beyond its own upstream timeout
 
 
 def socket_path(socket_dir: str, index: int) -> str:
@@ -61,16 +63,18 @@ def ready_file(socket_dir: str, index: int) -> str:
 class SessionAffinity:
     """Keeps every request of an MCP session in the worker that owns the session."""
 
-    def __init__(self, index: int, count: int, socket_dir: str, core: HttpInspection) -> None:
+    def __init__(self, index: int, count: int, socket_dir: str, core: HttpInspection, *, timeout: float = 120.0) -> None:
         self.index = index
         self.count = count
         self._dir = socket_dir
         self._core = core
-        self._clients: dict[int, aiohttp.ClientSession] = {}
+        self._timeout = timeout + _RELAY_SLACK
+        self._pool: UpstreamPool | None = None
         self._routes: dict[str, Route] = {}
 
     async def start(self, listener: LeanListener) -> None:
         self._routes = {route.name: route for route in listener.router.routes}
+        self._pool = UpstreamPool(connect_timeout=5.0, keepalive=60.0)
         await listener.listen_unix(socket_path(self._dir, self.index))
 
     async def wait_for_peers(self, timeout: float = 30.0) -> None:
@@ -83,33 +87,20 @@ class SessionAffinity:
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            await client.close()
+        if self._pool is not None:
+            self._pool.close()
 
-    def _client(self, owner: int) -> aiohttp.ClientSession:
-        client = self._clients.get(owner)
-        if client is None:
-            client = self._clients[owner] = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=socket_path(self._dir, owner), limit=0),
-                cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, trust_env=False,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-            )
-        return client
+    def _origin(self, owner: int) -> Origin:
+        return Origin("worker", 0, unix=socket_path(self._dir, owner))
 
-    @staticmethod
-    def internal(request: web.BaseRequest) -> bool:
-        """True for requests that came over a worker's Unix socket (already relayed)."""
-        transport = request.transport
-        return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
-
-    def owner(self, request: web.BaseRequest, upstream_path: str) -> int | None:
+    def owner(self, request: IncomingRequest, upstream_path: str) -> int | None:
         """The worker that must serve this request, or None when it is this one."""
-        if self.internal(request):
-            return None
+        if request.internal:
+            return None  # already relayed
         headers = request.headers
         sid = headers.get("mcp-session-id")
         if sid:
-            owner = zlib.crc32(sid.encode("utf-8", "surrogateescape")) % self.count
+            owner = zlib.crc32(encode(sid)) % self.count
         elif self._maybe_legacy(request.method, headers, upstream_path):
             owner = 0
         else:
@@ -121,63 +112,73 @@ class SessionAffinity:
         if headers.get("upgrade"):
             return False
         if method == "GET":
-            return "text/event-stream" in headers.get("accept", "")
+            return "text/event-stream" in (headers.get("accept") or "")
         return method == "POST" and "?" in upstream_path
 
-    async def relay(self, request: web.BaseRequest, owner: int, body: bytes) -> web.StreamResponse:
+    async def relay(self, request: IncomingRequest, owner: int, conn: ServerConnection) -> None:
         """Pass the request to its owner and its answer back, byte for byte."""
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP | {"content-length"})
-        async with self._client(owner).request(
-            request.method, f"http://worker{request.raw_path}", headers=headers, data=body if request.body_exists else None,
-            allow_redirects=False, skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        ) as answer:
-            response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=CIMultiDict(
-                (k, v) for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP | {"content-length"}))
-            if answer.content_length is not None and "transfer-encoding" not in answer.headers:
-                response.content_length = answer.content_length
-            try:
-                await response.prepare(request)
-                async for chunk in answer.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
-            except ConnectionResetError:
-                answer.close()
-        return response
+        from .lean import relay_response
+
+        assert self._pool is not None
+        head = [b"%s %s HTTP/1.1\r\n" % (encode(request.method), encode(request.target))]
+        head += header_block(request.headers.raw, _NOT_RELAYED)
+        if request.has_body:
+            head.append(b"content-length: %d\r\n" % len(request.body))
+        head.append(CRLF)
+        try:
+            answer = await self._pool.request(
+                self._origin(owner), b"".join(head), request.body, method=request.method, timeout=self._timeout
+            )
+        except UpstreamError as exc:
+            log.warning("mcpfw: cannot relay a request to worker %d: %s", owner, exc.why)
+            conn.reply(plain(502, f"mcpfw: worker {owner} is unavailable\n"))
+            return
+        try:
+            await relay_response(conn, answer)
+        finally:
+            answer.release()
 
     # -- handing a new session to its owner ------------------------------------------
 
     async def adopt(self, route: Route, sid: str, channel: Channel) -> None:
-        owner = zlib.crc32(sid.encode("utf-8", "surrogateescape")) % self.count
+        owner = zlib.crc32(encode(sid)) % self.count
         if owner == self.index:
             return
+        assert self._pool is not None
         session = channel.session
-        state = {
+        state = orjson.dumps({
             "route": route.name, "sid": sid, "id": session.id, "transport": session.transport,
             "post_path": channel.post_path, "headers": channel.headers,
             **{name: getattr(session, name) for name in _SESSION_FIELDS},
-        }
+        })
+        head = b"POST %s HTTP/1.1\r\nhost: worker\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % (
+            ADOPT_PATH.encode(), len(state))
         try:
-            async with self._client(owner).post(f"http://worker{ADOPT_PATH}", data=orjson.dumps(state)) as answer:
-                await answer.read()
-        except aiohttp.ClientError as exc:
+            answer = await self._pool.request(self._origin(owner), head, state, method="POST", timeout=self._timeout)
+            try:
+                await answer.read(1 << 16, self._timeout)
+            finally:
+                answer.release()
+        except UpstreamError as exc:
             # The owner learns the session from its next request, with less context.
-            log.warning("mcpfw: cannot hand session state to worker %d: %s", owner, exc)
+            log.warning("mcpfw: cannot hand session state to worker %d: %s", owner, exc.why)
 
-    async def intercept(self, request: web.BaseRequest) -> web.StreamResponse | None:
-        """Serve the workers' own requests (only on the Unix socket)."""
-        if request.raw_path != ADOPT_PATH or not self.internal(request):
-            return None
-        state = orjson.loads(await request.read())
+    def intercepts(self, request: IncomingRequest) -> bool:
+        """The workers' own requests (only ever taken on the Unix socket)."""
+        return request.internal and request.target == ADOPT_PATH
+
+    def take_over(self, request: IncomingRequest) -> Reply:
+        state = orjson.loads(request.body)
         route = self._routes.get(state["route"])
         if route is None:
-            return web.Response(status=404)
+            return Reply(404)
         session = self._core.sessions.new_session(route, state["transport"])
         session.id = state["id"]
         for name in _SESSION_FIELDS:
             setattr(session, name, state[name])
         channel = Channel(session, route, state["post_path"], dict(state["headers"]))
         self._core.sessions.add(session_key(state["sid"]), channel)
-        return web.Response(status=204)
+        return Reply(204)
 
 
 # -- the supervising process -------------------------------------------------------
@@ -200,6 +201,7 @@ def _absolute(config: Config) -> Config:
     return config.with_overrides(
         policy={"bundle": config.policy.bundle.absolute()},
         audit={"path": audit.path.absolute(), "spill_path": audit.spill_path.absolute() if audit.spill_path else None},
+        registry={name: path.absolute() for name, path in (("file", config.registry.file), ("state", config.registry.state)) if path},
     )
 
 

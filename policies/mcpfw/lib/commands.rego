@@ -1,32 +1,16 @@
 # Package mcpfw.lib.commands holds the helpers of mcpfw.rules.commands.
+#
+# They are functions that receive their configuration as arguments: called
+# from the decision they read no data, and regorus 0.13 loses a module's
+# imports inside a function called from another module.
 package mcpfw.lib.commands
 
-# Helpers reach configuration through a local rule, not an import: regorus
-# 0.13 loses a module's imports inside a function called from another module.
-config := data.mcpfw.config.commands
-
-# The tool named in the message runs shell commands.
-command_tool if {
-	is_string(input.tool.name)
-	some pattern in config.tool_name_patterns
-	regex.match(pattern, input.tool.name)
-}
-
-# The message is a client request calling a command tool.
-command_call if {
-	input.direction == "client_to_server"
-	input.kind == "request"
-	input.method == "tools/call"
-	command_tool
-}
-
-# [path, string] for every checked string argument of a command call. Kept
-# apart from the loop over metacharacters: in a single rule an engine may
-# schedule that loop first and walk the arguments once per metacharacter.
-argument_strings contains [path, value] if {
-	command_call
+# argument_strings(ignored) is [path, string] for every string in the tool
+# arguments, at any depth, outside the top-level arguments named in ignored.
+# The walk is done once here, apart from the loop over metacharacters.
+argument_strings(ignored) := {[path, value] |
 	walk(input.tool.arguments, [path, value])
 	is_string(value)
 	count(path) > 0
-	not path[0] in config.ignored_arguments
+	not path[0] in ignored
 }

@@ -1,12 +1,15 @@
 # Package mcpfw.rules.filesystem keeps file access inside the configured roots
 # and away from well-known credential files.
 #
-# It checks the file arguments the firewall extracted from a request
+# It checks the file arguments the firewall extracted from a client request
 # (input.resources.paths) and only ever their canonical form: absolute,
 # %-escapes decoded, "." and ".." resolved, symlinks resolved for local
 # servers. Tricks such as "/data/../etc/shadow" or "%2e%2e" in the raw
-# argument therefore cannot get around it. The helpers live in
-# mcpfw.lib.filesystem.
+# argument therefore cannot get around it. Responses are never checked.
+#
+# The decision calls effects(data.mcpfw.config.filesystem) for requests that
+# name files; `deny` below is the same result as a set, for tests and tools.
+# Helper functions live in mcpfw.lib.filesystem.
 #
 # Configuration, data.mcpfw.config.filesystem:
 #   methods       request methods whose file arguments are checked
@@ -26,35 +29,56 @@
 #                   allowed_extensions  idem (".pub": public keys are fine)
 #                   allowed_prefixes    directories never treated as secret
 #                                       (public CA certificate stores)
+#                   prefilter           every entry of names, name_prefixes,
+#                                       extensions, directories and
+#                                       path_suffixes, regex-escaped, joined
+#                                       with "|", in that order. It lets one
+#                                       cheap match clear an ordinary path.
+#                                       After editing those lists, regenerate
+#                                       it (the test
+#                                       test_prefilter_matches_the_lists
+#                                       fails until then and shows how).
 package mcpfw.rules.filesystem
 
-# Helpers are imported one by one: regorus evaluates a whole package when a
-# rule is reached through an imported package (pkg.rule).
-import data.mcpfw.lib.filesystem.checked_request
-import data.mcpfw.lib.filesystem.confined
-import data.mcpfw.lib.filesystem.has_canonical
-import data.mcpfw.lib.filesystem.inside_roots
-import data.mcpfw.lib.filesystem.secret_file
-
-deny contains {"code": "path_unresolved", "message": msg} if {
-	checked_request
-	some ref in input.resources.paths
-	not has_canonical(ref)
-	msg := sprintf("file argument %v has no canonical path", [object.get(ref, "pointer", "?")])
+deny contains reason if {
+	input.resources.paths[0]
+	some reason in effects(data.mcpfw.config.filesystem).deny
 }
 
-deny contains {"code": "path_outside_roots", "message": msg} if {
-	confined
-	some ref in input.resources.paths
-	is_string(ref.canonical)
-	not inside_roots(ref.canonical)
-	msg := sprintf("file argument %v: %q is outside the allowed roots", [ref.pointer, ref.canonical])
-}
-
-deny contains {"code": "secret_file", "message": msg} if {
-	checked_request
-	some ref in input.resources.paths
-	is_string(ref.canonical)
-	secret_file(ref.canonical)
-	msg := sprintf("file argument %v: access to %q is blocked (credential file)", [ref.pointer, ref.canonical])
+# effects(config) is {"deny": reasons} for a client request of one of
+# config.methods; undefined for any other message.
+effects(config) := {"deny": reasons} if {
+	input.direction == "client_to_server"
+	input.kind == "request"
+	input.method in config.methods
+	paths := input.resources.paths
+	reasons := {reason |
+		some ref in paths
+		not is_string(object.get(ref, "canonical", null))
+		reason := {"code": "path_unresolved", "message": sprintf("file argument %v has no canonical path", [object.get(ref, "pointer", "?")])}
+	} | {reason |
+		# Confinement applies when the server has roots. Roots are compared
+		# as whole path segments: "/data2" is not inside "/data" because
+		# "/data2/" does not start with "/data/", while "/data" itself is. A
+		# root given as a file:// URI is accepted too; "/data/" and "/data"
+		# are the same root; the root "/" contains every absolute path.
+		input.server.roots[0]
+		prefixes := {concat("", [trim_right(trim_prefix(root, "file://"), "/"), "/"]) |
+			some root in array.concat(input.server.roots, config.extra_roots)
+			is_string(root)
+			root != ""
+		}
+		some ref in paths
+		is_string(ref.canonical)
+		not strings.any_prefix_match(concat("", [ref.canonical, "/"]), prefixes)
+		reason := {"code": "path_outside_roots", "message": sprintf("file argument %v: %q is outside the allowed roots", [ref.pointer, ref.canonical])}
+	} | {reason |
+		some ref in paths
+		is_string(ref.canonical)
+		path := lower(ref.canonical)
+		# One literal match clears an ordinary path; the lists decide the rest.
+		regex.match(config.secret_files.prefilter, concat("", [path, "/"]))
+		data.mcpfw.lib.filesystem.secret_file(path, config.secret_files)
+		reason := {"code": "secret_file", "message": sprintf("file argument %v: access to %q is blocked (credential file)", [ref.pointer, ref.canonical])}
+	}
 }

@@ -8,7 +8,11 @@ import data.mcpfw_test.inputs
 denials(inp) := {reason.code | some reason in commands.deny with input as inp}
 
 is_command_tool(name) if {
-	data.mcpfw.lib.commands.command_tool with input as inputs.tool_call(name, {})
+	commands.effects(data.mcpfw.config.commands) with input as inputs.tool_call(name, {})
+}
+
+is_command_tool_for(name, patterns) if {
+	commands.effects({"tool_name_patterns": patterns, "metacharacters": [], "ignored_arguments": []}) with input as inputs.tool_call(name, {})
 }
 
 test_command_tools_recognised if {
@@ -92,4 +96,22 @@ test_tool_name_patterns_are_configurable if {
 	inp := inputs.tool_call("deploy", {"target": "prod; rm -rf /"})
 	count(denials(inp)) == 0
 	denials(inp) == {"shell_metacharacter"} with data.mcpfw.config.commands.tool_name_patterns as ["^deploy$"]
+}
+
+test_no_tool_name_patterns_means_no_command_tools if {
+	not is_command_tool_for("bash", [])
+	count(denials(inputs.tool_call("bash", {"command": "ls; id"}))) == 0 with data.mcpfw.config.commands.tool_name_patterns as []
+}
+
+test_inline_flags_stay_with_their_pattern if {
+	# (?i) in the first pattern must not make the second one case-insensitive.
+	patterns := ["(?i)^exec$", "^Run[A-Z]"]
+	is_command_tool_for("EXEC", patterns)
+	is_command_tool_for("RunTask", patterns)
+	not is_command_tool_for("runtask", patterns)
+}
+
+test_decision_tags_command_calls_only_for_client_requests if {
+	inp := inputs.tool_result("bash", {"command": "ls"}, {"content": [{"type": "text", "text": "ok"}]})
+	inputs.decide(inp).obligations == []
 }

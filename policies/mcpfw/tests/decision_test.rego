@@ -134,7 +134,34 @@ test_reasons_collected_from_every_rule_package if {
 }
 
 test_redaction_keeps_message_allowed if {
-	decision := inputs.decide(inputs.tool_result("read_file", {}, {"content": [{"type": "text", "text": "AKIAIOSFODNN7EXAMPLE"}]}))
+	inp := object.union(
+		inputs.tool_result("read_file", {}, {"content": [{"type": "text", "text": "AKIAIOSFODNN7EXAMPLE"}]}),
+		{"findings": {"secrets": [{"pointer": "/result/content/0/text", "rule": "aws-access-key-id", "start": 0, "end": 20, "part": "result"}]}},
+	)
+	decision := inputs.decide(inp)
 	decision.allow == true
 	count(decision.redact) == 1
+}
+
+# Every package under data.mcpfw.rules must have a route in data.mcpfw
+# (decision.rego) and be listed in data.mcpfw.topics: the decision does not
+# iterate data.mcpfw.rules, so an unrouted package would be ignored.
+test_every_rules_package_is_routed if {
+	every name, _ in data.mcpfw.rules {
+		name in data.mcpfw.topics
+	}
+}
+
+test_decision_sets_are_empty_for_a_plain_tool_call if {
+	decision := inputs.decide(inputs.with_roots(inputs.file_call("/data/a.txt", "/data/a.txt", ["/data"]), ["/data"]))
+	decision == {"version": 1, "allow": true, "reasons": [], "redact": [], "obligations": [], "remove": []}
+}
+
+test_detector_topics_are_skipped_without_findings if {
+	# The routes of the detector topics are gated on their findings; with the
+	# findings of every detector empty the decision is the clean allow.
+	inp := object.union(inputs.tool_result("read_file", {}, {"content": [{"type": "text", "text": "hello"}]}), {"findings": {
+		"secrets": [], "pii": [], "injection": {"items": []},
+	}})
+	inputs.clean_allow(inp)
 }

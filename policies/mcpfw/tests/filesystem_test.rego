@@ -216,12 +216,38 @@ test_ordinary_files_allowed if {
 }
 
 test_secret_file_lists_are_lower_case if {
-	lists := data.mcpfw.config.filesystem.secret_files
+	lists := object.remove(data.mcpfw.config.filesystem.secret_files, ["prefilter"])
 	every _, entries in lists {
 		every entry in entries {
 			entry == lower(entry)
 		}
 	}
+}
+
+# If this fails after an edit of the secret_files lists, set
+# data.mcpfw.config.filesystem.secret_files.prefilter to the value of
+# data.mcpfw.lib.filesystem.prefilter(data.mcpfw.config.filesystem.secret_files).
+test_prefilter_matches_the_lists if {
+	lists := data.mcpfw.config.filesystem.secret_files
+	lists.prefilter == data.mcpfw.lib.filesystem.prefilter(lists)
+}
+
+test_prefilter_escapes_regex_metacharacters if {
+	lists := {"names": [".a+b"], "name_prefixes": ["x(y"], "extensions": [], "directories": ["/d$/"], "path_suffixes": ["/s[1]"]}
+	data.mcpfw.lib.filesystem.prefilter(lists) == `\.a\+b|x\(y|/d\$/|/s\[1\]`
+}
+
+test_secret_check_is_skipped_when_the_prefilter_does_not_match if {
+	# A stale prefilter hides a credential file: the lists alone do not decide.
+	inp := inputs.file_call("/home/u/.netrc", "/home/u/.netrc", [])
+	"secret_file" in denials(inp)
+	not "secret_file" in denials(inp) with data.mcpfw.config.filesystem.secret_files.prefilter as "no-such-file"
+}
+
+test_requests_without_paths_are_not_checked if {
+	inp := inputs.with_roots(inputs.tool_call("read_file", {"path": "/etc/passwd"}), ["/data"])
+	allowed(inp)
+	inputs.clean_allow(inp)
 }
 
 test_directories_end_with_slash if {

@@ -1,0 +1,271 @@
+"""Text normalisation shared by every detector, so that trivially obfuscated payloads are seen.
+
+* :func:`normalize`: Unicode NFKC, invisible characters removed (and counted by class),
+  Unicode tag characters decoded to the ASCII they hide, with an offset map back to the
+  caller's text so evidence spans stay in the caller's coordinates.
+* :func:`invisible_runs` and :func:`ansi_runs`: where the invisible characters and ANSI
+  escape sequences are, for findings.
+* :func:`decoded_segments`: base64, hex and URL-encoded segments decoded to text, for
+  scanning only (nothing decoded is ever forwarded).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+# Invisible characters by class. Tag characters (U+E0000-E007F) are separate: the printable
+# ones are decoded rather than dropped, because they spell hidden ASCII ("ASCII smuggling").
+_CLASSES: dict[str, str] = {
+    "zero_width": "\u200b\u200c\u200d\u2060\ufeff\u180e",
+    "bidi": "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069",
+    "variation_selector": "\ufe00-\ufe0f\U000e0100-\U000e01ef",
+    "other_format": "\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180d\u180f\u2061-\u2065\u206a-\u206f"
+    "\u3164\uffa0\ufff9-\ufffb",
+}
+_CLASS_RES = {name: re.compile(f"[{chars}]") for name, chars in _CLASSES.items()}
+_TAG_PRINTABLE = re.compile("[\U000e0020-\U000e007e]")
+_TAG_OTHER = re.compile("[\U000e0000-\U000e001f\U000e007f]")
+INVISIBLE_RE = re.compile(
+    "[" + "".join(_CLASSES.values()) + "\U000e0000-\U000e007f]"
+)
+_INVISIBLE_RUN = re.compile(INVISIBLE_RE.pattern + "+")
+_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+# CSI (ESC [ ... final), OSC (ESC ] ... BEL/ST), and two-character escapes; also the 8-bit CSI.
+ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]|\x9b[0-?]*[ -/]*[@-~]")
+
+
+def invisible_class(ch: str) -> str | None:
+    """The class of an invisible character (``tag`` for Unicode tags), or None."""
+    if "\U000e0000" <= ch <= "\U000e007f":
+        return "tag"
+    for name, regex in _CLASS_RES.items():
+        if regex.match(ch):
+            return name
+    return None
+
+
+@dataclass(slots=True)
+class Normalized:
+    """Normalised text and how to map its offsets back to the original."""
+
+    text: str
+    raw_len: int
+    invisible: dict[str, int] = field(default_factory=dict)
+    # Anchors: normalised offset -> original offset where a non-identity segment starts.
+    _norm: list[int] = field(default_factory=list)
+    _orig: list[int] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self._norm)
+
+    @property
+    def invisible_count(self) -> int:
+        return sum(self.invisible.values())
+
+    def to_original(self, start: int, end: int) -> tuple[int, int]:
+        """The span of the original text that produced normalised ``[start, end)``."""
+        if not self._norm:
+            return start, end
+        return self._map(start, is_end=False), self._map(end, is_end=True)
+
+    def _map(self, pos: int, *, is_end: bool) -> int:
+        # An end maps through the character before it, a start through the one at it;
+        # either way removed characters at the edge stay outside the span.
+        at = pos - 1 if is_end and pos > 0 else pos
+        i = bisect.bisect_right(self._norm, at) - 1
+        if i < 0:
+            return pos
+        if i >= len(self._norm) - 1:  # the final anchor marks the end of both texts
+            return self.raw_len
+        n0, o0 = self._norm[i], self._orig[i]
+        n1, o1 = self._norm[i + 1], self._orig[i + 1]
+        if n1 - n0 == o1 - o0:  # an identity segment
+            return o0 + (pos - n0)
+        # Inside a character that expanded: the span covers all of it.
+        return o1 if is_end else o0
+
+
+def normalize(text: str) -> Normalized:
+    """NFKC per character, invisible characters removed and counted, tag characters decoded.
+
+    NFKC is applied character by character (compatibility forms such as fullwidth letters,
+    ligatures and mathematical alphanumerics fold; combining sequences are not composed),
+    which keeps the offset map exact.
+    """
+    if text.isascii():
+        return Normalized(text, len(text))
+    out: list[str] = []
+    norm_at: list[int] = []
+    orig_at: list[int] = []
+    counts: dict[str, int] = {}
+    npos = 0
+    last = 0
+    for run in _NON_ASCII_RUN.finditer(text):
+        start, end = run.span()
+        if start > last:
+            norm_at.append(npos)
+            orig_at.append(last)
+            out.append(text[last:start])
+            npos += start - last
+        for j in range(start, end):
+            ch = text[j]
+            cls = invisible_class(ch)
+            if cls is None:
+                rep = unicodedata.normalize("NFKC", ch)
+            else:
+                counts[cls] = counts.get(cls, 0) + 1
+                rep = chr(ord(ch) - 0xE0000) if cls == "tag" and _TAG_PRINTABLE.match(ch) else ""
+            norm_at.append(npos)
+            orig_at.append(j)
+            out.append(rep)
+            npos += len(rep)
+        last = end
+    if last < len(text):
+        norm_at.append(npos)
+        orig_at.append(last)
+        out.append(text[last:])
+        npos += len(text) - last
+    norm_at.append(npos)
+    orig_at.append(len(text))
+    return Normalized("".join(out), len(text), counts, norm_at, orig_at)
+
+
+def invisible_runs(text: str) -> list[tuple[int, int, str]]:
+    """``(start, end, class)`` of each run of invisible characters (class of its first one)."""
+    if text.isascii():
+        return []
+    return [(m.start(), m.end(), invisible_class(m.group()[0]) or "other_format") for m in _INVISIBLE_RUN.finditer(text)]
+
+
+def hidden_tag_text(text: str) -> str:
+    """The ASCII spelled by the printable Unicode tag characters of ``text`` (often empty)."""
+    if text.isascii():
+        return ""
+    return "".join(chr(ord(c) - 0xE0000) for c in _TAG_PRINTABLE.findall(text))
+
+
+def ansi_runs(text: str) -> list[tuple[int, int]]:
+    """Spans of ANSI / terminal escape sequences (they can hide text from a human reviewer)."""
+    if "\x1b" not in text and "\x9b" not in text:
+        return []
+    return [m.span() for m in ANSI_RE.finditer(text)]
+
+
+# -- encoded segments ---------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A segment of the caller's text that decodes to readable text."""
+
+    start: int
+    end: int
+    encoding: str  # "base64" | "hex" | "url"
+    text: str
+
+
+_MIN_DECODED = 12  # shorter decodings carry no sentence worth scanning
+_BASE64 = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{20,}={0,2}")
+_HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){12,}(?![0-9A-Fa-f])|(?:\\x[0-9A-Fa-f]{2}){8,}")
+_URL = re.compile(r"[^\s\"'<>]*(?:%[0-9A-Fa-f]{2}[^\s\"'<>%]*){3,}")
+_MAX_SEGMENTS = 64
+
+
+def _readable(data: bytes) -> str | None:
+    """The text ``data`` holds if it is mostly printable UTF-8 prose, else None."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if len(text) < _MIN_DECODED:
+        return None
+    printable = sum(1 for c in text if c.isprintable() or c in "\n\r\t")
+    letters = sum(1 for c in text if c.isalpha())
+    # Random bytes that happen to be UTF-8 are rarely >95% printable and >50% letters, and
+    # prose always has some whitespace or punctuation between words.
+    if printable < 0.95 * len(text) or letters < 0.5 * len(text) or not re.search(r"[\s.,:;/_-]", text):
+        return None
+    return text
+
+
+def _b64(segment: str) -> bytes | None:
+    body = segment.rstrip("=")
+    if len(body) % 4 == 1:
+        return None
+    padded = body + "=" * (-len(body) % 4)
+    altchars = b"-_" if ("-" in body or "_" in body) else None
+    if altchars and ("+" in body or "/" in body):
+        return None
+    try:
+        return base64.b64decode(padded, altchars=altchars, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def decoded_segments(text: str, *, depth: int = 2) -> list[Decoded]:
+    """Segments of ``text`` that are base64, hex or URL-encoded readable text, decoded.
+
+    Decoding is repeated up to ``depth`` levels (base64 of URL-encoded text, say); nested
+    results keep the span of the outermost segment in ``text``.
+    """
+    found: list[Decoded] = []
+    for start, token in _long_tokens(text):
+        found.extend(_decode_token(token, start))
+        if len(found) >= _MAX_SEGMENTS:
+            break
+    if depth > 1:
+        nested: list[Decoded] = []
+        for seg in found:
+            for inner in decoded_segments(seg.text, depth=depth - 1):
+                nested.append(Decoded(seg.start, seg.end, f"{seg.encoding}+{inner.encoding}", inner.text))
+        found.extend(nested)
+    return found[:_MAX_SEGMENTS]
+
+
+def _long_tokens(text: str) -> list[tuple[int, str]]:
+    """Whitespace-free runs of 20+ characters with their offsets: the only places an encoded
+    payload can sit (encodings contain no spaces), found far faster than by regex scanning."""
+    out: list[tuple[int, str]] = []
+    pos = 0
+    for token in text.split():
+        if len(token) >= 20:
+            start = text.find(token, pos)
+            pos = start + len(token)
+            out.append((start, token))
+    return out
+
+
+def _decode_token(token: str, offset: int) -> list[Decoded]:
+    found: list[Decoded] = []
+    for m in _BASE64.finditer(token):
+        segment = m.group()
+        # Identifiers, paths and words are base64 alphabet too: demand a mix of cases/digits.
+        if segment.isalpha() and (segment.islower() or segment.isupper()):
+            continue
+        data = _b64(segment)
+        decoded = _readable(data) if data else None
+        if decoded:
+            found.append(Decoded(offset + m.start(), offset + m.end(), "base64", decoded))
+    for m in _HEX.finditer(token):
+        decoded = _readable(bytes.fromhex(m.group().replace("\\x", "")))
+        if decoded:
+            found.append(Decoded(offset + m.start(), offset + m.end(), "hex", decoded))
+    if "%" in token:
+        for m in _URL.finditer(token):
+            decoded = _unquote(m.group())
+            if decoded and decoded != m.group() and len(decoded) >= _MIN_DECODED:
+                found.append(Decoded(offset + m.start(), offset + m.end(), "url", decoded))
+    return found
+
+
+def _unquote(segment: str) -> str | None:
+    try:
+        return unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        return None

@@ -1,0 +1,491 @@
+"""The client side of the lean listener: a strict HTTP/1.1 server on an asyncio Protocol.
+
+httptools (llhttp, the parser of Node.js) splits the bytes; this module keeps a
+connection's state: one request at a time in the order received, each read whole before
+it is handled (bodies are bounded by the message size limit anyway), with deadlines for
+clients that trickle their request (slow-loris) and a response writer that can stream.
+WebSocket upgrades are handed to a callback with the bytes already received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import httptools
+
+from .replies import Reply
+from .wire import CRLF, DATE, HeaderList, decode, encode, reason_of
+
+log = logging.getLogger("mcpfw.http")
+
+_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+_BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+_HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_BODY_STATUS = frozenset({204, 304})
+_MAX_QUEUED = 16  # pipelined requests held before reading pauses
+
+
+@dataclass(slots=True)
+class ServerSettings:
+    client_timeout: float  # to send a request's headers, then again its body
+    max_body: int
+    max_head_bytes: int = 64 * 1024
+    max_headers: int = 128
+    idle_timeout: float = 300.0  # an idle keep-alive connection is closed after this
+
+
+@dataclass(slots=True, eq=False)
+class IncomingRequest:
+    """A client's request, headers and complete body."""
+
+    method: str
+    target: str  # the request target as sent: path and query
+    headers: HeaderList
+    http11: bool
+    keep_alive: bool
+    has_body: bool  # Content-Length or chunked: a body was announced, maybe empty
+    internal: bool = False  # arrived on a worker's Unix socket
+    body: bytes = b""
+
+
+class Handler(Protocol):
+    """What the listener does with requests; the connection only moves bytes."""
+
+    async def serve(self, request: IncomingRequest, conn: ServerConnection) -> None: ...
+
+    def too_large(self, request: IncomingRequest, size: int) -> Reply: ...
+
+    def too_slow(self, request: IncomingRequest | None, size: int) -> Reply | None: ...
+
+    def upgrade(self, request: IncomingRequest, conn: ServerConnection, rest: bytes) -> None: ...
+
+
+class ServerConnection(asyncio.Protocol):
+    """One client connection: parse, hand each request over, write its response."""
+
+    def __init__(self, handler: Handler, settings: ServerSettings, registry: set[ServerConnection], *, internal: bool = False) -> None:
+        self._handler = handler
+        self._settings = settings
+        self._registry = registry
+        self._internal = internal
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = self._loop.time()
+        # the request being parsed
+        self._url = b""
+        self._raw: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._parsing: IncomingRequest | None = None
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._in_message = False
+        self._refused = False  # the rest of the input is ignored, the connection is closing
+        self._feeding = False
+        self._deadline: asyncio.TimerHandle | None = None
+        # requests handled one after the other
+        self._queue: deque[IncomingRequest] = deque()
+        self._active: IncomingRequest | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._upgrade: tuple[IncomingRequest, bytes] | None = None
+        # the response being written
+        self._started = False
+        self._chunked = False
+        self._head_only = False
+        self._must_close = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._out: list[bytes] = []  # a streamed response's bytes not yet handed to the transport
+        self.on_lost: Callable[[], None] | None = None  # e.g. stop an upstream stream
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small SSE events go out at once
+        self._registry.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._registry.discard(self)
+        self._cancel_deadline()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("the client closed the connection"))
+        if self.on_lost is not None:
+            self.on_lost()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            if self._upgrade is not None:  # the upgrade waits for the response in flight
+                request, rest = self._upgrade
+                self._upgrade = (request, rest + data)
+            return
+        self._feeding = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._feeding = False
+            self._upgraded(data[upgrade.args[0]:])
+            return
+        except httptools.HttpParserCallbackError:
+            self._feeding = False
+            if not self._refused:
+                log.exception("mcpfw: error while reading a request")
+                self._refuse(_BAD_REQUEST)
+            return
+        except httptools.HttpParserError:
+            self._feeding = False
+            self._refuse(_BAD_REQUEST)
+            return
+        self._feeding = False
+        if self._in_message and self._deadline is None and self._active is None:
+            self._deadline = self._loop.call_later(self._settings.client_timeout, self._expire)
+
+    def eof_received(self) -> bool | None:
+        if self._active is None:
+            return None  # nothing in flight: close
+        self._must_close = True
+        return True  # half-closed: the response in flight is still written
+
+    # -- parser callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._url = b""
+        self._raw = []
+        self._head_size = 0
+
+    def on_url(self, part: bytes) -> None:
+        self._url += part
+        self._grow_head(len(part))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw.append((name, value))
+        self._grow_head(len(name) + len(value))
+        if len(self._raw) > self._settings.max_headers:
+            self._refuse(_HEAD_TOO_LARGE)
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        headers = HeaderList(self._raw)
+        has_body = False
+        length = None
+        for name, value in self._raw:
+            lower = name.lower()
+            if lower == b"content-length":
+                has_body = True
+                length = int(value) if value.strip().isdigit() else None
+            elif lower == b"transfer-encoding":
+                has_body = True
+        request = IncomingRequest(
+            decode(parser.get_method()), decode(self._url), headers,
+            parser.get_http_version() == "1.1", parser.should_keep_alive(), has_body, self._internal,
+        )
+        self._parsing = request
+        self._body = []
+        self._body_size = 0
+        if parser.should_upgrade():
+            return  # feed_data raises HttpParserUpgrade next
+        if length is not None and length > self._settings.max_body:
+            self._refuse_reply(self._handler.too_large(request, length))
+            return
+        if has_body and length != 0:
+            if self._deadline is not None:  # a fresh deadline for the body
+                self._cancel_deadline()
+                if self._active is None:
+                    self._deadline = self._loop.call_later(self._settings.client_timeout, self._expire)
+            expect = headers.get("expect")
+            if expect is not None and expect.lower() == "100-continue" and self.transport is not None:
+                self.transport.write(_CONTINUE)
+
+    def on_body(self, chunk: bytes) -> None:
+        self._body.append(chunk)
+        self._body_size += len(chunk)
+        if self._body_size > self._settings.max_body and self._parsing is not None:
+            self._refuse_reply(self._handler.too_large(self._parsing, self._body_size))
+
+    def on_message_complete(self) -> None:
+        request = self._parsing
+        if request is None or self._refused or self._parser.should_upgrade():
+            return  # (an upgrade is taken when feed_data raises HttpParserUpgrade)
+        self._parsing = None
+        self._in_message = False
+        self._cancel_deadline()
+        body = self._body
+        if body:
+            request.body = body[0] if len(body) == 1 else b"".join(body)
+            self._body = []
+        if self._active is None:
+            self._start(request)
+        else:
+            self._queue.append(request)
+            if len(self._queue) >= _MAX_QUEUED and self.transport is not None:
+                self.transport.pause_reading()
+
+    # -- limits ----------------------------------------------------------------------
+
+    def _grow_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > self._settings.max_head_bytes:
+            self._refuse(_HEAD_TOO_LARGE)
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.closed or self._refused or self._active is not None:
+            return
+        request = self._parsing
+        reply = self._handler.too_slow(request, self._body_size)
+        if reply is None:
+            self._refuse(_TIMEOUT_RESPONSE)
+        else:
+            self._refuse_reply(reply)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _refuse(self, raw_response: bytes) -> None:
+        """Answer at once and close: the rest of the input is not read."""
+        self._refused = True
+        self._cancel_deadline()
+        if self._active is not None:
+            self._must_close = True  # the response in flight ends the connection
+        elif self.transport is not None and not self.closed:
+            self.transport.write(raw_response)
+            self.transport.close()
+        if self._feeding:
+            raise _Refused  # stops llhttp in the middle of the input
+
+    def _refuse_reply(self, reply: Reply) -> None:
+        self._refuse(self._reply_bytes(reply, close=True, head_only=False))
+
+    # -- handing requests over -------------------------------------------------------
+
+    def _start(self, request: IncomingRequest) -> None:
+        self._active = request
+        self._started = self._chunked = False
+        self._head_only = request.method == "HEAD"
+        self._must_close = not request.keep_alive
+        # Eager: the handler runs now, up to its first real wait (the upstream's answer).
+        task = asyncio.Task(self._run(request), loop=self._loop, eager_start=True)  # type: ignore[call-arg]
+        if not task.done():
+            self._task = task
+
+    async def _run(self, request: IncomingRequest) -> None:
+        try:
+            await self._handler.serve(request, self)
+            if self._started and not self.closed:
+                self.end()  # no-op when the handler ended the response
+        except ConnectionResetError:
+            self._must_close = True
+        except asyncio.CancelledError:
+            self._must_close = True
+            raise
+        except Exception:
+            log.exception("mcpfw: error while handling %s %s", request.method, request.target)
+            self._must_close = True
+            if not self._started:
+                self.respond(500, [b"content-type: text/plain; charset=utf-8\r\n"], b"mcpfw: internal error\n")
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        self._task = None
+        self._active = None
+        self.on_lost = None
+        self._out = []
+        if self.closed:
+            return
+        if not self._started:
+            self.respond(500, [], b"")
+        if self._must_close:
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self.idle_since = self._loop.time()
+        if self._upgrade is not None:
+            request, rest = self._upgrade
+            self._upgrade = None
+            self._handler.upgrade(request, self, rest)
+        elif self._queue:
+            if len(self._queue) == _MAX_QUEUED and self.transport is not None:
+                self.transport.resume_reading()
+            self._start(self._queue.popleft())
+        elif self._in_message and self._deadline is None:
+            self._deadline = self._loop.call_later(self._settings.client_timeout, self._expire)
+
+    def _upgraded(self, rest: bytes) -> None:
+        request = self._parsing
+        self._parsing = None
+        self._cancel_deadline()
+        if request is None or request.method == "CONNECT":
+            self._refuse(_BAD_REQUEST)
+            return
+        upgrade = request.headers.get("upgrade")
+        if upgrade is None or upgrade.lower() != "websocket":
+            self._reparse_without_upgrade(request, rest)
+            return
+        self._refused = True  # from here on the bytes belong to the new protocol
+        if self._active is None and not self._queue:
+            self._handler.upgrade(request, self, rest)
+        else:
+            self._upgrade = (request, rest)
+
+    def _reparse_without_upgrade(self, request: IncomingRequest, rest: bytes) -> None:
+        """Only WebSocket upgrades are taken; any other (h2c, say) is read as a plain request,
+        without the hop-by-hop Upgrade header that made llhttp stop."""
+        head = [b"%s %s HTTP/%s\r\n" % (encode(request.method), encode(request.target), b"1.1" if request.http11 else b"1.0")]
+        for name, value in request.headers.raw:
+            if name.lower() != b"upgrade":
+                head += (name, b": ", value, CRLF)
+        head.append(CRLF)
+        self._parser = httptools.HttpRequestParser(self)
+        self.data_received(b"".join(head) + rest)
+
+    def detach(self) -> asyncio.Transport:
+        """Give the transport to another protocol (a WebSocket upgrade)."""
+        assert self.transport is not None
+        self._registry.discard(self)
+        self.closed = True
+        return self.transport
+
+    @property
+    def busy(self) -> bool:
+        return self._active is not None or self._in_message
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    # -- writing a response ----------------------------------------------------------
+
+    def respond(
+        self, status: int, lines: list[bytes], body: bytes, *, reason: bytes | None = None, close: bool = False, date: bool = True
+    ) -> None:
+        """A whole response: ``lines`` are ``name: value`` header lines (or their parts);
+        ``date`` adds a Date header (off when the upstream's is passed on)."""
+        if close:
+            self._must_close = True
+        self._started = True
+        if self.closed or self.transport is None:
+            return
+        head = self._status_line(status, reason, lines, date)
+        if status not in _NO_BODY_STATUS and status >= 200:
+            head.append(b"content-length: %d\r\n" % len(body))
+        head.append(CRLF)
+        if body and not self._head_only and status not in _NO_BODY_STATUS:
+            head.append(body)
+        self.transport.write(b"".join(head))
+
+    def reply(self, reply: Reply, *, close: bool = False) -> None:
+        lines = [b"%s: %s\r\n" % (encode(k), encode(v)) for k, v in reply.headers.items()]
+        self.respond(reply.status, lines, reply.body, close=close)
+
+    def start(
+        self, status: int, lines: list[bytes], *, reason: bytes | None = None, length: int | None = None, date: bool = True
+    ) -> None:
+        """The head of a streamed response; the body follows with :meth:`write`."""
+        self._started = True
+        request = self._active
+        if length is None and status not in _NO_BODY_STATUS and not self._head_only:
+            if request is not None and request.http11:
+                self._chunked = True
+            else:
+                self._must_close = True  # HTTP/1.0: the end of the body is the end of the connection
+        if self.closed or self.transport is None:
+            return
+        head = self._status_line(status, reason, lines, date)
+        if self._chunked:
+            head.append(b"transfer-encoding: chunked\r\n")
+        elif length is not None and status not in _NO_BODY_STATUS:
+            head.append(b"content-length: %d\r\n" % length)
+        head.append(CRLF)
+        self._out = head
+
+    def write(self, chunk: bytes) -> None:
+        """Part of a streamed body, held until :meth:`flush` (or :meth:`end`): what arrived
+        together from the upstream leaves in one send. Raises ConnectionResetError once the
+        client is gone."""
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        if not chunk or self._head_only:
+            return
+        if self._chunked:
+            self._out += (b"%x\r\n" % len(chunk), chunk, CRLF)
+        else:
+            self._out.append(chunk)
+
+    def flush(self) -> None:
+        """Send what :meth:`start` and :meth:`write` hold; call before waiting for more."""
+        if self._out:
+            out = self._out
+            self._out = []
+            if not self.closed and self.transport is not None:
+                self.transport.write(b"".join(out))
+
+    async def drain(self) -> None:
+        """Flush, and wait while the client reads slower than the body is produced."""
+        self.flush()
+        if self.closed:
+            raise ConnectionResetError("the client closed the connection")
+        if self._write_paused:
+            if self._drain is None:
+                self._drain = self._loop.create_future()
+            await self._drain
+
+    def end(self) -> None:
+        if self._chunked:
+            self._out.append(b"0\r\n\r\n")
+        self._chunked = False
+        self.flush()
+
+    def _status_line(self, status: int, reason: bytes | None, lines: list[bytes], date: bool) -> list[bytes]:
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_of(status))]
+        head += lines
+        if date:
+            head.append(DATE.line())
+        request = self._active
+        if self._must_close:
+            head.append(b"connection: close\r\n")
+        elif request is not None and not request.http11:
+            head.append(b"connection: keep-alive\r\n")
+        return head
+
+    def _reply_bytes(self, reply: Reply, *, close: bool, head_only: bool) -> bytes:
+        head = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reason_of(reply.status))]
+        head += [b"%s: %s\r\n" % (encode(k), encode(v)) for k, v in reply.headers.items()]
+        head.append(DATE.line())
+        if close:
+            head.append(b"connection: close\r\n")
+        head.append(b"content-length: %d\r\n\r\n" % len(reply.body))
+        if not head_only:
+            head.append(reply.body)
+        return b"".join(head)
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop reading a refused request."""
+
+
+def serve_factory(handler: Handler, settings: ServerSettings, registry: set[ServerConnection], *, internal: bool = False) -> Callable[[], ServerConnection]:
+    return lambda: ServerConnection(handler, settings, registry, internal=internal)
