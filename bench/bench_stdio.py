@@ -87,10 +87,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--engine", default="regorus")
     parser.add_argument("--policy", default=None, help="bundle directory (default: the built-in bundle)")
+    parser.add_argument("--config", default=None, help="mcpfw configuration file for the shim")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         audit = Path(tmp) / "audit.duckdb"
-        policy = ["--policy", opts.policy] if opts.policy else []
+        policy = (["--policy", opts.policy] if opts.policy else []) + (["--config", opts.config] if opts.config else [])
         shim = [sys.executable, "-m", "firewall.cli", "stdio", "--engine", opts.engine, *policy, "--audit", str(audit), "--", *SERVER]
         # Interleave so that machine noise hits both paths alike.
         direct_s, fw_s, direct_wall, fw_wall, fw_cpu = [], [], 0.0, 0.0, 0.0

@@ -214,7 +214,8 @@ class ServerConnection(asyncio.Protocol):
                 if self._active is None:
                     self._deadline = self._loop.call_later(self._settings.client_timeout, self._expire)
             expect = headers.get("expect")
-            if expect is not None and expect.lower() == "100-continue" and self.transport is not None:
+            # (Not while a response is being written: the client sends its body after a pause.)
+            if expect is not None and expect.lower() == "100-continue" and self._active is None and self.transport is not None:
                 self.transport.write(_CONTINUE)
 
     def on_body(self, chunk: bytes) -> None:
@@ -277,7 +278,7 @@ class ServerConnection(asyncio.Protocol):
             raise _Refused  # stops llhttp in the middle of the input
 
     def _refuse_reply(self, reply: Reply) -> None:
-        self._refuse(self._reply_bytes(reply, close=True, head_only=False))
+        self._refuse(self._reply_bytes(reply))
 
     # -- handing requests over -------------------------------------------------------
 
@@ -471,15 +472,12 @@ class ServerConnection(asyncio.Protocol):
             head.append(b"connection: keep-alive\r\n")
         return head
 
-    def _reply_bytes(self, reply: Reply, *, close: bool, head_only: bool) -> bytes:
+    @staticmethod
+    def _reply_bytes(reply: Reply) -> bytes:
+        """A refusal that ends the connection."""
         head = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reason_of(reply.status))]
         head += [b"%s: %s\r\n" % (encode(k), encode(v)) for k, v in reply.headers.items()]
-        head.append(DATE.line())
-        if close:
-            head.append(b"connection: close\r\n")
-        head.append(b"content-length: %d\r\n\r\n" % len(reply.body))
-        if not head_only:
-            head.append(reply.body)
+        head += (DATE.line(), b"connection: close\r\n", b"content-length: %d\r\n\r\n" % len(reply.body), reply.body)
         return b"".join(head)
 
 

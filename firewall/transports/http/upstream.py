@@ -106,6 +106,7 @@ class UpstreamResponse:
 
     def _fail(self, error: UpstreamError) -> None:
         if not self._head.done():
+            self._error = error
             self._head.set_exception(error)
             return
         if not self._complete and self._error is None:
@@ -284,7 +285,7 @@ class UpstreamConnection(asyncio.Protocol):
         response = self._response
         if response is None or response._error is not None:
             return
-        if response._head.done() and response.length is None and not response.chunked and not response._complete:
+        if exc is None and response._head.done() and response.length is None and not response.chunked:
             response._done()  # a body delimited by the end of the connection
             return
         response._fail(UpstreamError("the server closed the connection" if exc is None else why(exc)))
