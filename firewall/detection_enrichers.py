@@ -22,6 +22,7 @@ from detectors.pii import PiiScanner
 from detectors.poisoning import PoisoningScanner, list_items
 
 from .config import DetectorsConfig
+from .enrichers import SpanFindingsEnricher
 from .jsonrpc import Kind
 from .pipeline import C2S, S2C, MessageContext
 from .policy.decision import Decision
@@ -64,7 +65,7 @@ def _tool_call_request(ctx: MessageContext) -> bool:
 # -- PII ------------------------------------------------------------------------------------
 
 
-class PiiEnricher:
+class PiiEnricher(SpanFindingsEnricher):
     """``input.findings.pii``: personal data in tool arguments, results and server messages.
 
     Same scope and finding shape as the secrets enricher: ``{pointer, rule, start, end, part}``.
@@ -74,25 +75,6 @@ class PiiEnricher:
 
     def __init__(self, scanner: PiiScanner | None = None) -> None:
         self._scanner = scanner or PiiScanner()
-
-    def enrich(self, ctx: MessageContext) -> None:
-        body = ctx.message.body
-        kind = ctx.message.kind
-        scan = self._scanner.scan
-        if kind is Kind.RESPONSE:
-            findings = scan(body.get("result"), pointer="/result", part="result")
-        elif kind is Kind.ERROR_RESPONSE:
-            findings = scan(body.get("error"), pointer="/error", part="error")
-        elif ctx.direction == C2S:
-            if ctx.tool is None:
-                return
-            findings = scan(ctx.tool.get("arguments"), pointer="/params/arguments", part="arguments")
-        else:
-            findings = scan(body.get("params"), pointer="/params", part="params")
-        ctx.findings[self.name] = [f.as_dict() for f in findings]
-
-    def after(self, ctx: MessageContext, decision: Decision, forwarded: dict[str, Any] | None) -> None:
-        return None
 
 
 # -- tool poisoning ---------------------------------------------------------------------------

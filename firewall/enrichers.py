@@ -15,13 +15,16 @@ from .pipeline import C2S, MessageContext
 from .policy.decision import Decision
 
 
-class SecretsEnricher:
-    """``input.findings.secrets``: credentials in tool arguments, results and server messages."""
+class SpanFindingsEnricher:
+    """Base for detectors that report ``{pointer, rule, start, end, part}`` spans.
 
-    name = "secrets"
+    Scope: tools/call arguments from the client, everything the server sends in params,
+    and the result or error of every response. Subclasses set ``name`` and the scanner,
+    which needs ``scan(value, pointer=..., part=...)`` returning findings with ``as_dict()``.
+    """
 
-    def __init__(self, scanner: SecretScanner | None = None) -> None:
-        self._scanner = scanner or SecretScanner()
+    name: str
+    _scanner: Any
 
     def enrich(self, ctx: MessageContext) -> None:
         body = ctx.message.body
@@ -42,3 +45,12 @@ class SecretsEnricher:
 
     def after(self, ctx: MessageContext, decision: Decision, forwarded: dict[str, Any] | None) -> None:
         return None
+
+
+class SecretsEnricher(SpanFindingsEnricher):
+    """``input.findings.secrets``: credentials in tool arguments, results and server messages."""
+
+    name = "secrets"
+
+    def __init__(self, scanner: SecretScanner | None = None) -> None:
+        self._scanner = scanner or SecretScanner()
