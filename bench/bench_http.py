@@ -16,7 +16,7 @@ gives medians over the rounds (the machine is shared, so only figures from one r
 compare). CPU per request is the firewall processes' own (supervisor and workers, from
 /proc), the upstream's and the load generator's, over every request of a load run.
 Prints one JSON document. Usage: python bench/bench_http.py [--seconds S] [--repeat R]
-[--workers N] [--scenarios instant,everything,mitmproxy] [--bundles trivial,default]
+[--workers 1,2] [--scenarios instant,everything,mitmproxy] [--bundles trivial,default]
 """
 
 from __future__ import annotations
@@ -248,32 +248,37 @@ def _summary(runs: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str, f
     return {key: _median([run[key] for run in runs]) for key in keys if key in runs[0]}
 
 
-def measure(upstream: str, upstream_pid: int, *, session: bool, bundles: dict[str, Path | None], workers: int,
-            seconds: float, repeat: int, tmp: Path, concurrencies: tuple[int, ...], listener: str = "lean") -> list[dict[str, object]]:
-    """Direct and through each firewall, interleaved in every round; medians over the rounds."""
-    firewalls = {}
+def measure(upstream: str, upstream_pid: int, *, session: bool, bundles: dict[str, Path | None], workers: tuple[int, ...],
+            seconds: float, repeat: int, tmp: Path, concurrencies: tuple[int, ...],
+            listener: str = "lean") -> list[dict[str, object]]:
+    """Direct and through each firewall (bundle x worker count), interleaved in every round;
+    medians over the rounds."""
+    firewalls: dict[tuple[str, int], tuple[subprocess.Popen[bytes], str]] = {}
+    setups = [(name, w) for name in bundles for w in workers]
     try:
-        for name, bundle in bundles.items():
-            firewalls[name] = firewall(upstream, bundle, workers, tmp / f"audit-{name}-{time.monotonic_ns()}.duckdb", listener)
+        for name, w in setups:
+            audit = tmp / f"audit-{name}-{w}-{time.monotonic_ns()}.duckdb"
+            firewalls[(name, w)] = firewall(upstream, bundles[name], w, audit, listener)
         direct: dict[int, list[dict[str, float]]] = {c: [] for c in concurrencies}
-        through: dict[tuple[str, int], list[dict[str, float]]] = {(n, c): [] for n in bundles for c in concurrencies}
+        through: dict[tuple[str, int, int], list[dict[str, float]]] = {(n, w, c): [] for n, w in setups for c in concurrencies}
         for _ in range(repeat):
             for c in concurrencies:
                 direct[c].append(run_load(upstream, c, seconds, session, {"upstream": [upstream_pid]}))
-                for name, (proc, url) in firewalls.items():
-                    through[(name, c)].append(run_load(url, c, seconds, session, {"firewall": [proc.pid], "upstream": [upstream_pid]}))
+                for (name, w), (proc, url) in firewalls.items():
+                    through[(name, w, c)].append(
+                        run_load(url, c, seconds, session, {"firewall": [proc.pid], "upstream": [upstream_pid]}))
     finally:
         for proc, _ in firewalls.values():
             stop(proc)
     keys = ("throughput_rps", "median_ms", "p99_ms", "firewall_cpu_ms_per_request", "upstream_cpu_ms_per_request",
             "client_cpu_ms_per_request")
     out: list[dict[str, object]] = []
-    for name in bundles:
+    for name, w in setups:
         for c in concurrencies:
-            pairs = list(zip(direct[c], through[(name, c)]))
+            pairs = list(zip(direct[c], through[(name, w, c)], strict=True))
             out.append({
-                "listener": listener, "workers": workers if listener == "lean" else 1, "bundle": name, "concurrency": c,
-                "direct": _summary(direct[c], keys), "firewall": _summary(through[(name, c)], keys),
+                "listener": listener, "workers": w, "bundle": name, "concurrency": c,
+                "direct": _summary(direct[c], keys), "firewall": _summary(through[(name, w, c)], keys),
                 "ratio": _median([f["throughput_rps"] / d["throughput_rps"] for d, f in pairs]),
                 "added_median_ms": _median([f["median_ms"] - d["median_ms"] for d, f in pairs]),
                 "runs": [{"direct_rps": d["throughput_rps"], "firewall_rps": f["throughput_rps"],
@@ -284,21 +289,18 @@ def measure(upstream: str, upstream_pid: int, *, session: bool, bundles: dict[st
 
 
 def verdicts(scenarios: dict[str, list[dict[str, object]]]) -> dict[str, object]:
-    """The issue's targets, checked against the trivial bundle's rows."""
-    def row(scenario: str, c: int) -> dict[str, object] | None:
-        rows = [r for r in scenarios.get(scenario, []) if r["bundle"] == "trivial" and r["concurrency"] == c]
-        return rows[0] if rows else None
-
+    """The issue's targets, checked against the trivial bundle's rows, per worker count."""
     out: dict[str, object] = {}
-    if (r := row("instant", 32)) is not None:
-        rps = r["firewall"]["throughput_rps"]  # type: ignore[index]
-        out["instant_c32_rps_at_least_1500"] = {"value": rps, "met": rps >= 1500}
-    if (r := row("instant", 1)) is not None:
-        added = r["added_median_ms"]
-        out["instant_c1_added_median_at_most_1ms"] = {"value": added, "met": added <= 1.0}  # type: ignore[operator]
-    if (r := row("everything", 32)) is not None:
-        ratio = r["ratio"]
-        out["everything_c32_ratio_at_least_0.8"] = {"value": ratio, "met": ratio >= 0.8}  # type: ignore[operator]
+    checks = (
+        ("instant", 32, "instant_c32_rps_at_least_1500", lambda r: r["firewall"]["throughput_rps"], lambda v: v >= 1500),
+        ("instant", 1, "instant_c1_added_median_at_most_1ms", lambda r: r["added_median_ms"], lambda v: v <= 1.0),
+        ("everything", 32, "everything_c32_ratio_at_least_0.8", lambda r: r["ratio"], lambda v: v >= 0.8),
+    )
+    for scenario, c, label, value_of, met in checks:
+        for r in scenarios.get(scenario, []):
+            if r["bundle"] == "trivial" and r["concurrency"] == c:
+                value = value_of(r)
+                out[f"{label} (workers={r['workers']})"] = {"value": value, "met": met(value)}
     return out
 
 
@@ -306,10 +308,13 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3, help="rounds of direct and firewall runs; medians are reported")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    parser.add_argument("--workers", default="1" if cores == 1 else f"1,{cores}",
+                        help="lean worker counts to compare, e.g. 1,2 (each is measured in every round)")
     parser.add_argument("--scenarios", default="instant,everything,mitmproxy")
     parser.add_argument("--bundles", default="trivial,default", help="policy bundles: trivial, default, or a bundle's path")
     args = parser.parse_args()
+    workers = tuple(int(w) for w in str(args.workers).split(","))
     tmp = Path(tempfile.mkdtemp(prefix="mcpfw-bench-http-"))
     trivial = tmp / "trivial"
     (trivial / "mcpfw").mkdir(parents=True)
@@ -317,7 +322,7 @@ def main() -> int:
     known: dict[str, Path | None] = {"default": None, "trivial": trivial}
     bundles = {name: known[name] if name in known else Path(name) for name in args.bundles.split(",")}
     report: dict[str, object] = {
-        "cores": os.cpu_count(), "workers": args.workers, "seconds": args.seconds, "repeat": args.repeat,
+        "cores": cores, "workers": list(workers), "seconds": args.seconds, "repeat": args.repeat,
         "load_average_at_start": os.getloadavg()[0], "scenarios": {},
     }
     scenarios: dict[str, list[dict[str, object]]] = {}
@@ -327,7 +332,7 @@ def main() -> int:
         upstream = start([sys.executable, __file__, "--instant", str(port)], port)
         try:
             scenarios["instant"] = measure(f"http://127.0.0.1:{port}/mcp", upstream.pid, session=False,
-                                           workers=args.workers, **common)  # type: ignore[arg-type]
+                                           workers=workers, **common)  # type: ignore[arg-type]
         finally:
             stop(upstream)
     if "mitmproxy" in args.scenarios:
@@ -336,7 +341,7 @@ def main() -> int:
         upstream = start([sys.executable, __file__, "--instant", str(port)], port)
         try:
             scenarios["instant_mitmproxy"] = measure(f"http://127.0.0.1:{port}/mcp", upstream.pid, session=False,
-                                                     workers=1, listener="mitmproxy", **common)  # type: ignore[arg-type]
+                                                     workers=(1,), listener="mitmproxy", **common)  # type: ignore[arg-type]
         finally:
             stop(upstream)
     if "everything" in args.scenarios:
@@ -344,7 +349,7 @@ def main() -> int:
         upstream = start(["node", str(EVERYTHING), "streamableHttp"], port, env={"PORT": str(port)})
         try:
             scenarios["everything"] = measure(f"http://127.0.0.1:{port}/mcp", upstream.pid, session=True,
-                                              workers=args.workers, **common)  # type: ignore[arg-type]
+                                              workers=workers, **common)  # type: ignore[arg-type]
         finally:
             stop(upstream)
     report["scenarios"] = scenarios

@@ -70,7 +70,9 @@ class Handler(Protocol):
 class ServerConnection(asyncio.Protocol):
     """One client connection: parse, hand each request over, write its response."""
 
-    def __init__(self, handler: Handler, settings: ServerSettings, registry: set[ServerConnection], *, internal: bool = False) -> None:
+    def __init__(
+        self, handler: Handler, settings: ServerSettings, registry: set[ServerConnection], *, internal: bool = False
+    ) -> None:
         self._handler = handler
         self._settings = settings
         self._registry = registry
@@ -485,5 +487,8 @@ class _Refused(Exception):
     """Raised inside a parser callback to stop reading a refused request."""
 
 
-def serve_factory(handler: Handler, settings: ServerSettings, registry: set[ServerConnection], *, internal: bool = False) -> Callable[[], ServerConnection]:
+def serve_factory(
+    handler: Handler, settings: ServerSettings, registry: set[ServerConnection], *, internal: bool = False
+) -> Callable[[], ServerConnection]:
+    """Connections of one listening socket; ``registry`` tracks them for idle sweeps and shutdown."""
     return lambda: ServerConnection(handler, settings, registry, internal=internal)

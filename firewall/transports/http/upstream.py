@@ -368,7 +368,9 @@ class UpstreamPool:
         conn = await self._connect(origin)
         return await self._exchange(conn, head, body, method, timeout)
 
-    async def _exchange(self, conn: UpstreamConnection, head: bytes, body: bytes, method: str, timeout: float) -> UpstreamResponse:
+    async def _exchange(
+        self, conn: UpstreamConnection, head: bytes, body: bytes, method: str, timeout: float
+    ) -> UpstreamResponse:
         response = conn.send(head, body, head_only=method == "HEAD")
         if not response._head.done():
             timer = self.loop.call_later(timeout, conn.time_out)
@@ -401,7 +403,9 @@ class UpstreamPool:
                 if origin.unix is not None:
                     await loop.create_unix_connection(lambda: conn, origin.unix)
                 elif origin.tls:
-                    await loop.create_connection(lambda: conn, origin.host, origin.port, ssl=self._tls(), server_hostname=origin.host)
+                    await loop.create_connection(
+                        lambda: conn, origin.host, origin.port, ssl=self._tls(), server_hostname=origin.host
+                    )
                 else:
                     await loop.create_connection(lambda: conn, origin.host, origin.port)
         except TimeoutError:

@@ -67,9 +67,6 @@ class HeaderList:
         """Each name once, lower case."""
         return [decode(key) for key in (self._map if self._map is not None else self._index())]
 
-    def __contains__(self, name: str) -> bool:
-        return (_KEYS.get(name) or _key(name)) in (self._map if self._map is not None else self._index())
-
 
 _KEYS: dict[str, bytes] = {}  # header names asked for, as lookup keys
 
