@@ -19,24 +19,14 @@ from typing import Any
 import yaml
 
 from .jsonwalk import strings
+from .secrets import SpanFinding
 from .normalize import normalize
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "rules" / "pii.yaml"
 _MIN_LENGTH = 7  # the shortest rule match: "1.1.1.1"
 
 
-@dataclass(frozen=True, slots=True)
-class PiiFinding:
-    """One piece of personal data: the string it sits in (pointer), where in it, and which rule."""
-
-    pointer: str
-    rule: str
-    start: int
-    end: int
-    part: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"pointer": self.pointer, "rule": self.rule, "start": self.start, "end": self.end, "part": self.part}
+PiiFinding = SpanFinding
 
 
 @dataclass(frozen=True, slots=True)

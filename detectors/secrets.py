@@ -11,13 +11,15 @@ from typing import Any
 
 from firewall.audit.redact import SecretRules, load_secret_rules
 
+from .jsonwalk import strings
+
 _MIN_LENGTH = 6  # no rule of the file matches anything shorter
-_MAX_STRINGS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
-class SecretFinding:
-    """One credential: the string it sits in (pointer), where in it, and which rule."""
+class SpanFinding:
+    """One finding of a span detector (secrets, PII): the string it sits in (pointer), where
+    in it, which rule, and which part of the message (arguments, result, error, params)."""
 
     pointer: str
     rule: str
@@ -55,24 +57,15 @@ class SecretScanner:
                 merged.append((start, end, rule))
         return merged
 
-    def scan(self, value: Any, *, pointer: str, part: str) -> list[SecretFinding]:
+    def scan(self, value: Any, *, pointer: str, part: str) -> list[SpanFinding]:
         """Findings for every string leaf of ``value``, located by RFC 6901 pointers."""
-        findings: list[SecretFinding] = []
-        stack: list[tuple[str, Any]] = [(pointer, value)]
-        seen = 0
-        while stack and seen < _MAX_STRINGS:
-            where, node = stack.pop()
-            if isinstance(node, str):
-                seen += 1
-                for start, end, rule in self.scan_text(node):
-                    findings.append(SecretFinding(where, rule, start, end, part))
-            elif isinstance(node, dict):
-                stack.extend((f"{where}/{_escape(k)}", v) for k, v in node.items() if isinstance(v, (str, dict, list)))
-            elif isinstance(node, list):
-                stack.extend((f"{where}/{i}", v) for i, v in enumerate(node) if isinstance(v, (str, dict, list)))
+        findings = [
+            SpanFinding(where, rule, start, end, part)
+            for where, text in strings(value, pointer)
+            for start, end, rule in self.scan_text(text)
+        ]
         findings.sort(key=lambda f: (f.pointer, f.start))
         return findings
 
 
-def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
+SecretFinding = SpanFinding
