@@ -258,34 +258,26 @@ def apply_redactions(message: dict[str, Any], redact: list[dict[str, Any]]) -> t
         if entry.get("span") is not None:
             spans.setdefault(entry["pointer"], []).append(entry)
     for pointer, entries in spans.items():
-        tokens = parse_pointer(pointer)
-        if not tokens:
-            raise RedactionError("refusing to redact the whole message (empty pointer)")
-        parent = _resolve_parent(result, tokens, copied)
-        key = _child_key(parent, tokens[-1]) if parent is not None else None
-        if key is None:
+        found = _locate(result, pointer, copied)
+        if found is None:
             problems.append(f"redaction pointer {pointer!r} does not resolve")
             continue
-        assert parent is not None
+        parent, key = found
         parent[key] = _redact_spans(parent[key], pointer, entries)
     for entry in redact:
         if entry.get("span") is not None:
             continue
         pointer = entry["pointer"]
-        tokens = parse_pointer(pointer)
         pattern = entry.get("pattern")
         regex = _compile(pattern) if pattern is not None else None
         replacement = entry.get("replacement")
         if replacement is None:
             replacement = DEFAULT_REPLACEMENT
-        if not tokens:
-            raise RedactionError("refusing to redact the whole message (empty pointer)")
-        parent = _resolve_parent(result, tokens, copied)
-        key = _child_key(parent, tokens[-1]) if parent is not None else None
-        if key is None:
+        found = _locate(result, pointer, copied)
+        if found is None:
             problems.append(f"redaction pointer {pointer!r} does not resolve")
             continue
-        assert parent is not None
+        parent, key = found
         if regex is None:
             parent[key] = replacement
         else:
@@ -305,16 +297,25 @@ def apply_removals(message: dict[str, Any], remove: list[str]) -> tuple[dict[str
     problems: list[str] = []
     resolved = []
     for pointer in dict.fromkeys(remove):
-        tokens = parse_pointer(pointer)
-        parent = _resolve_parent(result, tokens, copied)
-        key = _child_key(parent, tokens[-1]) if parent is not None else None
-        if key is None:
+        found = _locate(result, pointer, copied)
+        if found is None:
             problems.append(f"removal pointer {pointer!r} does not resolve")
             continue
+        parent, key = found
         resolved.append((id(parent), key if isinstance(key, int) else -1, parent, key))
     for _, _, parent, key in sorted(resolved, key=lambda r: (r[0], r[1]), reverse=True):
         del parent[key]
     return result, problems
+
+
+def _locate(root: dict[str, Any], pointer: str, copied: set[int]) -> tuple[Any, str | int] | None:
+    """The container and key ``pointer`` designates (containers on the way copied), or None."""
+    tokens = parse_pointer(pointer)
+    if not tokens:
+        raise RedactionError("refusing to modify the whole message (empty pointer)")
+    parent = _resolve_parent(root, tokens, copied)
+    key = _child_key(parent, tokens[-1]) if parent is not None else None
+    return None if key is None else (parent, key)
 
 
 def _resolve_parent(root: dict[str, Any], tokens: list[str], copied: set[int]) -> Any:
