@@ -87,6 +87,15 @@ class UpstreamConfig(_Strict):
         default="", description="listener path prefix routed here and stripped before forwarding ('' = the same paths as the server)"
     )
     host: str | None = Field(default=None, description="route only requests whose Host header names this host")
+    tenants: list[str] = Field(
+        default_factory=list, description="tenants whose callers may use this upstream (empty: every tenant; with auth on, only identified callers)"
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="headers sent upstream on every request (the firewall's own credentials); ${VAR} reads the environment"
+    )
+    tenant_headers: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="per tenant: headers sent upstream for that tenant's callers, over `headers`; ${VAR} reads the environment"
+    )
 
     @field_validator("url")
     @classmethod
@@ -199,6 +208,84 @@ class DetectorsConfig(_Strict):
     intent: IntentDetectorConfig = Field(default_factory=IntentDetectorConfig)
 
 
+class JwtConfig(_Strict):
+    """OAuth 2.1 bearer tokens (JWTs) from one issuer, checked against its JWKS."""
+
+    issuer: str = Field(description="the expected `iss`; also where OIDC/OAuth discovery looks for the JWKS")
+    audience: list[str] = Field(
+        default_factory=list, description="accepted `aud` values (default: the firewall's resource URL for the route)"
+    )
+    jwks_url: str | None = Field(default=None, description="the issuer's JWKS (default: found by discovery at the issuer)")
+    jwks_file: Path | None = Field(default=None, description="a JWKS file instead of fetching one")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"])
+    leeway_seconds: Annotated[float, Field(ge=0, le=300)] = 30.0
+    jwks_cache_seconds: Annotated[float, Field(ge=1)] = 3600.0
+    jwks_refresh_min_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=30.0, description="an unknown `kid` refetches the JWKS at most this often"
+    )
+    fetch_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+    subject_claim: str = "sub"
+    tenant_claim: str = "tenant"
+    roles_claim: str = "roles"
+    scope_claims: list[str] = Field(default_factory=lambda: ["scope", "scp"])
+    claims: list[str] = Field(default_factory=list, description="further claims copied into identity.claims for the policy")
+    default_tenant: str | None = Field(default=None, description="tenant of tokens without the tenant claim (default: refuse them)")
+
+
+class ApiKeysConfig(_Strict):
+    """API keys for programmatic clients (``mcpfw keys``)."""
+
+    enabled: bool = True
+    store: Path | None = Field(default=None, description="key database, SQLite (default: MCPFW_HOME/keys.sqlite)")
+    header: str = Field(default="x-api-key", description="header that carries a key (Authorization: Bearer works too)")
+    stdio_env: str = Field(default="MCPFW_API_KEY", description="environment variable the stdio shim reads a key from")
+    stdio_key: str | None = Field(default=None, description="a key for the stdio shim (prefer the environment variable)")
+
+
+class AuthConfig(_Strict):
+    """Who is calling: the firewall as an OAuth 2.1 resource server, and API keys."""
+
+    mode: Literal["off", "optional", "required"] = Field(
+        default="off", description="off: no identity; optional: identify callers that present credentials; required: 401 without"
+    )
+    jwt: JwtConfig | None = None
+    api_keys: ApiKeysConfig = Field(default_factory=ApiKeysConfig)
+    resource: str | None = Field(
+        default=None, description="the protected resource's URL in metadata and audience checks (default: public URL + route path)"
+    )
+    authorization_servers: list[str] = Field(default_factory=list, description="advertised in resource metadata (default: [jwt.issuer])")
+    scopes_supported: list[str] = Field(default_factory=list)
+    required_scopes: list[str] = Field(default_factory=list, description="scopes every request needs (else 403 insufficient_scope)")
+
+
+class RateLimitRule(_Strict):
+    """One limit: counted per distinct value of ``per`` over the messages it covers."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    per: list[Literal["tenant", "subject", "key_id", "tool", "server", "method"]] = Field(default_factory=lambda: ["tenant"])
+    methods: list[str] | None = Field(default=None, description="client request methods counted (default: every request)")
+    tools: list[str] | None = Field(default=None, description="only calls of these tools")
+    tenants: list[str] | None = Field(default=None, description="only these tenants")
+    requests: Annotated[int, Field(ge=0)] | None = Field(default=None, description="requests per window")
+    bytes: Annotated[int, Field(ge=0)] | None = Field(default=None, description="request bytes per window")
+    concurrent: Annotated[int, Field(ge=0)] | None = Field(default=None, description="requests in flight at once")
+    window_seconds: Annotated[float, Field(gt=0, le=31 * 86400)] = 60.0
+
+
+class RateLimitsConfig(_Strict):
+    """Rate limits and quotas; counted in process, or in Redis to share them between instances."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "mcpfw:rate:"
+    timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = 200
+    on_error: Literal["deny", "allow"] = Field(default="deny", description="when the counter store fails: fail closed (deny) or open")
+    in_flight_ttl_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=600.0, description="a call in flight that never got an answer stops counting after this long"
+    )
+    rules: list[RateLimitRule] = Field(default_factory=list)
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
@@ -211,6 +298,8 @@ class Config(_Strict):
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     detectors: DetectorsConfig = Field(default_factory=DetectorsConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
 
     def with_overrides(self, **sections: dict[str, Any]) -> Config:
         """A copy with the given fields replaced, e.g. ``policy={"bundle": p}``; None values are ignored."""
@@ -268,8 +357,12 @@ def _resolve_relative(config: Config, base: Path) -> Config:
         p = p.expanduser()
         return p if p.is_absolute() else (base / p)
 
-    return config.with_overrides(
+    config = config.with_overrides(
         policy={"bundle": fix(config.policy.bundle)},
         audit={"path": fix(config.audit.path), "spill_path": fix(config.audit.spill_path)},
         registry={"file": fix(config.registry.file), "state": fix(config.registry.state)},
     )
+    auth = config.auth
+    api_keys = auth.api_keys.model_copy(update={"store": fix(auth.api_keys.store)})
+    jwt = auth.jwt.model_copy(update={"jwks_file": fix(auth.jwt.jwks_file)}) if auth.jwt else None
+    return config.model_copy(update={"auth": auth.model_copy(update={"api_keys": api_keys, "jwt": jwt})})

@@ -54,6 +54,7 @@ class MessageContext:
     params: Any
     tool: dict[str, Any] | None
     pending: PendingRequest | None
+    size: int = 0  # bytes of the message on the wire (an element of a batch: its own encoding)
     findings: dict[str, Any] = field(default_factory=dict)
     identity: dict[str, Any] | None = None
     rate: dict[str, Any] | None = None
@@ -79,6 +80,7 @@ class Verdict:
     kind: str | None
     method: str | None
     error_code: int | None = None
+    retry_after: float | None = None  # seconds, for a request denied by a rate limit
 
 
 @dataclass(slots=True)
@@ -130,8 +132,14 @@ class Inspector:
 
     # -- entry point -----------------------------------------------------------------
 
-    def inspect(self, raw: bytes, direction: str, session: Session) -> Outcome:
-        """Judge one frame travelling in ``direction`` and say what to send where."""
+    def inspect(self, raw: bytes, direction: str, session: Session, identity: dict[str, Any] | None = None) -> Outcome:
+        """Judge one frame travelling in ``direction`` and say what to send where.
+
+        ``identity`` is the caller behind this frame (policy input form) when the transport
+        authenticated it; otherwise the session's own identity, if any, applies.
+        """
+        if identity is None:
+            identity = session.identity
         limits = self._limits
         frame = parse_frame(
             raw, max_bytes=limits.max_message_bytes, max_depth=limits.max_depth, max_batch=limits.max_batch_size
@@ -139,13 +147,13 @@ class Inspector:
         if not frame.batch:
             item = frame.items[0]
             if isinstance(item, Message):
-                forward, reply, verdict = self._judge(item, direction, session, len(raw))
+                forward, reply, verdict = self._judge(item, direction, session, len(raw), identity)
                 if forward is _UNCHANGED:
                     forward = raw
                 return Outcome(forward, reply, [verdict])
             reply, verdict = self._refuse(item, direction, session, len(raw))
             return Outcome(None, reply, [verdict])
-        return self._inspect_batch(frame, raw, direction, session)
+        return self._inspect_batch(frame, raw, direction, session, identity)
 
     def refuse_oversized(self, size: int, limit: int, direction: str, session: Session) -> bytes | None:
         """Record and answer a frame that a transport cut off for exceeding the size limit."""
@@ -168,14 +176,16 @@ class Inspector:
         )
         return decision_id
 
-    def _inspect_batch(self, frame: Frame, raw: bytes, direction: str, session: Session) -> Outcome:
+    def _inspect_batch(
+        self, frame: Frame, raw: bytes, direction: str, session: Session, identity: dict[str, Any] | None
+    ) -> Outcome:
         forwards: list[Any] = []
         replies: list[Any] = []
         verdicts: list[Verdict] = []
         unchanged = True
         for item in frame.items:
             if isinstance(item, Message):
-                forward, reply, verdict = self._judge(item, direction, session, 0)
+                forward, reply, verdict = self._judge(item, direction, session, len(encode(item.body)), identity)
                 if forward is _UNCHANGED:
                     forwards.append(item.body)
                 else:
@@ -210,7 +220,9 @@ class Inspector:
             reply = encode(error_response(item.id, item.code, item.reason, {"decision_id": decision_id, "firewall": "mcpfw"}))
         return reply, Verdict(decision, decision_id, None, method, item.code)
 
-    def _judge(self, msg: Message, direction: str, session: Session, size: int) -> tuple[Any, bytes | None, Verdict]:
+    def _judge(
+        self, msg: Message, direction: str, session: Session, size: int, identity: dict[str, Any] | None
+    ) -> tuple[Any, bytes | None, Verdict]:
         body = msg.body
         kind = msg.kind
         pending: PendingRequest | None = None
@@ -227,18 +239,19 @@ class Inspector:
             session.observe_response(pending, msg)
 
         decision_id = new_decision_id()
-        ctx = MessageContext(msg, direction, session, method, params, tool, pending)
+        ctx = MessageContext(msg, direction, session, method, params, tool, pending, size, identity=identity)
         started = time.perf_counter()
         if not self._audit.accepting:
             decision = deny_decision("audit_unavailable", "the audit log cannot record decisions; failing closed")
             error_code = errors.AUDIT_UNAVAILABLE
         else:
             decision = self._decide(ctx)
-            error_code = errors.POLICY_ERROR if decision.error else errors.POLICY_DENIED
+            error_code = errors.POLICY_ERROR if decision.error else _denial_code(decision)
         eval_ms = (time.perf_counter() - started) * 1000.0
 
         forward: Any = _UNCHANGED
         forwarded: dict[str, Any] | None = body
+        retry_after: float | None = None
         reply: bytes | None = None
         action = decision.action
         if action == "redact":
@@ -255,7 +268,8 @@ class Inspector:
                 action = "deny"
         if action == "deny":
             forwarded = None
-            forward, reply = self._denial(msg, decision, decision_id, error_code)
+            retry_after = _retry_after(ctx) if error_code == errors.RATE_LIMITED else None
+            forward, reply = self._denial(msg, decision, decision_id, error_code, retry_after)
         else:
             error_code = None
             if kind is Kind.REQUEST:
@@ -270,15 +284,20 @@ class Inspector:
             arguments=arguments if kind in (Kind.REQUEST, Kind.NOTIFICATION) else None,
             digest_of=body.get("result", body.get("error")) if kind in (Kind.RESPONSE, Kind.ERROR_RESPONSE) else arguments,
             size=size, eval_ms=eval_ms, error_code=error_code, error=decision.error,
-            findings=ctx.findings or None, identity=ctx.identity,
+            findings=ctx.findings or None, identity=ctx.identity, rate=ctx.rate,
+            upstream_ms=(time.monotonic() - pending.sent_at) * 1000.0 if pending is not None else None,
         )
-        return forward, reply, Verdict(decision, decision_id, kind.value, method, error_code)
+        return forward, reply, Verdict(decision, decision_id, kind.value, method, error_code, retry_after)
 
-    def _denial(self, msg: Message, decision: Decision, decision_id: str, code: int) -> tuple[bytes | None, bytes | None]:
+    def _denial(
+        self, msg: Message, decision: Decision, decision_id: str, code: int, retry_after: float | None = None
+    ) -> tuple[bytes | None, bytes | None]:
         """What replaces a denied message: (forward, reply)."""
         reasons = decision.reasons
         text = "; ".join(r["message"] for r in reasons) or "denied by policy"
-        data = {"decision_id": decision_id, "reasons": reasons, "firewall": "mcpfw"}
+        data: dict[str, Any] = {"decision_id": decision_id, "reasons": reasons, "firewall": "mcpfw"}
+        if retry_after is not None:
+            data["retry_after_seconds"] = retry_after
         kind = msg.kind
         msg_id = msg.body.get("id")
         if kind is Kind.REQUEST:
@@ -309,6 +328,7 @@ class Inspector:
         kind: str | None, method: str | None, tool: str | None, msg_id: Any, arguments: Any,
         digest_of: Any, size: int, eval_ms: float, error_code: int | None, error: str | None,
         findings: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
+        rate: dict[str, Any] | None = None, upstream_ms: float | None = None,
     ) -> None:
         identity = identity or {}
         self._audit.record(
@@ -343,11 +363,28 @@ class Inspector:
                 "subject": identity.get("subject"),
                 "key_id": identity.get("key_id"),
                 "auth_method": identity.get("auth_method"),
+                "rate": rate,
+                "upstream_ms": upstream_ms,
             }
         )
 
 
 _UNCHANGED: Any = object()
+_RATE_REASONS = frozenset({"rate_limited", "quota_exceeded"})
+
+
+def _denial_code(decision: Decision) -> int:
+    """RATE_LIMITED when a limit is among the reasons (HTTP maps it to 429), else POLICY_DENIED."""
+    for reason in decision.reasons:
+        if reason.get("code") in _RATE_REASONS:
+            return errors.RATE_LIMITED
+    return errors.POLICY_DENIED
+
+
+def _retry_after(ctx: MessageContext) -> float | None:
+    rate = ctx.rate
+    value = rate.get("retry_after_seconds") if isinstance(rate, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 _NO_RESOURCES: dict[str, list[Any]] = {"paths": [], "urls": []}
 
 

@@ -73,6 +73,9 @@ class Session:
         self.client_capabilities: dict[str, Any] | None = None
         self.server_info: dict[str, Any] | None = None
         self.server_capabilities: dict[str, Any] | None = None
+        # The caller's identity (policy input form), when the whole session has one: the stdio
+        # shim's API key, or the HTTP caller that opened the session (it stays bound to it).
+        self.identity: dict[str, Any] | None = None
         self._pending: dict[str, OrderedDict[Any, PendingRequest]] = {
             "client_to_server": OrderedDict(),
             "server_to_client": OrderedDict(),

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import duckdb
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_MODULES = ROOT / "node_modules"
@@ -36,3 +40,24 @@ def filesystem_server(*roots: Path) -> list[str]:
 
 def time_server() -> list[str]:
     return [str(VENV_BIN / "mcp-server-time"), "--local-timezone", "UTC"]
+
+
+def audit_rows(db: Path, where: str = "true", *, at_least: int = 0, timeout: float = 10) -> list[dict[str, Any]]:
+    """Rows of the audit log in write order.
+
+    Retries while a firewall holds the file for a write, and, with ``at_least``, until that
+    many rows match: a running firewall writes its audit batches a moment after the reply.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with duckdb.connect(str(db), read_only=True) as con:
+                cur = con.execute(f"SELECT * FROM decisions WHERE {where} ORDER BY ts, decision_id")
+                cols = [d[0] for d in cur.description]
+                found = [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+            if len(found) >= at_least or time.monotonic() > deadline:
+                return found
+        except (duckdb.IOException, duckdb.ResourceInUseException, duckdb.CatalogException):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)

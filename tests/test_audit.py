@@ -215,7 +215,7 @@ def test_schema_is_idempotent_and_upgrades_older_files(db: Path) -> None:
     assert fetch(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
     assert fetch(db, "SELECT count(*), count(tenant) FROM decisions") == [(3, 2)]
     names = set(list_views())
-    assert names == {"decisions_per_tool", "denials_by_reason", "recent_denials", "usage_per_server"}
+    assert names == {"decisions_per_tool", "denials_by_reason", "recent_denials", "usage_per_server", "usage_per_tenant", "usage_per_key"}
     comments = dict(fetch(db, "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal"))
     assert set(comments) == names and all(comments.values())
 

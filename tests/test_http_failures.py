@@ -11,7 +11,8 @@ from collections.abc import Callable
 import pytest
 
 from firewall import errors
-from peers.http_harness import InProcessFirewall, audit_rows, free_port, http, make_config
+from support import audit_rows
+from peers.http_harness import InProcessFirewall, free_port, http, make_config
 
 CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "hi"}}}
 HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}

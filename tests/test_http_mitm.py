@@ -13,7 +13,8 @@ import anyio
 import pytest
 
 from firewall import errors
-from peers.http_harness import InProcessFirewall, audit_rows, conformance_server, free_port, make_config
+from support import audit_rows
+from peers.http_harness import InProcessFirewall, conformance_server, free_port, make_config
 from test_http_reverse import TEST_POLICY
 
 ACCEPT = {"content-type": "application/json", "accept": "application/json, text/event-stream"}

@@ -14,7 +14,8 @@ from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
 
 from firewall import errors
-from peers.http_harness import InProcessFirewall, audit_rows, everything_server, free_port, make_config
+from support import audit_rows
+from peers.http_harness import InProcessFirewall, everything_server, free_port, make_config
 from test_http_reverse import TEST_POLICY
 
 TS_CLIENT = Path(__file__).parent / "peers" / "ts_http_client.mjs"
@@ -58,7 +59,7 @@ def test_typescript_client(everything):
     assert total["ok"] and "5" in total["content"][0]["text"]
     if len(out["results"]) > 3:
         assert out["results"][3]["ok"] and out["seen"]["sampling"][0].endswith("hello")
-    rows = audit_rows(fw.audit, "decision = 'deny'")
+    rows = audit_rows(fw.audit, "decision = 'deny'", at_least=1)
     assert rows and rows[-1]["transport"] == ("sse" if transport == "sse" else "http")
 
 

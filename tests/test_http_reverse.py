@@ -18,7 +18,8 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from firewall import errors
-from peers.http_harness import InProcessFirewall, audit_rows, conformance_server, free_port, make_config
+from support import audit_rows
+from peers.http_harness import InProcessFirewall, conformance_server, free_port, make_config
 
 TEST_POLICY = """package mcpfw
 
@@ -73,12 +74,7 @@ def calls_seen(calls: Path) -> list[dict]:
 
 
 def rows(fw, where: str) -> list[dict]:
-    deadline = time.monotonic() + 5
-    while True:
-        found = audit_rows(fw.audit, where)
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.1)
+    return audit_rows(fw.audit, where, at_least=1, timeout=5)
 
 
 async def sampled(context, params) -> types.CreateMessageResult:

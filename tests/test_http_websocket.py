@@ -12,7 +12,8 @@ import anyio
 import pytest
 
 from firewall import errors
-from peers.http_harness import PEERS, InProcessFirewall, audit_rows, free_port, make_config, node22, process
+from support import audit_rows
+from peers.http_harness import PEERS, InProcessFirewall, free_port, make_config, node22, process
 from test_http_reverse import TEST_POLICY
 
 TS_CLIENT = PEERS / "ts_http_client.mjs"

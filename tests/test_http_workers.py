@@ -9,7 +9,8 @@ from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
 
 from firewall import errors
-from peers.http_harness import audit_rows, everything_server, firewall_cli, free_port
+from support import audit_rows
+from peers.http_harness import everything_server, firewall_cli, free_port
 from test_http_reverse import TEST_POLICY
 
 

@@ -18,7 +18,7 @@ from mcp.shared.exceptions import MCPError
 from firewall import errors
 from firewall.cli import main as mcpfw
 
-from support import everything_server, filesystem_server, shim_command
+from support import audit_rows, everything_server, filesystem_server, shim_command
 
 DRIFTING = Path(__file__).parent / "peers" / "drifting_server.py"
 
@@ -57,13 +57,6 @@ def registry_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, s
     capsys.readouterr()
     code = mcpfw(["registry", *argv])
     return code, capsys.readouterr().out
-
-
-def audit_rows(db: Path, where: str = "true") -> list[dict[str, Any]]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        cur = con.execute(f"SELECT * FROM decisions WHERE {where} ORDER BY ts, decision_id")
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
 def test_rug_pull_new_and_shadowing_tools_blocked_until_approved(tmp_path, config, capsys):

@@ -15,18 +15,11 @@ from mcp.shared.exceptions import MCPError
 
 from firewall import errors
 
-from support import NODE, TS_CLIENT, everything_server, filesystem_server, shim_command, time_server
+from support import NODE, TS_CLIENT, audit_rows, everything_server, filesystem_server, shim_command, time_server
 
 
 def params_for(command: list[str]) -> StdioServerParameters:
     return StdioServerParameters(command=command[0], args=command[1:])
-
-
-def audit_rows(db: Path, where: str = "true") -> list[dict]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        cur = con.execute(f"SELECT * FROM decisions WHERE {where} ORDER BY ts, decision_id")
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
 def run(coro_fn, *args):

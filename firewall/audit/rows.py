@@ -53,6 +53,7 @@ the whole value."""
 
 _INT32 = (-(2**31), 2**31 - 1)
 _INT_COLUMNS = frozenset({"error_code", "bytes"})
+_FLOAT_COLUMNS = frozenset({"eval_ms", "upstream_ms"})
 _KNOWN = frozenset(COLUMN_NAMES) | {"digest_of"}
 _warned_keys: set[str] = set()
 _INDEX = {name: i for i, name in enumerate(COLUMN_NAMES)}
@@ -155,7 +156,7 @@ def _coerce(name: str, value: Any) -> Any:
         return _str_list(value)
     if name in _INT_COLUMNS:
         return _int32(value)
-    if name == "eval_ms":
+    if name in _FLOAT_COLUMNS:
         return _float(value)
     return _text(value)
 

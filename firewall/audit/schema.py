@@ -13,7 +13,7 @@ from typing import Final, NamedTuple
 
 import duckdb
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 
 class Column(NamedTuple):
@@ -55,6 +55,8 @@ COLUMNS: Final[tuple[Column, ...]] = (
     Column("subject", "VARCHAR", "identity: subject"),
     Column("key_id", "VARCHAR", "identity: API key id"),
     Column("auth_method", "VARCHAR", "identity: authentication method"),
+    Column("rate", "JSON", "rate-limit counters the policy saw (input.rate), including counter-store errors"),
+    Column("upstream_ms", "DOUBLE", "responses: milliseconds from forwarding the request to its answer"),
 )
 
 COLUMN_NAMES: Final[tuple[str, ...]] = tuple(c.name for c in COLUMNS)
@@ -138,6 +140,48 @@ VIEWS: Final[dict[str, View]] = {
         FROM decisions
         GROUP BY server
         ORDER BY messages DESC, server
+        """,
+    ),
+    "usage_per_tenant": View(
+        "per tenant: client requests, tool calls, denials, rate-limited calls, request and response bytes, "
+        "time spent upstream, distinct subjects and keys: the basis of cost attribution",
+        """
+        SELECT coalesce(tenant, '(none)') AS tenant,
+               count(*) FILTER (WHERE kind = 'request' AND direction = 'client_to_server') AS requests,
+               count(*) FILTER (WHERE kind = 'request' AND method = 'tools/call') AS tool_calls,
+               count(*) FILTER (WHERE decision = 'deny') AS denied,
+               count(*) FILTER (WHERE error_code = -32055) AS rate_limited,
+               sum(bytes) FILTER (WHERE direction = 'client_to_server') AS bytes_in,
+               sum(bytes) FILTER (WHERE direction = 'server_to_client') AS bytes_out,
+               round(sum(upstream_ms) FILTER (WHERE direction = 'server_to_client'), 3) AS upstream_ms,
+               count(DISTINCT subject) AS subjects,
+               count(DISTINCT key_id) AS keys,
+               min(ts) AS first_seen,
+               max(ts) AS last_seen
+        FROM decisions
+        GROUP BY 1
+        ORDER BY requests DESC, tenant
+        """,
+    ),
+    "usage_per_key": View(
+        "per tenant, subject and API key: requests, tool calls, denials, bytes and upstream time",
+        """
+        SELECT coalesce(tenant, '(none)') AS tenant,
+               subject,
+               key_id,
+               any_value(auth_method) AS auth_method,
+               count(*) FILTER (WHERE kind = 'request' AND direction = 'client_to_server') AS requests,
+               count(*) FILTER (WHERE kind = 'request' AND method = 'tools/call') AS tool_calls,
+               count(*) FILTER (WHERE decision = 'deny') AS denied,
+               count(*) FILTER (WHERE error_code = -32055) AS rate_limited,
+               sum(bytes) FILTER (WHERE direction = 'client_to_server') AS bytes_in,
+               sum(bytes) FILTER (WHERE direction = 'server_to_client') AS bytes_out,
+               round(sum(upstream_ms) FILTER (WHERE direction = 'server_to_client'), 3) AS upstream_ms,
+               max(ts) AS last_seen
+        FROM decisions
+        WHERE subject IS NOT NULL OR key_id IS NOT NULL
+        GROUP BY 1, 2, 3
+        ORDER BY requests DESC, tenant, subject, key_id
         """,
     ),
 }

@@ -175,21 +175,6 @@ def make_config(
     return Config.model_validate(raw)
 
 
-def audit_rows(db: Path, where: str = "true") -> list[dict[str, Any]]:
-    """Rows of the audit log; retried while a firewall holds the file for a write."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with duckdb.connect(str(db), read_only=True) as con:
-                cur = con.execute(f"SELECT * FROM decisions WHERE {where} ORDER BY ts, decision_id")
-                cols = [d[0] for d in cur.description]
-                return [dict(zip(cols, row)) for row in cur.fetchall()]
-        except (duckdb.IOException, duckdb.ResourceInUseException, duckdb.CatalogException):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 class Answer:
     """A response read whole with the standard library's HTTP client."""
 
