@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from . import errors
 from .config import Config, ConfigError, load_config
 
 
@@ -98,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     from .registry_cli import register as register_registry
 
     register_registry(sub)
+    from .keys_cli import register as register_keys
+    register_keys(sub)
     return parser
 
 
@@ -148,6 +151,22 @@ def _cmd_stdio(args: argparse.Namespace) -> int:
         cwd=os.getcwd(),
         resolve_symlinks=True,
     )
+    from .identity import AuthError
+    from .identity.authenticator import stdio_identity
+
+    try:
+        identity = stdio_identity(config)
+    except AuthError as exc:
+        firewall.inspector.record_transport_error(
+            session, "client_to_server", code=errors.AUTH_FAILED,
+            reason_code="unauthenticated" if exc.status == 401 else "forbidden", message=exc.description,
+        )
+        firewall.close()
+        print(f"mcpfw: {exc.description}; the server was not started", file=sys.stderr)
+        return 2
+    # The key is the firewall's business: the server never sees it.
+    os.environ.pop(config.auth.api_keys.stdio_env, None)
+    session.identity = identity.as_input() if identity is not None else None
     shim = StdioShim(
         command, firewall.inspector, session,
         max_message_bytes=config.limits.max_message_bytes,

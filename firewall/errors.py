@@ -8,3 +8,5 @@ MESSAGE_TOO_LARGE = -32053
 AUDIT_UNAVAILABLE = -32054
 RATE_LIMITED = -32055
 UPSTREAM_UNAVAILABLE = -32056
+AUTH_FAILED = -32057  # missing, invalid or insufficient credentials (HTTP 401/403)
+SESSION_NOT_FOUND = -32058  # an unknown session, or one that belongs to another caller (HTTP 404)

@@ -164,6 +164,7 @@ class Inspector:
     def record_transport_error(
         self, session: Session, direction: str, *, code: int, reason_code: str, message: str,
         kind: str | None = None, method: str | None = None, msg_id: Any = None, size: int = 0,
+        identity: dict[str, Any] | None = None,
     ) -> str:
         """Record a message the transport refused or could not deliver (say, the upstream is
         unreachable, or HTTP headers contradict the body); returns the decision id for its reply."""
@@ -173,6 +174,7 @@ class Inspector:
             session, direction, decision, decision_id,
             kind=kind, method=method, tool=None, msg_id=msg_id, arguments=None,
             digest_of=None, size=size, eval_ms=0.0, error_code=code, error=message,
+            identity=identity if identity is not None else session.identity,
         )
         return decision_id
 

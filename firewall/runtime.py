@@ -11,6 +11,7 @@ from .config import Config
 from .detection_enrichers import Detectors
 from .enrichers import SecretsEnricher
 from .pipeline import Enricher, Inspector
+from .ratelimit import RateEnricher
 from .registry import build_registry_enricher
 from .policy.bundle import Bundle, load_bundle
 from .policy.engine import PolicyEngine, create_engine
@@ -52,7 +53,9 @@ def build_firewall(config: Config) -> Firewall:
     # Detectors load their rules and model here, once, before the first message.
     detectors = Detectors(config.detectors)
     secrets: tuple[Enricher, ...] = (SecretsEnricher(),) if config.detectors.secrets.enabled else ()
-    enrichers: tuple[Enricher, ...] = secrets + detectors.enrichers()
+    # First, so that a request is counted whatever the enrichers after it do.
+    rate: tuple[Enricher, ...] = (RateEnricher(config.rate_limits),) if config.rate_limits.rules else ()
+    enrichers: tuple[Enricher, ...] = rate + secrets + detectors.enrichers()
     # Last, so that it sees the detectors' findings (poisoning) on the same list.
     registry = build_registry_enricher(config)
     if registry is not None:

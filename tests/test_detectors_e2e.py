@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-import duckdb
 import pytest
 
 pytest.importorskip("onnxruntime")

@@ -7,7 +7,6 @@ server, redaction, and the 2026-07-28 routing headers.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import aiohttp

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import duckdb
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import anyio
-import duckdb
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters

@@ -37,7 +37,7 @@
 package mcpfw
 
 # The topic packages the routes below evaluate.
-topics := {"filesystem", "commands", "secrets", "injection", "pii", "poisoning", "intent", "registry"}
+topics := {"filesystem", "commands", "secrets", "injection", "pii", "poisoning", "intent", "registry", "rbac", "rate"}
 
 decision := {
 	"version": 1,
@@ -68,6 +68,11 @@ decision := {
 		input.findings.injection.items[0]
 		effect := data.mcpfw.rules.injection
 	} | {effect |
+		# RBAC: a tools/call request, or a tools/list result for an identified caller.
+		input.method in {"tools/call", "tools/list"}
+		input.kind in {"request", "response"}
+		effect := data.mcpfw.rules.rbac.effects(settings.rbac)
+	} | {effect |
 		input.findings.pii[0]
 		effect := data.mcpfw.rules.pii
 	} | {effect |
@@ -82,6 +87,11 @@ decision := {
 		input.registry.event
 		not registry_quiet_use
 		effect := data.mcpfw.rules.registry.effects(settings.registry)
+	} | {effect |
+		# Rate limits: input.rate (null unless a configured rule covers the
+		# request) has an exceeded limit or a counter store error.
+		some _ in array.concat(input.rate.exceeded, [1 | is_string(input.rate.error)])
+		effect := data.mcpfw.rules.rate.effects(input.rate)
 	}
 	# Reasons that hold for any policy (inline: a rule of its own costs more):
 	# an input of another version, a tools/call request without a usable tool

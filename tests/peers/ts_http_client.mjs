@@ -24,8 +24,11 @@ client.setRequestHandler(ElicitRequestSchema, async (request) => {
   return { action: "accept", content: { username: "ada", email: "ada@example.com" } };
 });
 
+// MCPFW_TEST_BEARER: a bearer token (or API key) sent on every request, as a configured client would.
+const bearer = process.env.MCPFW_TEST_BEARER;
+const requestInit = bearer ? { headers: { Authorization: `Bearer ${bearer}` } } : undefined;
 const transports = {
-  streamableHttp: () => new StreamableHTTPClientTransport(new URL(url)),
+  streamableHttp: () => new StreamableHTTPClientTransport(new URL(url), { requestInit }),
   sse: () => new SSEClientTransport(new URL(url)),
   websocket: () => new WebSocketClientTransport(new URL(url)),
 };

@@ -32,6 +32,17 @@ def register(sub: argparse._SubParsersAction, serving_options: Callable[[argpars
     p.add_argument("--non-mcp", choices=["pass", "deny"], default=None, help="regular/transparent: traffic that is not MCP")
     p.add_argument("--confdir", default=None, metavar="DIR", help="mitmproxy's directory, holding its CA")
     p.add_argument("--ssl-insecure", action="store_true", default=None, help="mitmproxy: do not verify upstream certificates")
+    auth = p.add_argument_group("identity (OAuth 2.1 resource server and API keys; see docs/identity.md)")
+    auth.add_argument("--auth", choices=["off", "optional", "required"], default=None, dest="auth_mode",
+                      help="who must authenticate (default off; any of the flags below turns it to required)")
+    auth.add_argument("--auth-issuer", default=None, metavar="URL", help="the token issuer (`iss`); its JWKS is found by discovery")
+    auth.add_argument("--auth-audience", action="append", default=None, metavar="URL",
+                      help="accepted `aud` (default: the firewall's resource URL for the route); repeatable")
+    auth.add_argument("--auth-jwks-url", default=None, metavar="URL", help="the issuer's JWKS URL (skips discovery)")
+    auth.add_argument("--auth-jwks-file", default=None, metavar="FILE", help="a JWKS file instead of fetching one")
+    auth.add_argument("--auth-scope", action="append", default=None, metavar="SCOPE",
+                      help="a scope every request needs (403 insufficient_scope otherwise); repeatable")
+    auth.add_argument("--keys-store", default=None, metavar="FILE", help="API key database (default MCPFW_HOME/keys.sqlite)")
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--socket-dir", default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_proxy)
@@ -56,6 +67,36 @@ def _proxy_overrides(args: argparse.Namespace, current: Any) -> dict[str, Any]:
     return fields
 
 
+def _auth_overrides(args: argparse.Namespace, current: Any) -> Any:
+    """The auth section with the command line's flags applied (flags win over the file)."""
+    from pathlib import Path
+
+    from ...config import AuthConfig, ConfigError, JwtConfig
+
+    data = current.model_dump()
+    jwt_flags = {
+        "issuer": args.auth_issuer,
+        "audience": args.auth_audience,
+        "jwks_url": args.auth_jwks_url,
+        "jwks_file": Path(args.auth_jwks_file).absolute() if args.auth_jwks_file else None,
+    }
+    jwt_flags = {k: v for k, v in jwt_flags.items() if v is not None}
+    if jwt_flags:
+        if data.get("jwt") is None and "issuer" not in jwt_flags:
+            raise ConfigError("proxy: --auth-jwks-url/--auth-jwks-file/--auth-audience need --auth-issuer (or auth.jwt in the config)")
+        data["jwt"] = {**(data.get("jwt") or {}), **jwt_flags}
+        JwtConfig.model_validate(data["jwt"])
+    if args.auth_scope:
+        data["required_scopes"] = args.auth_scope
+    if args.keys_store:
+        data["api_keys"] = {**data["api_keys"], "store": Path(args.keys_store).absolute()}
+    if args.auth_mode is not None:
+        data["mode"] = args.auth_mode
+    elif jwt_flags and data["mode"] == "off":
+        data["mode"] = "required"
+    return AuthConfig.model_validate(data)
+
+
 def _cmd_proxy(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -69,7 +110,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         }})
     except ValidationError as exc:
         raise ConfigError("proxy: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
-    config = config.model_copy(update={"proxy": proxy})
+    config = config.model_copy(update={"proxy": proxy, "auth": _auth_overrides(args, config.auth)})
     listener = proxy.listener if proxy.listener != "auto" else ("lean" if proxy.mode == "reverse" else "mitmproxy")
     if proxy.mode == "reverse" and not proxy.upstreams:
         print("mcpfw proxy: reverse mode needs an upstream (--upstream URL or proxy.upstreams)", file=sys.stderr)

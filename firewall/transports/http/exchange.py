@@ -19,6 +19,8 @@ from urllib.parse import urljoin, urlsplit
 import orjson
 
 from ... import errors
+from ...identity import AuthError, Identity
+from ...identity.authenticator import Authenticator
 from ...jsonrpc import encode, error_response
 from ...pipeline import C2S, S2C, Inspector, Outcome
 from ...session import Session
@@ -72,7 +74,7 @@ class Exchange:
     session: Session | None = None
     channel: Channel | None = None
     body: bytes | None = None  # what goes upstream when it differs from what the client sent
-    set_headers: dict[str, str] = field(default_factory=dict)
+    set_headers: dict[str, str | None] = field(default_factory=dict)  # None removes the header
     open_ids: list[Any] = field(default_factory=list)  # requests forwarded and not yet answered
     methods: dict[Any, str] = field(default_factory=dict)
     extra: bytes | None = None  # replies to add to the upstream's answer (a partly denied batch)
@@ -82,6 +84,8 @@ class Exchange:
     public_origin: str = ""
     client_headers: dict[str, str] = field(default_factory=dict)
     first_method: str | None = None
+    identity: dict[str, Any] | None = None  # the authenticated caller (policy input form)
+    principal: tuple[str | None, str | None] | None = None
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -105,6 +109,11 @@ def _requests_in(body: Any) -> list[tuple[Any, str]]:
     ]
 
 
+def _retry_after(outcome: Outcome) -> float | None:
+    waits = [v.retry_after for v in outcome.verdicts if v.retry_after is not None]
+    return max(waits) if waits else None
+
+
 def _deny_code(outcome: Outcome) -> int | None:
     for verdict in outcome.verdicts:
         if verdict.decision.action == "deny":
@@ -125,8 +134,11 @@ class HttpInspection:
         public_url: str | None = None,
         non_mcp: str = "pass",
         poster: ServerPoster | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.inspector = inspector
+        # The firewall is the OAuth resource server only in reverse mode, where clients know it.
+        self.auth = authenticator if authenticator is not None and authenticator.active and reverse else None
         self.sessions = sessions
         self.max_message_bytes = max_message_bytes
         self.reverse = reverse
@@ -155,12 +167,23 @@ class HttpInspection:
             ex.kind = "delete"
         if not self.reverse and self.non_mcp == "deny" and not self._looks_mcp(ex, req):
             return plain(403, "mcpfw: only MCP traffic may pass this proxy\n")
+        if self.auth is not None:
+            if ex.kind == "metadata":
+                return self._own_metadata(ex)
+            refused = self.admit(ex, headers, req.body)
+            if refused is not None:
+                return refused
         if ex.kind in ("other", "metadata"):
             return ex
         ex.client_headers = {
             name: value for name in _FORWARDED_CLIENT_HEADERS if (value := headers.get(name)) is not None
         }
-        self._attach_session(ex, req)
+        if self.auth is not None:
+            ex.client_headers.pop("authorization", None)
+            ex.client_headers.update(ex.route.upstream_headers(ex.identity["tenant"] if ex.identity else None))
+        refused = self._attach_session(ex, req)
+        if refused is not None:
+            return refused
         if ex.kind != "mcp":
             return ex
         ex.set_headers["accept-encoding"] = "identity"  # bodies must be readable to be inspected
@@ -186,7 +209,7 @@ class HttpInspection:
             return True
         return req.method == "GET" and "text/event-stream" in (headers.get("accept") or "")
 
-    def _attach_session(self, ex: Exchange, req: Request) -> None:
+    def _attach_session(self, ex: Exchange, req: Request) -> Reply | None:
         route = ex.route
         headers = req.headers
         sid = headers.get(SESSION_ID)
@@ -195,17 +218,103 @@ class HttpInspection:
             if channel is None:
                 # Started before this process saw it (a restart): learn it from here on.
                 session = self.sessions.new_session(route, "http", headers.get(mcp_headers.VERSION))
-                channel = Channel(session, route, route.endpoint_path)
+                channel = Channel(session, route, route.endpoint_path, principal=ex.principal)
                 self.sessions.add(session_key(sid), channel)
+            elif self.auth is not None and channel.principal != ex.principal:
+                return self._foreign_session(ex, req)
             channel.headers = ex.client_headers
             ex.channel, ex.session = channel, channel.session
-            return
+            return None
         if ex.kind == "mcp" and "?" in req.upstream_path:
             channel = self.sessions.get(route, legacy_key(req.upstream_path))
             if channel is not None:
+                if self.auth is not None and channel.principal != ex.principal:
+                    return self._foreign_session(ex, req)
                 ex.channel, ex.session = channel, channel.session
-                return
+                return None
         ex.session = self.sessions.new_session(route, "http", headers.get(mcp_headers.VERSION))
+        return None
+
+    # -- identity --------------------------------------------------------------------
+
+    def admit(self, ex: Exchange, headers: Any, body: bytes = b"") -> Reply | None:
+        """Authenticate the caller and check its tenant may use the route; None when admitted.
+
+        ``headers`` needs only ``get(name)``. On success ``ex`` carries the identity, and the
+        upstream gets the route's own credentials instead of the client's.
+        """
+        auth = self.auth
+        assert auth is not None
+        route = ex.route
+        identity: Identity | None = None
+        try:
+            identity = auth.authenticate(
+                headers.get("authorization"), headers.get(auth.credential_headers[1]), self.audiences(ex)
+            )
+            if route.tenants and identity is None:
+                raise AuthError(401, None, "authentication required")
+            if identity is not None and not route.admits(identity.tenant):
+                raise AuthError(403, "insufficient_scope", f"tenant {identity.tenant!r} may not use server {route.name!r}")
+        except AuthError as err:
+            return self._auth_refusal(ex, err, body, identity)
+        if identity is not None:
+            ex.identity = identity.as_input()
+            ex.principal = identity.principal
+        for name in auth.credential_headers:
+            ex.set_headers[name] = None
+        ex.set_headers.update(route.upstream_headers(identity.tenant if identity else None))
+        return None
+
+    def audiences(self, ex: Exchange) -> list[str]:
+        """The resource URL(s) a token for this route must name in ``aud``."""
+        auth = self.auth
+        assert auth is not None
+        if auth.config.resource:
+            return [auth.config.resource]
+        route = ex.route
+        return [f"{ex.public_origin}{route.prefix}{route.endpoint_path}"]
+
+    def _metadata_url(self, ex: Exchange) -> str:
+        route = ex.route
+        return f"{ex.public_origin}{PRM_PATH}{route.prefix}{route.endpoint_path}"
+
+    def _own_metadata(self, ex: Exchange) -> Reply:
+        """RFC 9728 metadata for the route: the firewall is the protected resource."""
+        assert self.auth is not None
+        doc = self.auth.metadata(self.audiences(ex)[0])
+        return Reply(200, orjson.dumps(doc), {"content-type": "application/json", "cache-control": "max-age=300"})
+
+    def _auth_refusal(self, ex: Exchange, err: AuthError, body: bytes, identity: Identity | None = None) -> Reply:
+        assert self.auth is not None
+        try:
+            parsed = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        requests = _requests_in(parsed)
+        msg_id, method = requests[0] if len(requests) == 1 else (None, None)
+        session = self.sessions.new_session(ex.route, "http")
+        reason = {401: "unauthenticated", 403: "forbidden"}.get(err.status, "auth_unavailable")
+        decision_id = self.inspector.record_transport_error(
+            session, C2S, code=errors.AUTH_FAILED, reason_code=reason, message=err.description,
+            kind="request" if msg_id is not None else None, method=method, msg_id=msg_id, size=len(body),
+            identity=identity.as_input() if identity is not None else None,
+        )
+        data = {"decision_id": decision_id, "reasons": [{"code": reason, "message": err.description}]}
+        reply = error_reply(msg_id, errors.AUTH_FAILED, f"mcpfw: {err.description}", data, status=err.status)
+        if err.status in (401, 403):
+            reply.headers["www-authenticate"] = self.auth.challenge(err, self._metadata_url(ex))
+        return reply
+
+    def _foreign_session(self, ex: Exchange, req: Request) -> Reply:
+        """A session id used by someone other than its owner: as unknown as a made-up one."""
+        session = self.sessions.new_session(ex.route, "http")
+        message = "no such session"
+        decision_id = self.inspector.record_transport_error(
+            session, C2S, code=errors.SESSION_NOT_FOUND, reason_code="session_not_owned",
+            message="a session id presented by a caller other than the one that opened the session",
+            size=len(req.body), identity=ex.identity,
+        )
+        return error_reply(None, errors.SESSION_NOT_FOUND, f"mcpfw: {message}", {"decision_id": decision_id}, status=404)
 
     def _inspect_request(self, ex: Exchange, req: Request) -> Exchange | Reply:
         session = ex.session
@@ -230,7 +339,7 @@ class HttpInspection:
             ex.first_method = requests[0][1]
         token = mcp_headers.current_http.set({"headers": routing}) if routing else None
         try:
-            outcome = self.inspector.inspect(raw, C2S, session)
+            outcome = self.inspector.inspect(raw, C2S, session, ex.identity)
         finally:
             if token is not None:
                 mcp_headers.current_http.reset(token)
@@ -251,7 +360,11 @@ class HttpInspection:
         if forward is None:
             if reply is None:
                 return accepted()
-            return jsonrpc_reply(reply, _deny_code(outcome), sse=ex.sse_only)
+            answer = jsonrpc_reply(reply, _deny_code(outcome), sse=ex.sse_only)
+            retry = _retry_after(outcome)
+            if retry is not None and answer.status == 429:
+                answer.headers["retry-after"] = str(max(1, int(retry + 0.999)))
+            return answer
         if forward is not raw:
             ex.body = forward
             if parsed is not None:
@@ -314,7 +427,8 @@ class HttpInspection:
             return "pass", changes
         sid = headers.get(SESSION_ID)
         if sid and ex.channel is None and 200 <= status < 300 and ex.session is not None:
-            channel = Channel(ex.session, route, ex.upstream_path if ex.kind == "mcp" else route.endpoint_path)
+            channel = Channel(ex.session, route, ex.upstream_path if ex.kind == "mcp" else route.endpoint_path,
+                              principal=ex.principal)
             channel.headers = {**ex.client_headers, SESSION_ID: sid}
             self.sessions.add(session_key(sid), channel)
             ex.channel = channel
@@ -340,7 +454,7 @@ class HttpInspection:
             return status, body  # an HTTP-level error page, not a JSON-RPC message
         session = ex.session
         assert session is not None
-        outcome = self.inspector.inspect(body, S2C, session)
+        outcome = self.inspector.inspect(body, S2C, session, ex.identity)
         forward = outcome.forward
         if forward is None:
             code = _deny_code(outcome) or errors.INVALID_REQUEST
@@ -457,7 +571,7 @@ class SseFilter:
             substitute = self._substitute(channel, raw)
             if substitute is not None:
                 return format_event(substitute, event=block.event, event_id=block.id, retry=block.retry)
-        outcome = core.inspector.inspect(raw, S2C, session)
+        outcome = core.inspector.inspect(raw, S2C, session, ex.identity)
         if outcome.reply is not None and core.poster is not None:
             self._to_server(outcome.reply)
         self._answered(outcome, raw)
@@ -526,7 +640,7 @@ class SseFilter:
         if f"{parts.scheme}://{parts.netloc}".lower() != route.origin.lower():
             return block.raw
         post_path = parts.path + (f"?{parts.query}" if parts.query else "")
-        channel = Channel(ex.session, route, post_path, dict(ex.client_headers), legacy=True)
+        channel = Channel(ex.session, route, post_path, dict(ex.client_headers), legacy=True, principal=ex.principal)
         ex.session.transport = "sse"
         ex.channel = channel
         core.sessions.add(legacy_key(post_path), channel)

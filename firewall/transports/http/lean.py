@@ -321,6 +321,15 @@ class LeanListener:
         scheme = "wss" if route.scheme == "https" else "ws"
         session = core.sessions.new_session(route, "websocket")
         ex = Exchange(route, "stream", session=session, upstream_path=upstream_path)
+        if core.auth is not None:
+            # One socket, one caller: authenticated on the upgrade, bound for the session's life.
+            ex.public_origin = core.public_url or f"{request.scheme}://{request.host or route.netloc}"
+            refused = core.admit(ex, request.headers)
+            if refused is not None:
+                return _aiohttp_reply(refused)
+            session.identity = ex.identity
+            headers.pop("authorization", None)
+            headers.update(route.upstream_headers(ex.identity["tenant"] if ex.identity else None))
         try:
             async with asyncio.timeout(self.settings.connect_timeout_seconds):
                 upstream = await self.client.ws_connect(

@@ -89,7 +89,10 @@ class McpHttp:
         return route, request.path
 
     def request(self, flow: Any) -> None:
-        if flow.response is not None or flow.request.headers.get("upgrade", "").lower() == "websocket":
+        if flow.response is not None:
+            return
+        if flow.request.headers.get("upgrade", "").lower() == "websocket":
+            self._upgrade(flow)
             return
         match = self._route(flow)
         if match is None:
@@ -110,7 +113,33 @@ class McpHttp:
         if result.body is not None:
             request.content = result.body
         for name, value in result.set_headers.items():
-            request.headers[name] = value
+            if value is None:
+                request.headers.pop(name, None)
+            else:
+                request.headers[name] = value
+
+    def _upgrade(self, flow: Any) -> None:
+        """A WebSocket handshake: authenticated here, its messages judged by :class:`McpWebSocket`."""
+        if self.core.auth is None:
+            return
+        match = self._route(flow)
+        if match is None:
+            flow.response = _make_response(Reply(404, b"mcpfw: no upstream is configured for this path\n"))
+            return
+        route, upstream_path = match
+        request = flow.request
+        ex = Exchange(route, "stream", upstream_path=upstream_path)
+        ex.public_origin = self.core.public_url or f"{request.scheme}://{request.headers.get('host') or route.netloc}"
+        refused = self.core.admit(ex, Headers(request.headers))
+        if refused is not None:
+            flow.response = _make_response(refused)
+            return
+        flow.metadata[_KEY + ".identity"] = ex.identity
+        for name, value in ex.set_headers.items():
+            if value is None:
+                request.headers.pop(name, None)
+            else:
+                request.headers[name] = value
 
     def _retarget(self, request: Any, route: Route, upstream_path: str) -> None:
         host_header = request.headers.get("host")
@@ -189,6 +218,7 @@ class McpWebSocket:
         match = self.router.match(request.headers.get("host"), request.path) if self.router else None
         route = match[0] if match else Route(request.host, request.url, request.scheme, request.host, request.path)
         session = self.core.sessions.new_session(route, "websocket")
+        session.identity = flow.metadata.get(_KEY + ".identity")
         flow.metadata[_KEY + ".ws"] = WebSocketInspection(self.core.inspector, session, self.core.max_message_bytes)
 
     def websocket_message(self, flow: Any) -> None:

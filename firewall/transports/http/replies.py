@@ -23,6 +23,8 @@ _STATUS = {
     errors.MESSAGE_TOO_LARGE: 413,
     errors.AUDIT_UNAVAILABLE: 503,
     errors.UPSTREAM_UNAVAILABLE: 502,
+    errors.AUTH_FAILED: 401,
+    errors.SESSION_NOT_FOUND: 404,
 }
 
 

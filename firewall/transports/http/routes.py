@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ...config import UpstreamConfig
+from ...identity.authenticator import expand_env
 
 PRM_PATH = "/.well-known/oauth-protected-resource"
 _HTTP_SCHEME = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
@@ -28,6 +29,10 @@ class Route:
     endpoint_path: str  # the MCP endpoint's path on the upstream
     prefix: str = ""
     host: str | None = None
+    tenants: frozenset[str] = frozenset()  # empty: every tenant
+    # The firewall's own credentials for the upstream: (name, value) pairs, and per tenant.
+    headers: tuple[tuple[str, str], ...] = ()
+    tenant_headers: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     @property
     def origin(self) -> str:
@@ -36,6 +41,18 @@ class Route:
     def public_path(self, upstream_path: str) -> str:
         """The listener path that reaches ``upstream_path`` on this route."""
         return self.prefix + upstream_path
+
+    def admits(self, tenant: str | None) -> bool:
+        """May a caller of ``tenant`` use this upstream?"""
+        return not self.tenants or tenant in self.tenants
+
+    def upstream_headers(self, tenant: str | None) -> dict[str, str]:
+        """Headers the firewall sends upstream for a caller of ``tenant``."""
+        headers = dict(self.headers)
+        for name, pairs in self.tenant_headers:
+            if name == tenant:
+                headers.update(pairs)
+        return headers
 
     def covers(self, path: str) -> bool:
         prefix = self.prefix
@@ -51,6 +68,12 @@ def route_from_config(upstream: UpstreamConfig) -> Route:
     port = parts.port or default_port
     netloc = host_for_url if port == default_port else f"{host_for_url}:{port}"
     name = upstream.name or (hostname if port == default_port else f"{hostname}:{port}")
+    where = f"proxy.upstreams[{name}]"
+    headers = tuple((k.lower(), expand_env(v, where=where)) for k, v in upstream.headers.items())
+    tenant_headers = tuple(
+        (tenant, tuple((k.lower(), expand_env(v, where=f"{where}.tenant_headers.{tenant}")) for k, v in pairs.items()))
+        for tenant, pairs in upstream.tenant_headers.items()
+    )
     return Route(
         name=name,
         url=upstream.url,
@@ -59,6 +82,9 @@ def route_from_config(upstream: UpstreamConfig) -> Route:
         endpoint_path=parts.path or "/",
         prefix=upstream.path_prefix,
         host=upstream.host.lower() if upstream.host else None,
+        tenants=frozenset(upstream.tenants),
+        headers=headers,
+        tenant_headers=tenant_headers,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...config import Config
+from ...identity.authenticator import build_authenticator
 from ...pipeline import Inspector
 from ...runtime import Firewall
 from .exchange import HttpInspection, ServerPoster
@@ -49,4 +50,5 @@ def build_inspection(
         public_url=public_url or config.proxy.public_url,
         non_mcp=config.proxy.non_mcp,
         poster=poster,
+        authenticator=build_authenticator(config),
     )

@@ -32,6 +32,8 @@ class Channel:
     post_path: str  # upstream path+query the client POSTs messages to
     headers: dict[str, str] = field(default_factory=dict)  # auth and session headers to send along
     legacy: bool = False
+    # (tenant, subject) of the caller that opened the session: only it may use the session
+    principal: tuple[str | None, str | None] | None = None
     # legacy only: JSON text of a request id -> the error that replaces the server's answer
     substitutes: dict[str, bytes] = field(default_factory=dict)
 

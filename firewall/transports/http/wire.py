@@ -79,9 +79,10 @@ def _key(name: str) -> bytes:
 
 
 def header_block(
-    raw: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes], changes: dict[str, str] | None = None
+    raw: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes], changes: dict[str, str | None] | None = None
 ) -> list[bytes]:
-    """``name: value`` lines of ``raw`` minus the ``drop`` names (lower case), then ``changes``."""
+    """``name: value`` lines of ``raw`` minus the ``drop`` names (lower case), then ``changes``
+    (a change to None removes the header)."""
     lines: list[bytes] = []
     if changes:
         replaced = {encode(name.lower()) for name in changes}
@@ -90,7 +91,8 @@ def header_block(
             if lower not in drop and lower not in replaced:
                 lines += (name, b": ", value, CRLF)
         for name, text in changes.items():
-            lines += (encode(name), b": ", encode(text), CRLF)
+            if text is not None:
+                lines += (encode(name), b": ", encode(text), CRLF)
     else:
         for name, value in raw:
             if name.lower() not in drop:

@@ -198,6 +198,13 @@ def _free_port(host: str) -> int:
 
 def _absolute(config: Config) -> Config:
     audit = config.audit
+    auth = config.auth
+    keys = auth.api_keys
+    if keys.store is not None:
+        auth = auth.model_copy(update={"api_keys": keys.model_copy(update={"store": keys.store.absolute()})})
+    if auth.jwt is not None and auth.jwt.jwks_file is not None:
+        auth = auth.model_copy(update={"jwt": auth.jwt.model_copy(update={"jwks_file": auth.jwt.jwks_file.absolute()})})
+    config = config.model_copy(update={"auth": auth})
     return config.with_overrides(
         policy={"bundle": config.policy.bundle.absolute()},
         audit={"path": audit.path.absolute(), "spill_path": audit.spill_path.absolute() if audit.spill_path else None},

@@ -1,0 +1,297 @@
+"""The firewall as an OAuth 2.1 resource server in front of real MCP servers: tokens from a
+local identity provider, API keys, tenants, RBAC, session binding, upstream credentials."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from aiohttp import web
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from firewall import errors
+from firewall.identity.apikeys import KeyStore
+from peers.http_harness import InProcessFirewall, everything_server, free_port, http, make_config
+from peers.idp import IdentityProvider
+from support import audit_rows
+
+TS_CLIENT = Path(__file__).parent / "peers" / "ts_http_client.mjs"
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+ACCEPT = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+@pytest.fixture(scope="module")
+def idp():
+    provider = IdentityProvider()
+    with provider.serving():
+        yield provider
+
+
+@pytest.fixture(scope="module")
+def everything():
+    port = free_port()
+    with everything_server(port, "streamableHttp"):
+        yield f"http://127.0.0.1:{port}/mcp"
+
+
+def auth_config(tmp: Path, upstreams: list[dict[str, Any]], idp: IdentityProvider, **auth: Any) -> Any:
+    config = make_config(tmp, upstreams)
+    data = config.model_dump()
+    data["auth"] = {
+        "mode": "required",
+        "jwt": {"issuer": idp.issuer, "jwks_refresh_min_seconds": 0},
+        "api_keys": {"store": str(tmp / "keys.sqlite")},
+        **auth,
+    }
+    return type(config).model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def firewall(tmp_path_factory, idp, everything):
+    tmp = tmp_path_factory.mktemp("identity")
+    upstreams = [
+        {"url": everything, "name": "acme-everything", "path_prefix": "/acme", "tenants": ["acme"]},
+        {"url": everything, "name": "globex-everything", "path_prefix": "/globex", "tenants": ["globex"]},
+    ]
+    with InProcessFirewall(auth_config(tmp, upstreams, idp)) as fw:
+        fw.audit = tmp / "audit.duckdb"
+        fw.keys = KeyStore(tmp / "keys.sqlite")
+        yield fw
+
+
+def resource(fw: InProcessFirewall, tenant: str) -> str:
+    return f"{fw.url}/{tenant}/mcp"
+
+
+def token(idp: IdentityProvider, fw: InProcessFirewall, *, tenant: str = "acme", sub: str = "alice",
+          roles: list[str] | None = None, **claims: Any) -> str:
+    claims.setdefault("aud", resource(fw, tenant))
+    return idp.token(sub=sub, tenant=tenant, roles=roles if roles is not None else ["reader"], **claims)
+
+
+def post(fw: InProcessFirewall, tenant: str, credential: str | None, body: Any = INIT, **headers: str):
+    sent = dict(ACCEPT, **headers)
+    if credential is not None:
+        sent["authorization"] = f"Bearer {credential}"
+    return http("POST", resource(fw, tenant), json_body=body, headers=sent)
+
+
+# -- discovery and challenges ---------------------------------------------------------
+
+
+def test_unauthenticated_gets_401_pointing_at_protected_resource_metadata(firewall, idp):
+    answer = post(firewall, "acme", None)
+    assert answer.status_code == 401
+    challenge = answer.headers["www-authenticate"]
+    metadata_url = f"{firewall.url}/.well-known/oauth-protected-resource/acme/mcp"
+    assert challenge.startswith("Bearer ") and f'resource_metadata="{metadata_url}"' in challenge
+    assert answer.json()["error"]["code"] == errors.AUTH_FAILED and answer.json()["id"] == 1
+    doc = http("GET", metadata_url).json()
+    assert doc["resource"] == resource(firewall, "acme")
+    assert doc["authorization_servers"] == [idp.issuer] and doc["bearer_methods_supported"] == ["header"]
+
+
+def test_a_good_token_reaches_the_server(firewall, idp):
+    answer = post(firewall, "acme", token(idp, firewall))
+    assert answer.status_code == 200, answer.content
+    assert "serverInfo" in answer.text
+
+
+def forged_tokens(idp: IdentityProvider, fw: InProcessFirewall) -> dict[str, str]:
+    good = token(idp, fw)
+    head, payload, signature = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    public_pem = idp.keys[0].as_pem(private=False)
+
+    def b64(doc: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(doc).encode()).rstrip(b"=").decode()
+
+    # The classic confusion: HMAC keyed with the RSA public key (joserfc rightly refuses to build it).
+    signing_input = f"{b64({'alg': 'HS256', 'kid': idp.keys[0].kid, 'typ': 'JWT'})}.{payload}"
+    mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+    hs256 = f"{signing_input}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+    now = int(time.time())
+    return {
+        "alg none": f"{b64({'alg': 'none', 'typ': 'JWT'})}.{payload}.",
+        "HS256 with the RSA public key": hs256,
+        "expired": token(idp, fw, exp=now - 3600, iat=now - 7200),
+        "not yet valid": token(idp, fw, nbf=now + 3600),
+        "wrong audience": token(idp, fw, aud="https://elsewhere.example/mcp"),
+        "wrong issuer": token(idp, fw, iss="https://evil.example"),
+        "unknown kid": token(idp, fw, header={"kid": "nobody-has-this-key"}),
+        "tampered payload": f"{head}.{b64({**claims, 'roles': ['admin']})}.{signature}",
+        "garbage": "not-a-token",
+    }
+
+
+def test_forged_tokens_are_refused_with_401(firewall, idp):
+    for name, forged in forged_tokens(idp, firewall).items():
+        answer = post(firewall, "acme", forged)
+        assert answer.status_code == 401, name
+        assert 'error="invalid_token"' in answer.headers["www-authenticate"], name
+        assert forged not in answer.text and forged not in answer.headers["www-authenticate"], name
+
+
+def test_a_tenant_cannot_use_another_tenants_route(firewall, idp):
+    # The token is for acme, and even names globex's resource: the route still refuses it.
+    answer = post(firewall, "globex", token(idp, firewall, tenant="acme", aud=resource(firewall, "globex")))
+    assert answer.status_code == 403
+    assert 'error="insufficient_scope"' in answer.headers["www-authenticate"]
+    assert "acme" in answer.json()["error"]["message"]
+
+
+def test_a_stolen_session_id_gets_nothing(firewall, idp):
+    alice = token(idp, firewall, sub="alice")
+    opened = post(firewall, "acme", alice)
+    sid = opened.headers["mcp-session-id"]
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+    ok = post(firewall, "acme", alice, listing, **{"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"})
+    assert ok.status_code == 200
+    mallory = token(idp, firewall, sub="mallory")
+    stolen = post(firewall, "acme", mallory, listing, **{"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"})
+    assert stolen.status_code == 404 and stolen.json()["error"]["code"] == errors.SESSION_NOT_FOUND
+    assert post(firewall, "acme", None, listing, **{"mcp-session-id": sid}).status_code == 401
+    rows = audit_rows(firewall.audit, "'session_not_owned' IN reason_codes", at_least=1)
+    assert rows[-1]["subject"] == "mallory"
+
+
+# -- RBAC with the real SDK clients ------------------------------------------------------
+
+
+async def python_session(url: str, credential: str, calls: list[tuple[str, dict[str, Any]]]) -> tuple[set[str], list[Any]]:
+    headers = {"Authorization": f"Bearer {credential}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as client:
+        async with Client(streamable_http_client(url, http_client=client)) as session:
+            names = {t.name for t in (await session.list_tools()).tools}
+            results: list[Any] = []
+            for name, arguments in calls:
+                try:
+                    done = await session.call_tool(name, arguments)
+                    results.append(done.content[0].text)
+                except MCPError as exc:
+                    results.append(exc.error)
+            return names, results
+
+
+def test_rbac_per_role_with_the_python_sdk(firewall, idp):
+    calls = [("echo", {"message": "hi"}), ("get-env", {})]
+    reader_names, reader = anyio.run(python_session, resource(firewall, "acme"), token(idp, firewall, roles=["reader"]), calls)
+    assert "echo" in reader_names and "get-env" not in reader_names  # never sees what it may not call
+    assert "hi" in reader[0]
+    assert reader[1].code == errors.POLICY_DENIED and "rbac_denied" in json.dumps(reader[1].data)
+    admin_names, admin = anyio.run(python_session, resource(firewall, "acme"), token(idp, firewall, sub="root", roles=["admin"]), calls)
+    assert "get-env" in admin_names and isinstance(admin[1], str)
+
+
+def test_rbac_with_the_typescript_sdk_and_an_api_key(firewall):
+    record, secret = firewall.keys.create("acme", "ts-agent", scopes=["mcp:read"])
+    env = {**os.environ, "MCPFW_TEST_BEARER": secret}
+    plan = {"calls": [{"tool": "echo", "arguments": {"message": "from ts"}}, {"tool": "get-env", "arguments": {}}]}
+    done = subprocess.run(["node", str(TS_CLIENT), "streamableHttp", resource(firewall, "acme"), json.dumps(plan)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert "get-env" not in out["tools"] and "echo" in out["tools"]
+    assert out["results"][0]["ok"] and out["results"][1]["error"]["code"] == errors.POLICY_DENIED
+    rows = audit_rows(firewall.audit, f"key_id = '{record.key_id}' AND decision = 'deny'", at_least=1)
+    assert rows[-1]["tenant"] == "acme" and rows[-1]["auth_method"] == "api_key"
+    # Revoked: refused on the very next request.
+    firewall.keys.revoke(record.key_id)
+    assert post(firewall, "acme", secret).status_code == 401
+    assert http("POST", resource(firewall, "acme"), json_body=INIT, headers={**ACCEPT, "x-api-key": secret}).status_code == 401
+
+
+def test_x_api_key_header(firewall):
+    _, secret = firewall.keys.create("globex", "cron", roles=["admin"])
+    answer = http("POST", resource(firewall, "globex"), json_body=INIT, headers={**ACCEPT, "x-api-key": secret})
+    assert answer.status_code == 200, answer.content
+    assert post(firewall, "acme", secret).status_code == 403  # a globex key on acme's route
+
+
+def test_no_token_or_key_in_the_audit_log(firewall, idp):
+    _, secret = firewall.keys.create("acme", "leak-check", roles=["reader"])
+    bearer = token(idp, firewall, sub="leaky")
+    for credential in (bearer, secret, bearer[:-4] + "AAAA"):
+        post(firewall, "acme", credential)
+        post(firewall, "acme", credential, {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                                            "params": {"name": "echo", "arguments": {"message": "x"}}})
+    rows = audit_rows(firewall.audit, "subject = 'leaky' OR tenant = 'acme'", at_least=4)
+    text = json.dumps(audit_rows(firewall.audit), default=str)
+    assert rows and bearer not in text and secret not in text
+    assert bearer.split(".")[2] not in text and secret.split("_")[-1] not in text
+
+
+# -- upstream credentials ------------------------------------------------------------------
+
+
+class RecordingUpstream:
+    """A minimal MCP endpoint (JSON responses) that keeps the headers of every request."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+        self.port = free_port()
+        self._loop = None
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.seen.append({k.lower(): v for k, v in request.headers.items()})
+        body = await request.json()
+        result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "rec", "version": "1"}}
+        return web.json_response({"jsonrpc": "2.0", "id": body.get("id"), "result": result})
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def main() -> None:
+            app = web.Application()
+            app.router.add_post("/mcp", self._handle)
+            self._runner = web.AppRunner(app)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            self._ready.set()
+            while True:
+                await asyncio.sleep(3600)
+
+        asyncio.run(main())
+
+    def __enter__(self) -> RecordingUpstream:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass  # a daemon thread: gone with the test process
+
+
+def test_client_credentials_never_reach_the_upstream(tmp_path, idp, monkeypatch):
+    monkeypatch.setenv("ACME_UPSTREAM_TOKEN", "upstream-secret-for-acme")
+    with RecordingUpstream() as upstream:
+        upstreams = [{"url": f"http://127.0.0.1:{upstream.port}/mcp", "name": "rec",
+                      "headers": {"x-firewall": "mcpfw"},
+                      "tenant_headers": {"acme": {"authorization": "Bearer ${ACME_UPSTREAM_TOKEN}"}}}]
+        with InProcessFirewall(auth_config(tmp_path, upstreams, idp)) as fw:
+            url = f"{fw.url}/mcp"
+            bearer = idp.token(sub="alice", tenant="acme", roles=["reader"], aud=url)
+            _, key = KeyStore(tmp_path / "keys.sqlite").create("globex", "k")
+            assert http("POST", url, json_body=INIT, headers={**ACCEPT, "authorization": f"Bearer {bearer}"}).status_code == 200
+            assert http("POST", url, json_body=INIT, headers={**ACCEPT, "x-api-key": key}).status_code == 200
+    acme, globex = upstream.seen
+    assert acme["authorization"] == "Bearer upstream-secret-for-acme" and acme["x-firewall"] == "mcpfw"
+    assert "authorization" not in globex and "x-api-key" not in globex and globex["x-firewall"] == "mcpfw"
+    assert bearer not in json.dumps(upstream.seen) and key not in json.dumps(upstream.seen)
