@@ -407,6 +407,10 @@ def test_concurrent_slot_released_by_cancellation(backend_prefix):
     assert judge(enricher, request_ctx(sess, 4))["exceeded"] == []
     enricher.release(sess.id, 4)  # a transport that answered request 4 itself
     assert judge(enricher, request_ctx(sess, 5))["exceeded"] == []
+    enricher.release_session("another session")
+    assert judge(enricher, request_ctx(sess, 6))["exceeded"] == ["one"]
+    enricher.release_session(sess.id)  # the session ended
+    assert judge(enricher, request_ctx(sess, 7))["exceeded"] == []
 
 
 def test_concurrent_slots_lapse_after_the_ttl(backend_prefix):
@@ -671,3 +675,29 @@ def test_redis_backend_end_to_end(tmp_path, redis_prefix):
     finally:
         fw.close()
     assert codes == [None, None, errors.RATE_LIMITED]
+
+
+def test_rate_documents_match_the_input_schema(prefix):
+    import jsonschema
+
+    from firewall.paths import SCHEMA_DIR
+    from firewall.pipeline import build_input
+
+    validator = jsonschema.Draft202012Validator(json.loads((SCHEMA_DIR / "policy-input.v1.json").read_text()))
+    enricher = RateEnricher(limits_config(prefix, rules=[
+        {"name": "r", "per": ["tenant", "tool"], "requests": 1, "bytes": 10_000},
+        {"name": "c", "per": [], "concurrent": 5},
+    ]))
+    down = RateEnricher(RateLimitsConfig.model_validate({
+        "backend": "redis", "redis_url": f"redis://127.0.0.1:{closed_port()}/0", "timeout_ms": 50,
+        "rules": [{"name": "r", "requests": 1}],
+    }))
+    sess = session()
+    contexts = [request_ctx(sess, 1, ident=identity()), request_ctx(sess, 2, ident=None), request_ctx(sess, 3)]
+    for ctx in contexts:
+        enricher.enrich(ctx)
+    contexts.append(request_ctx(sess, 4))
+    down.enrich(contexts[-1])
+    assert [bool(c.rate["exceeded"]) for c in contexts] == [False, False, True, False] and contexts[-1].rate["error"]
+    for ctx in contexts:
+        validator.validate(orjson.loads(orjson.dumps(build_input(ctx))))

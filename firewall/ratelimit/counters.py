@@ -27,7 +27,7 @@ class CounterError(Exception):
     """The counter store could not answer (unreachable, timed out, refused the command)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Op:
     """One counter a message touches.
 
@@ -45,7 +45,7 @@ class Op:
     ttl: float = 600.0  # seconds (concurrent)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Count:
     """Where a counter stands after an :class:`Op`.
 

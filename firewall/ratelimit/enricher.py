@@ -22,9 +22,11 @@ and the policy decides by ``input.rate.on_error`` (deny by default: fail closed)
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,7 @@ MISSING = "-"  # the value of a dimension the message does not have (no identity
 CONCURRENT_RETRY_SECONDS = 1.0  # retry hint for a concurrent limit: when a call finishes is unknown
 _MAX_HELD = 100_000  # requests holding slots remembered at once; older ones lapse by TTL instead
 _KINDS = ("requests", "bytes", "concurrent")
+_WARN_EVERY = 60.0  # seconds between warnings about slots that could not be given back
 _EMPTY: dict[str, Any] = {}
 
 
@@ -92,6 +95,7 @@ class RateEnricher:
         # (session id, request id) -> (the request's input.rate, its slots): what to give back.
         self._held: OrderedDict[tuple[str, str, Any], tuple[dict[str, Any], list[tuple[str, str]]]] = OrderedDict()
         self._lock = threading.Lock()
+        self._quiet_until = 0.0
 
     @property
     def counter(self) -> RateCounter:
@@ -159,7 +163,10 @@ class RateEnricher:
                 value = ctx.method
             else:
                 value = identity.get(dim)
-            parts.append(f"{dim}={quote(str(value), safe='') if value not in (None, '') else MISSING}")
+            if value is None or value == "":
+                parts.append(f"{dim}={MISSING}")
+            else:
+                parts.append(f"{dim}={_encode(value if isinstance(value, str) else str(value))}")
         return ",".join(parts) or "*"
 
     @staticmethod
@@ -217,6 +224,16 @@ class RateEnricher:
         if self._held:
             self._give_back(_request_key(session_id, request_id))
 
+    def release_session(self, session_id: str) -> None:
+        """Give back every slot a session still holds (the session ended; its calls are over)."""
+        if not self._held:
+            return
+        with self._lock:
+            keys = [key for key in self._held if key[0] == session_id]
+            slots = [slot for key in keys for slot in self._held.pop(key)[1]]
+        if slots:
+            self._release(slots)
+
     def _hold(self, key: tuple[str, str, Any], rate: dict[str, Any], slots: list[tuple[str, str]]) -> None:
         dropped: list[tuple[str, str]] = []
         with self._lock:
@@ -243,7 +260,16 @@ class RateEnricher:
         try:
             self._counter.release(slots)
         except CounterError as exc:  # the slots lapse after the in-flight TTL
-            log.warning("rate limits: cannot release %d in-flight slot(s): %s", len(slots), exc)
+            now = time.monotonic()
+            if now >= self._quiet_until:  # once per outage, not once per response
+                self._quiet_until = now + _WARN_EVERY
+                log.warning("rate limits: cannot release in-flight slots (they lapse after %ss): %s", self._ttl, exc)
+
+
+@functools.lru_cache(maxsize=4096)
+def _encode(value: str) -> str:
+    """A dimension's value in a key: %-encoded, so that no value can contain "," or "=" of the key."""
+    return quote(value, safe="")
 
 
 def _request_key(session_id: str, request_id: Any) -> tuple[str, str, Any]:

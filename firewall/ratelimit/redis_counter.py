@@ -22,7 +22,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .counters import Count, CounterError, Op
 
@@ -145,6 +145,8 @@ class RedisCounter:
     def release(self, slots: Sequence[tuple[str, str]]) -> None:
         if not slots:
             return
+        if self._down_until and time.monotonic() < self._down_until:
+            raise CounterError(self._down_reason)
         try:
             if len(slots) == 1:
                 self._client.zrem(slots[0][0], slots[0][1])
@@ -154,7 +156,7 @@ class RedisCounter:
                     pipe.zrem(key, token)
                 pipe.execute()
         except self._errors as exc:
-            raise CounterError(_describe(exc)) from exc
+            self._failed(exc)
 
     def close(self) -> None:
         """Nothing to do: the client is shared by the process (see :func:`shared_client`)."""
@@ -170,11 +172,14 @@ class RedisCounter:
                 # EVAL runs the script and caches it: the next EVALSHA finds it.
                 result = client.eval(HIT_SCRIPT, len(keys), *keys, *args)
         except self._errors as exc:
-            self._down_reason = _describe(exc)
-            self._down_until = time.monotonic() + self._cooldown
-            raise CounterError(self._down_reason) from exc
+            self._failed(exc)
         self._down_until = 0.0
         return result
+
+    def _failed(self, exc: BaseException) -> NoReturn:
+        self._down_reason = _describe(exc)
+        self._down_until = time.monotonic() + self._cooldown
+        raise CounterError(self._down_reason) from exc
 
 
 def _describe(exc: BaseException) -> str:
