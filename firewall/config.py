@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .paths import DEFAULT_POLICY_DIR, default_audit_path
 
@@ -271,6 +271,12 @@ class RateLimitRule(_Strict):
     concurrent: Annotated[int, Field(ge=0)] | None = Field(default=None, description="requests in flight at once")
     window_seconds: Annotated[float, Field(gt=0, le=31 * 86400)] = 60.0
 
+    @model_validator(mode="after")
+    def _counts_something(self) -> RateLimitRule:
+        if self.requests is None and self.bytes is None and self.concurrent is None:
+            raise ValueError(f"rate limit {self.name!r} sets none of requests, bytes, concurrent")
+        return self
+
 
 class RateLimitsConfig(_Strict):
     """Rate limits and quotas; counted in process, or in Redis to share them between instances."""
@@ -284,6 +290,14 @@ class RateLimitsConfig(_Strict):
         default=600.0, description="a call in flight that never got an answer stops counting after this long"
     )
     rules: list[RateLimitRule] = Field(default_factory=list)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: list[RateLimitRule]) -> list[RateLimitRule]:
+        names = [rule.name for rule in rules]
+        if len(set(names)) != len(names):
+            raise ValueError("rate limit names must be unique (rules with one name would share counters)")
+        return rules
 
 
 class Config(_Strict):

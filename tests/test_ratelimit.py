@@ -500,11 +500,11 @@ def test_filters_and_the_cheap_path(prefix):
     enricher.enrich(server_request)
     enricher.enrich(cancel_ctx(sess, 1))
     assert resp.rate is None and server_request.rate is None and spy.calls == 2
-    # A rule without any limit never applies.
-    idle = RateEnricher(limits_config(prefix, rules=[{"name": "none"}]), counter=spy)
-    ctx = request_ctx(sess, 10)
-    idle.enrich(ctx)
-    assert ctx.rate is None and spy.calls == 2
+    # A rule without any limit is a configuration error, and so are two rules of one name.
+    with pytest.raises(ValueError, match="sets none of"):
+        limits_config(prefix, rules=[{"name": "none"}])
+    with pytest.raises(ValueError, match="unique"):
+        limits_config(prefix, rules=[{"name": "a", "requests": 1}, {"name": "a", "bytes": 1}])
 
 
 def test_duplicate_request_id_does_not_leak_slots(prefix):
