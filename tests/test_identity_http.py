@@ -295,3 +295,36 @@ def test_client_credentials_never_reach_the_upstream(tmp_path, idp, monkeypatch)
     assert acme["authorization"] == "Bearer upstream-secret-for-acme" and acme["x-firewall"] == "mcpfw"
     assert "authorization" not in globex and "x-api-key" not in globex and globex["x-firewall"] == "mcpfw"
     assert bearer not in json.dumps(upstream.seen) and key not in json.dumps(upstream.seen)
+
+
+# -- as a user runs it: mcpfw proxy with the --auth-* flags ------------------------------------
+
+
+def test_proxy_cli_flags_scopes_and_no_credentials_in_logs(tmp_path, idp, everything):
+    from peers.http_harness import firewall_cli
+
+    port = free_port()
+    log = tmp_path / "firewall.log"
+    url = f"http://127.0.0.1:{port}/mcp"
+    flags = ["--auth-issuer", idp.issuer, "--auth-scope", "mcp:tools", "--keys-store", str(tmp_path / "keys.sqlite"),
+             "--public-url", f"http://127.0.0.1:{port}"]
+    tokens = {
+        "scoped": idp.token(sub="ops", tenant="acme", roles=["admin"], scope="mcp:tools", aud=url),
+        "unscoped": idp.token(sub="ops", tenant="acme", roles=["admin"], scope="mcp:read", aud=url),
+        "expired": idp.token(sub="ops", tenant="acme", aud=url, exp=int(time.time()) - 600),
+    }
+    with firewall_cli(everything, port, tmp_path / "audit.duckdb", *flags, log=log):
+        answers = {name: http("POST", url, json_body=INIT, headers={**ACCEPT, "authorization": f"Bearer {t}"})
+                   for name, t in tokens.items()}
+    assert answers["scoped"].status_code == 200
+    refused = answers["unscoped"]
+    assert refused.status_code == 403
+    assert 'error="insufficient_scope"' in refused.headers["www-authenticate"]
+    assert 'scope="mcp:tools"' in refused.headers["www-authenticate"]
+    assert answers["expired"].status_code == 401
+    logged = log.read_text()
+    assert "listening on" in logged  # the log is the process's stderr
+    for value in tokens.values():
+        assert value not in logged and value.split(".")[2] not in logged
+    text = json.dumps(audit_rows(tmp_path / "audit.duckdb"), default=str)
+    assert all(value.split(".")[2] not in text for value in tokens.values())
