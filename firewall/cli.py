@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     register_registry(sub)
     from .keys_cli import register as register_keys
     register_keys(sub)
+    from .approvals_cli import register as register_approvals
+
+    register_approvals(sub)
     return parser
 
 

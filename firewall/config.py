@@ -300,6 +300,15 @@ class RateLimitsConfig(_Strict):
         return rules
 
 
+class ApprovalsConfig(_Strict):
+    """Requests held for a person's approval (``require_approval`` obligations, ``mcpfw approvals``)."""
+
+    store: Path | None = Field(default=None, description="approval database, SQLite (default: MCPFW_HOME/approvals.sqlite)")
+    pending_hours: Annotated[float, Field(gt=0, le=24 * 90)] = Field(
+        default=24.0, description="an approval request nobody decided expires after this long"
+    )
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
@@ -314,6 +323,7 @@ class Config(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
 
     def with_overrides(self, **sections: dict[str, Any]) -> Config:
         """A copy with the given fields replaced, e.g. ``policy={"bundle": p}``; None values are ignored."""
@@ -379,4 +389,5 @@ def _resolve_relative(config: Config, base: Path) -> Config:
     auth = config.auth
     api_keys = auth.api_keys.model_copy(update={"store": fix(auth.api_keys.store)})
     jwt = auth.jwt.model_copy(update={"jwks_file": fix(auth.jwt.jwks_file)}) if auth.jwt else None
-    return config.model_copy(update={"auth": auth.model_copy(update={"api_keys": api_keys, "jwt": jwt})})
+    approvals = config.approvals.model_copy(update={"store": fix(config.approvals.store)})
+    return config.model_copy(update={"auth": auth.model_copy(update={"api_keys": api_keys, "jwt": jwt}), "approvals": approvals})

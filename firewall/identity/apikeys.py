@@ -49,6 +49,7 @@ import orjson
 
 from ..config import ApiKeysConfig
 from ..paths import state_dir
+from ..private_db import open_private_db
 from . import AuthError, Identity
 
 KEY_PREFIX = "mcpfw_"
@@ -186,17 +187,7 @@ class KeyStore:
         if self._conn is not None:
             return self._conn
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not self.path.exists():
-                # Create the file ourselves so it is never world-readable, not even briefly.
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(_SCHEMA)
-            except BaseException:
-                conn.close()
-                raise
+            conn = open_private_db(self.path, _SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise KeyStoreError(f"{self.path}: cannot open the key store: {_reason(exc)}") from None
         self._conn = conn

@@ -31,7 +31,7 @@ __all__ = [
 
 POLICY_ERROR: Final = "policy_error"
 DEFAULT_REPLACEMENT: Final = "[REDACTED]"
-KNOWN_OBLIGATIONS: Final = frozenset({"tag"})
+KNOWN_OBLIGATIONS: Final = frozenset({"tag", "require_approval"})
 # Redaction may only rewrite payload members: changing "jsonrpc", "id" or
 # "method" would break the protocol rather than hide data.
 REDACTABLE_MEMBERS: Final = frozenset({"params", "result", "error"})
@@ -52,6 +52,7 @@ class Decision:
     tags: list[str] = field(default_factory=list)
     error: str | None = None
     remove: list[str] = field(default_factory=list)
+    approvals: list[str] = field(default_factory=list)  # why a person must approve (require_approval)
 
     @property
     def action(self) -> Action:
@@ -98,7 +99,9 @@ def _normalize(raw: object) -> Decision:
     obligations = [_obligation(item, i) for i, item in enumerate(_array(raw, "obligations"))]
     tags = list(dict.fromkeys(o["tag"] for o in obligations if o["type"] == "tag"))
     remove = [_removal(item, i) for i, item in enumerate(_array(raw, "remove"))]
-    return Decision(allow=allow, reasons=reasons, redact=redact, obligations=obligations, tags=tags, remove=remove)
+    approvals = list(dict.fromkeys(o["message"] for o in obligations if o["type"] == "require_approval"))
+    return Decision(allow=allow, reasons=reasons, redact=redact, obligations=obligations, tags=tags, remove=remove,
+                    approvals=approvals)
 
 
 def _array(raw: dict[str, Any], key: str) -> list[Any]:
@@ -186,6 +189,8 @@ def _obligation(item: object, index: int) -> dict[str, Any]:
         raise _Invalid(f"{where} has unknown obligation type {kind!r}")
     if kind == "tag" and not (isinstance(item.get("tag"), str) and item["tag"]):
         raise _Invalid(f"{where}: a tag obligation needs a non-empty string 'tag'")
+    if kind == "require_approval" and not (isinstance(item.get("message"), str) and item["message"]):
+        raise _Invalid(f"{where}: a require_approval obligation needs a non-empty string 'message'")
     return dict(item)
 
 

@@ -13,7 +13,8 @@
 #                     "redact" (the whole string becomes `replacement`),
 #                     "deny" (the response becomes an error), anything else:
 #                     tag only
-#   arguments_action  the same for tools/call arguments
+#   arguments_action  the same for tools/call arguments, and "approve": the
+#                     call waits for a person's approval (mcpfw approvals)
 #   replacement       the text a redacted string becomes
 #
 # Flagged messages are tagged "prompt_injection". The decision calls
@@ -56,7 +57,14 @@ effects(config) := result if {
 			action == "redact"
 			some item in flagged
 		},
-		"obligations": {{"type": "tag", "tag": "prompt_injection"}},
+		"obligations": {{"type": "tag", "tag": "prompt_injection"}} | {{
+			"type": "require_approval",
+			"message": sprintf("suspected prompt injection in the arguments (%s, score %.2f)", [item.pointer, item.score]),
+		} |
+			action == "approve"
+			input.kind == "request"
+			some item in flagged
+		},
 	}
 }
 

@@ -7,7 +7,8 @@
 #   thresholds  {source: number} for the sources "purpose", "meta" and
 #               "history"; a finding whose score reaches its source's
 #               threshold is a mismatch, tagged "intent_mismatch"
-#   action      "deny" also refuses mismatches; default tag only: embedding
+#   action      "deny" also refuses mismatches; "approve" holds them until a
+#               person approves (mcpfw approvals); default tag only: embedding
 #               distance is evidence for review, and a legitimate but unusual
 #               call should not break an agent's task unless a team says so
 #
@@ -30,13 +31,15 @@ effects(config) := result if {
 	finding := input.findings.intent
 	finding.score >= config.thresholds[finding.source]
 	nearest := object.get(finding.nearest, "pattern", object.get(finding.nearest, "text", ""))
+	message := sprintf(
+		"tool %v does not fit the declared task (score %.2f, %s; nearest: %v)",
+		[finding.tool, finding.score, finding.source, nearest],
+	)
 	result := {
-		"obligations": {{"type": "tag", "tag": "intent_mismatch"}},
-		"deny": {{"code": "intent_mismatch", "message": sprintf(
-			"tool %v does not fit the declared task (score %.2f, %s; nearest: %v)",
-			[finding.tool, finding.score, finding.source, nearest],
-		)} |
-			config.action == "deny"
+		"obligations": {{"type": "tag", "tag": "intent_mismatch"}} | {{"type": "require_approval", "message": message} |
+			config.action == "approve"
+			input.kind == "request"
 		},
+		"deny": {{"code": "intent_mismatch", "message": message} | config.action == "deny"},
 	}
 }

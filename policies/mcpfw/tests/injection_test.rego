@@ -69,6 +69,15 @@ test_arguments_action_deny if {
 	d.allow == false
 }
 
+test_arguments_action_approve if {
+	inp := di.tool_call("send", {"body": "x"}, finding([item("/params/arguments/body", "prompt", 0.9)]))
+	d := data.mcpfw.decision with input as inp with data.mcpfw.config.detectors.injection.arguments_action as "approve"
+	d.allow == true
+	some obligation in d.obligations
+	obligation.type == "require_approval"
+	contains(obligation.message, "/params/arguments/body")
+}
+
 test_no_findings_no_effect if {
 	inp := di.tool_result("fetch", result, {})
 	d := di.decide(inp)

@@ -42,3 +42,12 @@ test_no_finding_no_effect if {
 	di.decide(inp).allow == true
 	not "intent_mismatch" in di.tags(inp)
 }
+
+test_action_approve_asks_for_approval if {
+	inp := call(finding(0.95, "purpose"))
+	d := data.mcpfw.decision with input as inp with data.mcpfw.config.detectors.intent.action as "approve"
+	d.allow == true
+	some obligation in d.obligations
+	obligation.type == "require_approval"
+	contains(obligation.message, "read_text_file")
+}
