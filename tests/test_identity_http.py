@@ -328,3 +328,65 @@ def test_proxy_cli_flags_scopes_and_no_credentials_in_logs(tmp_path, idp, everyt
         assert value not in logged and value.split(".")[2] not in logged
     text = json.dumps(audit_rows(tmp_path / "audit.duckdb"), default=str)
     assert all(value.split(".")[2] not in text for value in tokens.values())
+
+
+# -- key rotation through the firewall, WebSocket upgrades, mitmproxy's reverse mode ------------
+
+
+def test_rotated_signing_key_is_picked_up(firewall, idp):
+    assert post(firewall, "acme", token(idp, firewall)).status_code == 200  # keys loaded
+    before = idp.jwks_fetches
+    fresh = idp.add_key("rsa-2")
+    try:
+        rotated = idp.token(key=fresh, sub="alice", tenant="acme", roles=["reader"], aud=resource(firewall, "acme"))
+        assert post(firewall, "acme", rotated).status_code == 200
+        assert idp.jwks_fetches == before + 1  # one refetch for the unknown kid, then cached
+        assert post(firewall, "acme", rotated).status_code == 200 and idp.jwks_fetches == before + 1
+    finally:
+        idp.keys.remove(fresh)
+
+
+@pytest.mark.parametrize("engine", ["lean", "mitmproxy"])
+def test_websocket_upgrade_is_authenticated(tmp_path, idp, engine):
+    import sys
+
+    import aiohttp
+
+    from peers.http_harness import PEERS, process
+
+    port = free_port()
+    with process([sys.executable, str(PEERS / "ws_server.py"), "--port", str(port)], port):
+        upstreams = [{"url": f"ws://127.0.0.1:{port}/mcp", "name": "ws", "tenants": ["acme"]}]
+        with InProcessFirewall(auth_config(tmp_path, upstreams, idp), engine=engine) as fw:
+            url = f"ws://127.0.0.1:{fw.port}/mcp"
+
+            async def connect(credential: str | None) -> Any:
+                headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+                async with aiohttp.ClientSession() as session:
+                    try:
+                        async with session.ws_connect(url, protocols=("mcp",), headers=headers) as ws:
+                            await ws.send_str(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                                          "params": {"name": "echo", "arguments": {"message": "hi"}}}))
+                            return json.loads((await ws.receive(timeout=10)).data)
+                    except aiohttp.WSServerHandshakeError as exc:
+                        return exc.status
+
+            assert anyio.run(connect, None) == 401
+            wrong_tenant = idp.token(sub="eve", tenant="globex", roles=["admin"], aud=f"http://127.0.0.1:{fw.port}/mcp")
+            assert anyio.run(connect, wrong_tenant) == 403
+            reader = idp.token(sub="alice", tenant="acme", roles=["reader"], aud=f"http://127.0.0.1:{fw.port}/mcp")
+            answer = anyio.run(connect, reader)
+            assert answer["result"]["content"][0]["text"] == "hi"
+    rows = audit_rows(tmp_path / "audit.duckdb", "transport = 'websocket' AND tool = 'echo'")
+    assert rows and rows[0]["subject"] == "alice" and rows[0]["tenant"] == "acme"
+
+
+def test_mitmproxy_reverse_mode_authenticates_too(tmp_path, idp, everything):
+    config = auth_config(tmp_path, [{"url": everything, "name": "everything", "tenants": ["acme"]}], idp)
+    with InProcessFirewall(config, engine="mitmproxy") as fw:
+        url = f"{fw.url}/mcp"
+        assert http("POST", url, json_body=INIT, headers=ACCEPT).status_code == 401
+        good = idp.token(sub="alice", tenant="acme", roles=["reader"], aud=url)
+        assert http("POST", url, json_body=INIT, headers={**ACCEPT, "authorization": f"Bearer {good}"}).status_code == 200
+        metadata = http("GET", f"{fw.url}/.well-known/oauth-protected-resource/mcp").json()
+        assert metadata["resource"] == url
