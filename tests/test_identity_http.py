@@ -390,3 +390,36 @@ def test_mitmproxy_reverse_mode_authenticates_too(tmp_path, idp, everything):
         assert http("POST", url, json_body=INIT, headers={**ACCEPT, "authorization": f"Bearer {good}"}).status_code == 200
         metadata = http("GET", f"{fw.url}/.well-known/oauth-protected-resource/mcp").json()
         assert metadata["resource"] == url
+
+
+def test_legacy_sse_message_endpoint_is_bound_to_its_caller(tmp_path, idp):
+    import aiohttp
+
+    from peers.http_harness import conformance_server
+
+    port = free_port()
+    with conformance_server(port, "--legacy-sse"):
+        config = auth_config(tmp_path, [{"url": f"http://127.0.0.1:{port}/mcp", "name": "legacy"}], idp)
+        with InProcessFirewall(config) as fw:
+            aud = f"{fw.url}/mcp"
+            alice = idp.token(sub="alice", tenant="acme", roles=["reader"], aud=aud)
+            mallory = idp.token(sub="mallory", tenant="acme", roles=["reader"], aud=aud)
+
+            async def scenario() -> tuple[int, int]:
+                async with aiohttp.ClientSession() as session:
+                    async with session.get(f"{fw.url}/sse", headers={"Authorization": f"Bearer {alice}"}) as stream:
+                        assert stream.status == 200
+                        endpoint = None
+                        while endpoint is None:
+                            line = (await stream.content.readline()).decode().strip()
+                            if line.startswith("data:"):
+                                endpoint = line[5:].strip()
+                        statuses = []
+                        for credential in (mallory, alice):
+                            async with session.post(f"{fw.url}{endpoint}", json=INIT,
+                                                    headers={"Authorization": f"Bearer {credential}"}) as posted:
+                                statuses.append(posted.status)
+                        return statuses[0], statuses[1]
+
+            stolen, own = anyio.run(scenario)
+    assert stolen == 404 and own == 202
