@@ -15,16 +15,41 @@ def escape(token: str) -> str:
 
 def strings(value: Any, pointer: str, *, limit: int = MAX_STRINGS) -> Iterator[tuple[str, str]]:
     """``(pointer, string)`` for every string leaf of ``value``, depth first, at most ``limit``."""
-    stack: list[tuple[str, Any]] = [(pointer, value)]
+    yield from string_leaves(value, pointer, limit=limit)
+
+
+def string_leaves(value: Any, pointer: str, *, min_len: int = 0, limit: int = MAX_STRINGS) -> list[tuple[str, str]]:
+    """:func:`strings` as a list, leaving out strings shorter than ``min_len`` (they still
+    count toward ``limit``, so the strings kept are the same as the walk's).
+
+    Pointers are only built for what is kept or descended into.
+    """
+    limit = max(limit, 1)  # the walk always reads its first string
+    if isinstance(value, str):
+        return [(pointer, value)] if len(value) >= min_len else []
+    out: list[tuple[str, str]] = []
+    if not isinstance(value, (dict, list)):
+        return out
     seen = 0
+    # (parent pointer, token, node): the node's pointer is built when it is needed.
+    stack: list[tuple[str, Any, Any]] = [(pointer, None, value)]
+    pop, push = stack.pop, stack.append
     while stack:
-        where, node = stack.pop()
+        parent, token, node = pop()
         if isinstance(node, str):
-            yield where, node
             seen += 1
+            if len(node) >= min_len:
+                if type(token) is str:
+                    token = token.replace("~", "~0").replace("/", "~1") if "~" in token or "/" in token else token
+                out.append((f"{parent}/{token}", node))
             if seen >= limit:
-                return
-        elif isinstance(node, dict):
-            stack.extend((f"{where}/{escape(k)}", v) for k, v in reversed(node.items()) if isinstance(v, (str, dict, list)))
-        elif isinstance(node, list):
-            stack.extend((f"{where}/{i}", v) for i, v in reversed(list(enumerate(node))) if isinstance(v, (str, dict, list)))
+                return out
+            continue
+        where = parent if token is None else f"{parent}/{escape(token) if type(token) is str else token}"
+        if isinstance(node, dict):
+            children = [(k, v) for k, v in node.items() if isinstance(v, (str, dict, list))]
+        else:
+            children = [(i, v) for i, v in enumerate(node) if isinstance(v, (str, dict, list))]
+        for k, v in reversed(children):
+            push((where, k, v))
+    return out

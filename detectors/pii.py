@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .jsonwalk import strings
+from .jsonwalk import string_leaves
 from .secrets import SpanFinding
 from .normalize import normalize
 
@@ -169,6 +169,8 @@ class PiiScanner:
     def __init__(self, rules: list[PiiRule] | None = None, *, enabled: set[str] | None = None) -> None:
         rules = rules if rules is not None else load_pii_rules()
         self._rules = [r for r in rules if enabled is None or r.id in enabled]
+        # One character-class search per distinct `needs` (digits, "@", "." ...) and text.
+        self._needs = {r.needs: re.compile(f"[{re.escape(r.needs)}]") for r in self._rules if r.needs}
 
     @property
     def rule_ids(self) -> list[str]:
@@ -186,9 +188,15 @@ class PiiScanner:
         body = norm.text
         spans: list[tuple[int, int, str]] = []
         taken = bytearray(len(body))
+        present: dict[str, bool] = {}
         for rule in self._rules:  # file order is priority order: a card is not also a phone
-            if rule.needs and not any(c in body for c in rule.needs):
-                continue
+            needs = rule.needs
+            if needs:
+                found = present.get(needs)
+                if found is None:
+                    found = present[needs] = self._needs[needs].search(body) is not None
+                if not found:
+                    continue
             for m in rule.regex.finditer(body):
                 start, end = m.span()
                 if any(taken[start:end]) or not rule.validate(m.group()):
@@ -201,10 +209,15 @@ class PiiScanner:
 
     def scan(self, value: Any, *, pointer: str, part: str) -> list[PiiFinding]:
         """Findings for every string leaf of ``value``, located by RFC 6901 pointers."""
+        return self.scan_leaves(string_leaves(value, pointer, min_len=_MIN_LENGTH), part=part)
+
+    def scan_leaves(self, leaves: list[tuple[str, str]], *, part: str) -> list[PiiFinding]:
+        """:meth:`scan` of already walked ``(pointer, string)`` leaves (any may be short)."""
         findings = [
             PiiFinding(where, rule, start, end, part)
-            for where, text in strings(value, pointer)
+            for where, text in leaves
             for start, end, rule in self.scan_text(text)
         ]
-        findings.sort(key=lambda f: (f.pointer, f.start))
+        if len(findings) > 1:
+            findings.sort(key=lambda f: (f.pointer, f.start))
         return findings

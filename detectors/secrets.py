@@ -11,9 +11,10 @@ from typing import Any
 
 from firewall.audit.redact import SecretRules, load_secret_rules
 
-from .jsonwalk import strings
+from .jsonwalk import string_leaves
 
 _MIN_LENGTH = 6  # no rule of the file matches anything shorter
+MIN_LENGTH = _MIN_LENGTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +60,17 @@ class SecretScanner:
 
     def scan(self, value: Any, *, pointer: str, part: str) -> list[SpanFinding]:
         """Findings for every string leaf of ``value``, located by RFC 6901 pointers."""
+        return self.scan_leaves(string_leaves(value, pointer, min_len=_MIN_LENGTH), part=part)
+
+    def scan_leaves(self, leaves: list[tuple[str, str]], *, part: str) -> list[SpanFinding]:
+        """:meth:`scan` of already walked ``(pointer, string)`` leaves (any may be short)."""
         findings = [
             SpanFinding(where, rule, start, end, part)
-            for where, text in strings(value, pointer)
+            for where, text in leaves
             for start, end, rule in self.scan_text(text)
         ]
-        findings.sort(key=lambda f: (f.pointer, f.start))
+        if len(findings) > 1:
+            findings.sort(key=lambda f: (f.pointer, f.start))
         return findings
 
 

@@ -14,15 +14,14 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from detectors.jsonwalk import strings
 from detectors.normalize import decoded_segments, normalize
 from detectors.pii import PiiScanner
 from detectors.poisoning import PoisoningScanner, list_items
 
 from .config import DetectorsConfig
-from .enrichers import SpanFindingsEnricher
+from .enrichers import SPAN_MIN_LENGTH, SpanFindingsEnricher
 from .jsonrpc import Kind
 from .pipeline import C2S, S2C, MessageContext
 from .policy.decision import Decision
@@ -186,26 +185,30 @@ _MAX_ITEMS = 32
 _TEXTUAL_MIME = ("text/", "application/json", "application/xml", "application/yaml", "application/javascript")
 
 
-@dataclass(frozen=True, slots=True)
-class ScanTarget:
-    """One string to score: where it is, what kind of text it is, and the text."""
+class ScanTarget(NamedTuple):
+    """One string to score: where it is, what kind of text it is, and the text.
+
+    (Immutable; a named tuple because one is made per string on the relay path, and a
+    frozen dataclass costs several times more to construct.)"""
 
     pointer: str
     kind: str
     text: str
 
 
-def injection_targets(ctx: MessageContext) -> Iterator[ScanTarget]:
+def injection_targets(ctx: MessageContext, min_len: int = 0) -> Iterator[ScanTarget]:
     """The strings of a message the injection classifier should read, if any.
 
     tools/call results, resources/read contents and tools/call arguments are scored as
     tool output; prompts/get messages as prompts. Arguments are content on its way into a
     tool, not a user's chat turn: the "prompt" calibration (tuned for jailbreak prompts,
     with a low threshold) flags ordinary paths and shell commands.
+
+    Strings shorter than ``min_len`` may be left out (the detector skips them anyway).
     """
     if _tool_call_request(ctx):
         assert ctx.tool is not None
-        for pointer, text in strings(ctx.tool.get("arguments"), "/params/arguments"):
+        for pointer, text in ctx.string_leaves(ctx.tool.get("arguments"), "/params/arguments", min_len):
             yield ScanTarget(pointer, "tool_output", text)
         return
     if ctx.message.kind is not Kind.RESPONSE or ctx.direction != S2C:
@@ -215,7 +218,7 @@ def injection_targets(ctx: MessageContext) -> Iterator[ScanTarget]:
         return
     if ctx.method == "tools/call":
         yield from _content_targets(result.get("content"), "/result/content", "tool_output")
-        for pointer, text in strings(result.get("structuredContent"), "/result/structuredContent"):
+        for pointer, text in ctx.string_leaves(result.get("structuredContent"), "/result/structuredContent", min_len):
             yield ScanTarget(pointer, "tool_output", text)
     elif ctx.method == "prompts/get":
         if isinstance(result.get("description"), str):
@@ -270,7 +273,7 @@ class InjectionDetector:
 
     def __init__(self, classifier: InjectionClassifier, *, min_chars: int = 12, max_chars: int = 200_000, decode: bool = True) -> None:
         self.classifier = classifier
-        self._min_chars = min_chars
+        self._min_chars = self.min_chars = min_chars
         self._max_chars = max_chars
         self._decode = decode
 
@@ -339,7 +342,9 @@ class InjectionEnricher:
                 return
         elif not _response_to(ctx, "tools/call", "prompts/get", "resources/read"):
             return
-        found = self._detector.scan(injection_targets(ctx))
+        # The span detectors walked the arguments already (strings of SPAN_MIN_LENGTH and up).
+        min_len = SPAN_MIN_LENGTH if self._detector.min_chars >= SPAN_MIN_LENGTH else 0
+        found = self._detector.scan(injection_targets(ctx, min_len))
         if found is not None:
             ctx.findings[self.name] = found
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from detectors.secrets import SecretScanner
+from detectors.secrets import MIN_LENGTH as _SECRETS_MIN, SecretScanner
 
 from .jsonrpc import Kind
 from .pipeline import C2S, MessageContext
 from .policy.decision import Decision
+
+
+# Strings shorter than this hold no finding of either span detector (secrets: 6, PII: 7).
+SPAN_MIN_LENGTH = min(_SECRETS_MIN, 7)
 
 
 class SpanFindingsEnricher:
@@ -29,18 +33,23 @@ class SpanFindingsEnricher:
     def enrich(self, ctx: MessageContext) -> None:
         body = ctx.message.body
         kind = ctx.message.kind
-        scan = self._scanner.scan
-        findings: list[Any]
         if kind is Kind.RESPONSE:
-            findings = scan(body.get("result"), pointer="/result", part="result")
+            value, pointer, part = body.get("result"), "/result", "result"
         elif kind is Kind.ERROR_RESPONSE:
-            findings = scan(body.get("error"), pointer="/error", part="error")
+            value, pointer, part = body.get("error"), "/error", "error"
         elif ctx.direction == C2S:
             if ctx.tool is None:
                 return
-            findings = scan(ctx.tool.get("arguments"), pointer="/params/arguments", part="arguments")
+            value, pointer, part = ctx.tool.get("arguments"), "/params/arguments", "arguments"
         else:
-            findings = scan(body.get("params"), pointer="/params", part="params")
+            value, pointer, part = body.get("params"), "/params", "params"
+        # The walk is shared with the other span detectors of this message.
+        leaves = ctx.string_leaves(value, pointer, SPAN_MIN_LENGTH)
+        scan_leaves = getattr(self._scanner, "scan_leaves", None)
+        if scan_leaves is not None:
+            findings = scan_leaves(leaves, part=part)
+        else:  # a scanner with scan() only
+            findings = self._scanner.scan(value, pointer=pointer, part=part)
         ctx.findings[self.name] = [f.as_dict() for f in findings]
 
     def after(self, ctx: MessageContext, decision: Decision, forwarded: dict[str, Any] | None) -> None:

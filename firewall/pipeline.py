@@ -15,12 +15,14 @@ from typing import Any, Protocol
 
 import orjson
 
+from detectors.jsonwalk import string_leaves as _string_leaves
+
 from . import errors
 from .jsonrpc import Frame, Invalid, Kind, Message, encode, error_response, parse_frame
 from .canonical import extract_resources
 from .config import LimitsConfig
 from .policy.decision import Decision, apply_redactions, apply_removals, deny_decision, normalize_decision
-from .policy.engine import PolicyEngine
+from .policy.engine import PolicyEngine, engine_cache_plan
 from .session import PendingRequest, Session
 
 C2S = "client_to_server"
@@ -59,6 +61,22 @@ class MessageContext:
     identity: dict[str, Any] | None = None
     rate: dict[str, Any] | None = None
     registry: dict[str, Any] | None = None
+    walks: dict[tuple[int, str, int], list[tuple[str, str]]] | None = None  # see string_leaves()
+
+    def string_leaves(self, value: Any, pointer: str, min_len: int = 0) -> list[tuple[str, str]]:
+        """``(pointer, string)`` of every string of ``value`` (a part of this message) at
+        least ``min_len`` long: :func:`detectors.jsonwalk.string_leaves`, walked once per
+        message for all the enrichers that ask. The list is shared: do not modify it."""
+        key = (id(value), pointer, min_len)
+        walks = self.walks
+        if walks is None:
+            walks = self.walks = {}
+        else:
+            found = walks.get(key)
+            if found is not None:
+                return found
+        leaves = walks[key] = _string_leaves(value, pointer, min_len=min_len)
+        return leaves
 
 
 class Enricher(Protocol):
@@ -123,6 +141,13 @@ class Inspector:
         self._bundle_digest = bundle_digest
         self._limits = limits
         self._local = threading.local()
+        # Decisions of a bundle that depends on nothing but its input are remembered by
+        # input (polls, listings and retries repeat themselves); fields no rule reads (the
+        # JSON-RPC id) are left out of the key.
+        plan = engine_cache_plan(engine)
+        self._cache: dict[str, Decision] | None = {} if plan.cacheable else None
+        self._cache_lock = threading.Lock()
+        self._cache_skips_id = "id" in plan.unread
 
     def _thread_engine(self) -> PolicyEngine:
         engine = getattr(self._local, "engine", None)
@@ -310,20 +335,43 @@ class Inspector:
         return encode(error_response(msg_id, code, f"mcpfw: {text}", data)), None
 
     def _decide(self, ctx: MessageContext) -> Decision:
+        cache = self._cache
+        key: str | None = None
         try:
             for enricher in self._enrichers:
                 enricher.enrich(ctx)
             policy_input = build_input(ctx)
-            input_json = orjson.dumps(policy_input).decode("utf-8")
+            if cache is not None and self._cache_skips_id and "id" in policy_input:
+                # The id comes last in the document: the key is the input without it.
+                msg_id = policy_input.pop("id")
+                key = orjson.dumps(policy_input).decode("utf-8")
+                input_json = f'{key[:-1]},"id":{orjson.dumps(msg_id).decode("utf-8")}}}'
+            else:
+                input_json = orjson.dumps(policy_input).decode("utf-8")
+                key = input_json if cache is not None else None
         except Exception as exc:
             return deny_decision("policy_error", f"cannot build the policy input: {exc}", error=str(exc))
+        if key is not None and len(key) > _CACHE_MAX_KEY:
+            key = None
+        if key is not None:
+            assert cache is not None
+            hit = cache.get(key)
+            if hit is not None:
+                return hit  # shared: decisions are never modified once made
         try:
             raw = self._thread_engine().evaluate(input_json)
         except (KeyboardInterrupt, SystemExit):
             raise
         except _PASSTHROUGH as exc:
             return deny_decision("policy_error", "policy evaluation failed; failing closed", error=f"{type(exc).__name__}: {exc}")
-        return normalize_decision(raw)
+        decision = normalize_decision(raw)
+        if key is not None and decision.error is None:
+            assert cache is not None
+            with self._cache_lock:
+                cache[key] = decision
+                if len(cache) > _CACHE_ENTRIES:
+                    del cache[next(iter(cache))]
+        return decision
 
     def _record(
         self, session: Session, direction: str, decision: Decision, decision_id: str, *,
@@ -373,6 +421,8 @@ class Inspector:
 
 _UNCHANGED: Any = object()
 _RATE_REASONS = frozenset({"rate_limited", "quota_exceeded"})
+_CACHE_ENTRIES = 1024  # remembered decisions (oldest forgotten first)
+_CACHE_MAX_KEY = 8 * 1024  # inputs longer than this (characters of JSON) are not remembered
 
 
 def _denial_code(decision: Decision) -> int:

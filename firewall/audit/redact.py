@@ -25,7 +25,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +105,28 @@ def shannon_entropy(text: str) -> float:
     return -sum(n / size * math.log2(n / size) for n in Counter(text).values())
 
 
+def _trie_pattern(words: Iterable[str]) -> str:
+    """A regex matching any of ``words``, factored by common prefixes: Python's ``re`` tries
+    every branch of a flat alternation at each position, a trie only the branches that fit."""
+    tree: dict[str, Any] = {}
+    for word in words:
+        node = tree
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node: dict[str, Any]) -> str:
+        branches = [re.escape(ch) + emit(sub) for ch, sub in sorted(node.items()) if ch]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        if "" in node:  # a word ends here: the rest is optional (any match will do)
+            return f"(?:{body})?"
+        return body
+
+    return emit(tree)
+
+
 class SecretRules:
     """An ordered, immutable set of :class:`SecretRule` with a keyword index.
 
@@ -112,15 +134,14 @@ class SecretRules:
     the rules whose keyword pre-check passes, testing each distinct keyword once.
     """
 
-    __slots__ = ("rules", "_keywords", "_trigger", "_unconditional")
+    __slots__ = ("rules", "_keywords", "_unconditional", "_any_keyword")
 
     def __init__(self, rules: tuple[SecretRule, ...]) -> None:
         self.rules = rules
         self._keywords = tuple(sorted({k for rule in rules for k in rule.keywords}))
-        # One regex over every keyword: cheapest for short texts, where the per-keyword
-        # loop below costs more in interpreter overhead than in scanning.
-        self._trigger = re.compile("|".join(map(re.escape, sorted(self._keywords, key=len, reverse=True)))) if self._keywords else None
         self._unconditional = [r for r in rules if not r.keywords]
+        # One regex over every keyword, factored as a trie: whether a text holds any.
+        self._any_keyword = re.compile(_trie_pattern(self._keywords)) if self._keywords else None
 
     def __iter__(self) -> Iterator[SecretRule]:
         return iter(self.rules)
@@ -128,12 +149,20 @@ class SecretRules:
     def __len__(self) -> int:
         return len(self.rules)
 
+    def any_keyword(self, lowered: str) -> bool:
+        """Whether any rule's keyword occurs in ``lowered``; False means no rule can match it
+        (every rule of the file has keywords, see :meth:`may_match`)."""
+        if self._unconditional:
+            return True
+        return self._any_keyword is not None and self._any_keyword.search(lowered) is not None
+
     def candidates(self, lowered: str) -> list[SecretRule]:
         """Rules worth running on a text whose lower-cased form is ``lowered``."""
-        if len(lowered) < 512 and self._trigger is not None:
-            if self._trigger.search(lowered) is None:
-                return list(self._unconditional)
-        # Plain substring tests (memmem) beat one big alternation regex on long texts.
+        # Most texts hold no keyword: one pass of the keyword trie says so (twice as fast
+        # as the substring tests below, at any length).
+        if self._any_keyword is not None and self._any_keyword.search(lowered) is None:
+            return list(self._unconditional)
+        # Which keywords are present: plain substring tests (memmem), overlaps included.
         present = {k for k in self._keywords if k in lowered}
         return [r for r in self.rules if not r.keywords or not present.isdisjoint(r.keywords)]
 
@@ -278,6 +307,73 @@ def redact_for_audit(
     if rules is None:
         rules = load_secret_rules()
     return _redact(value, _Redaction(rules, keys, max_chars), 0)
+
+
+# Every word that makes a mapping key (after lower-casing and dropping separators) or a
+# list element (_SECRET_FLAG) mark a secret contains one of these.
+_SECRET_NEEDLES = re.compile(_trie_pattern({*_SECRET_KEY_PARTS, *_SECRET_KEY_SUFFIXES, *_SECRET_KEY_EXACT, "token"}))
+# Mapping keys of the findings column that contain a rule keyword ("secret"). Keys are not
+# scanned with the rules; in JSON text, this exact sequence can only be that key (a quote
+# inside a string is escaped).
+_NOISY_KEYS = ('"secrets":',)
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _may_name_secret(lowered: str) -> bool:
+    """Whether a key or list element of the value with this lower-cased JSON text may mark a
+    secret (:func:`is_secret_key`, ``_SECRET_FLAG``); False is certain.
+
+    Both compare text with separators dropped, so the screen drops them too. An escape
+    (``\\n``) stands for a character that would be dropped: such texts answer True.
+    """
+    if "\\" in lowered:
+        return True
+    if lowered.isascii():  # without escapes, the only whitespace JSON text holds is " "
+        stripped = lowered.replace(" ", "").replace("_", "").replace(".", "").replace("-", "")
+    else:
+        # _SECRET_FLAG ignores case, and then "ſ", "ı", "İ" and the Kelvin sign match
+        # "s", "i", "i" and "k": fold them (lower() makes "İ" an "i" and a combining dot).
+        stripped = _KEY_SEPARATORS.sub("", lowered).translate(_CASE_FOLDS)
+    return _SECRET_NEEDLES.search(stripped) is not None
+
+
+_CASE_FOLDS = str.maketrans({"ſ": "s", "ı": "i", "\u0307": None})
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError
+
+
+def redacted_json(
+    value: Any, rules: SecretRules | None = None, *, keys: bool = True, max_chars: int | None = None
+) -> str:
+    """``orjson.dumps(redact_for_audit(value, ...), default=str)`` as text, cheaply when
+    there is nothing to redact.
+
+    The value's JSON text is screened first: every string of the value, and every mapping
+    key, appears in it verbatim (no rule keyword or secret-key word contains a character
+    JSON escapes), so when its lower-cased form holds no rule keyword, no secret-key word
+    (with separators dropped) and no string can be longer than ``max_chars``, the redacted
+    copy would equal the value and its text is the answer. Otherwise (or for values that
+    are not plain JSON) the full walk runs.
+    """
+    if (type(value) is list or type(value) is dict) and not value:
+        return "[]" if type(value) is list else "{}"
+    if rules is None:
+        rules = load_secret_rules()
+    try:
+        text = orjson.dumps(value, default=_refuse, option=_JSON_OPTIONS).decode("utf-8")
+    except (TypeError, orjson.JSONEncodeError):
+        text = None
+    if text is not None and (max_chars is None or len(text) <= max_chars):
+        lowered = text.lower()
+        screened = lowered
+        for noisy in _NOISY_KEYS:
+            screened = screened.replace(noisy, ":")
+        if not rules.any_keyword(screened) and not (keys and _may_name_secret(lowered)):
+            return text
+    redacted = redact_for_audit(value, rules, keys=keys, max_chars=max_chars)
+    return orjson.dumps(redacted, default=str, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")
 
 
 def _redact(value: Any, how: _Redaction, depth: int) -> Any:

@@ -32,12 +32,12 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
-from firewall.audit.redact import SecretRules, args_digest, redact_for_audit, redact_text
+from firewall.audit.redact import SecretRules, args_digest, redacted_json, redact_text
 from firewall.audit.schema import COLUMN_NAMES, JSON_COLUMNS, LIST_COLUMNS
 
 log = logging.getLogger("mcpfw.audit")
@@ -161,6 +161,31 @@ def _coerce(name: str, value: Any) -> Any:
     return _text(value)
 
 
+def _converter(name: str) -> Callable[[Any, SecretRules], Any]:
+    """How :func:`to_stored_row` converts a (non-None) value of column ``name``."""
+    if name == "arguments":
+        return lambda value, rules: redacted_json(value, rules, max_chars=MAX_STORED_CHARS)
+    if name in ("reasons", "findings"):
+        return lambda value, rules: redacted_json(value, rules, keys=False, max_chars=MAX_STORED_CHARS)
+    if name == "error":
+        return lambda value, rules: redact_text(_text(value) or "", rules, max_chars=MAX_STORED_CHARS)
+    if name == "message_id":
+        return lambda value, _rules: value if isinstance(value, str) else _json_text(value)
+    if name in _FLOAT_COLUMNS:
+        return lambda value, _rules: value if type(value) is float else _float(value)
+    return lambda value, _rules: _coerce(name, value)
+
+
+_CONVERT: dict[str, Callable[[Any, SecretRules], Any]] = {name: _converter(name) for name in COLUMN_NAMES}
+# Columns whose str values are stored as they are.
+_PLAIN_TEXT = frozenset(
+    name for name in COLUMN_NAMES
+    if name not in JSON_COLUMNS and name not in LIST_COLUMNS and name not in _INT_COLUMNS
+    and name not in _FLOAT_COLUMNS and name not in ("ts", "error")
+)
+_TS, _DECISION_ID, _ARGS_DIGEST, _REASON_CODES = (_INDEX[n] for n in ("ts", "decision_id", "args_digest", "reason_codes"))
+
+
 def to_stored_row(row: Mapping[str, Any], rules: SecretRules) -> StoredRow:
     """Convert a recorded row: digest then redact the arguments, coerce types.
 
@@ -170,31 +195,27 @@ def to_stored_row(row: Mapping[str, Any], rules: SecretRules) -> StoredRow:
     if not _KNOWN.issuperset(row.keys()):
         _warn_unknown(row)
     values: list[Any] = [None] * len(COLUMN_NAMES)
+    index_of, convert, plain = _INDEX.get, _CONVERT, _PLAIN_TEXT
     for name, value in row.items():
-        index = _INDEX.get(name)
-        if index is None or value is None:
+        if value is None:
             continue
-        if name == "arguments":
-            values[index] = _json_text(redact_for_audit(value, rules, max_chars=MAX_STORED_CHARS))
-        elif name in ("reasons", "findings"):
-            redacted = redact_for_audit(value, rules, keys=False, max_chars=MAX_STORED_CHARS)
-            values[index] = _json_text(redacted)
-        elif name == "error":
-            values[index] = redact_text(_text(value) or "", rules, max_chars=MAX_STORED_CHARS)
-        elif name == "message_id" and not isinstance(value, str):
-            values[index] = _json_text(value)
+        index = index_of(name)
+        if index is None:
+            continue
+        if type(value) is str and name in plain:
+            values[index] = value
         else:
-            values[index] = _coerce(name, value)
-    if values[_INDEX["ts"]] is None:
-        values[_INDEX["ts"]] = time.time()
-    if values[_INDEX["decision_id"]] is None:
-        values[_INDEX["decision_id"]] = new_decision_id(values[_INDEX["ts"]])
-    if values[_INDEX["args_digest"]] is None:
+            values[index] = convert[name](value, rules)
+    if values[_TS] is None:
+        values[_TS] = time.time()
+    if values[_DECISION_ID] is None:
+        values[_DECISION_ID] = new_decision_id(values[_TS])
+    if values[_ARGS_DIGEST] is None:
         digested = row["digest_of"] if "digest_of" in row else row.get("arguments")
         if digested is not None:
-            values[_INDEX["args_digest"]] = args_digest(digested)
-    if values[_INDEX["reason_codes"]] is None:
-        values[_INDEX["reason_codes"]] = _reason_codes(row.get("reasons"))
+            values[_ARGS_DIGEST] = args_digest(digested)
+    if values[_REASON_CODES] is None:
+        values[_REASON_CODES] = _reason_codes(row.get("reasons"))
     return tuple(values)
 
 

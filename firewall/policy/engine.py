@@ -8,7 +8,9 @@ when the engine is created.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .base import DECISION_PATH, ENGINE_NAMES, UNDEFINED, EngineName, PolicyEngine
@@ -24,6 +26,8 @@ __all__ = [
     "PolicyEvaluationError",
     "PolicyLoadError",
     "create_engine",
+    "DecisionCachePlan",
+    "decision_cache_plan",
 ]
 
 
@@ -53,3 +57,73 @@ def create_engine(
             ) from exc
         return OpaPolicyEngine(bundle.modules, data)
     raise ValueError(f"unknown policy engine {name!r}; expected one of: {', '.join(ENGINE_NAMES)}")
+
+
+# -- may decisions be remembered? -----------------------------------------------------------
+
+# Builtins whose value depends on more than their arguments (the clock, randomness, the
+# network, the runtime) or that have side effects. A module that names any of them (or a
+# namespace of them) makes every decision of the bundle unrepeatable. Deliberately broad:
+# a false alarm only costs the cache.
+_IMPURE = re.compile(
+    r"\b(?:time\.now_ns|rand\.|uuid\.|http\.send|net\.lookup|opa\.runtime|io\.jwt\.decode_verify"
+    r"|print|trace|crypto\.x509\.parse_and_verify)"
+)
+_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`')
+_COMMENT = re.compile(r"#[^\n]*")
+# `input` used other than as `input.<field>`: the whole document (walk(input), input[k],
+# object.keys(input), x := input ...) may be read, so no field can be left out of the key.
+_WHOLE_INPUT = re.compile(r"\binput\b(?!\s*\.\s*[A-Za-z_])")
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionCachePlan:
+    """Whether a bundle's decisions are a function of the input alone, and which top-level
+    input fields no rule reads (they are left out of the cache key)."""
+
+    cacheable: bool
+    unread: frozenset[str] = frozenset()
+
+
+def _code_only(source: str) -> str:
+    """Rego source without its string literals and comments (strings first: "#" in a string)."""
+    parts: list[str] = []
+    last = 0
+    for m in _STRING.finditer(source):
+        parts.append(_COMMENT.sub("", source[last : m.start()]))
+        parts.append('""')
+        last = m.end()
+    parts.append(_COMMENT.sub("", source[last:]))
+    return "".join(parts)
+
+
+def decision_cache_plan(modules: Mapping[str, str] | None, candidates: tuple[str, ...] = ("id",)) -> DecisionCachePlan:
+    """Analyse the Rego modules of a bundle for :class:`DecisionCachePlan`.
+
+    Decisions may be remembered when no module names a builtin that reads the clock,
+    randomness, the network or the runtime (the data document is fixed at load). A
+    ``candidates`` field counts as unread when no module names ``input.<field>`` and none
+    uses ``input`` as a whole. Conservative text analysis: when in doubt, no cache or no
+    field left out.
+    """
+    if not modules:
+        return DecisionCachePlan(False)
+    code = [_code_only(source) for source in modules.values()]
+    if any(_IMPURE.search(text) for text in code):
+        return DecisionCachePlan(False)
+    if any(_WHOLE_INPUT.search(text) for text in code):
+        return DecisionCachePlan(True)
+    unread = frozenset(
+        field for field in candidates
+        if not any(re.search(rf"\binput\s*\.\s*{re.escape(field)}\b", text) for text in code)
+    )
+    return DecisionCachePlan(True, unread)
+
+
+def engine_cache_plan(engine: Any) -> DecisionCachePlan:
+    """:func:`decision_cache_plan` for an engine built by :func:`create_engine` (either adapter
+    keeps its modules); an engine of unknown make gets no cache."""
+    modules = getattr(engine, "_modules", None)
+    if isinstance(modules, tuple):  # the regorus adapter keeps (path, source) pairs
+        modules = dict(modules)
+    return decision_cache_plan(modules if isinstance(modules, Mapping) else None)

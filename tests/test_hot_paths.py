@@ -1,0 +1,252 @@
+"""The relay hot path's shortcuts give the same answers as the long ways round.
+
+Decision cache (pipeline), JSON-text screen before audit redaction, shared string walk,
+DuckDB staging from JSON text: each is checked against the plain computation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from pathlib import Path
+
+import duckdb
+import orjson
+import pytest
+
+from detectors.jsonwalk import string_leaves, strings
+from firewall.audit.redact import load_secret_rules, redact_for_audit, redacted_json
+from firewall.audit.rows import MAX_STORED_CHARS, to_stored_row
+from firewall.audit.schema import COLUMNS
+from firewall.audit.spill import SpillFile
+from firewall.audit.store import AuditStats, DuckDBStore
+from firewall.config import LimitsConfig
+from firewall.pipeline import C2S, S2C, Inspector
+from firewall.policy.engine import decision_cache_plan
+from firewall.policy.regorus_engine import RegorusEngine
+from firewall.session import ServerIdentity, Session
+
+GITHUB_TOKEN = "ghp_" + "Q7x9" * 9
+
+
+# -- decision cache ---------------------------------------------------------------------------
+
+
+def test_cache_plan_reads_the_modules():
+    plain = "package mcpfw\n\ndecision := {\"allow\": input.method != \"x\"}\n"
+    assert decision_cache_plan({"a.rego": plain}).cacheable
+    assert decision_cache_plan({"a.rego": plain}).unread == {"id"}
+    # Reading the id, or the whole input, keeps the id in the key.
+    assert decision_cache_plan({"a.rego": plain + "x if input.id == 1\n"}).unread == frozenset()
+    assert decision_cache_plan({"a.rego": plain + "x if walk(input, [p, v])\n"}).unread == frozenset()
+    assert decision_cache_plan({"a.rego": plain + "x := object.keys(input)\n"}).unread == frozenset()
+    # The clock, randomness, the network: no cache at all.
+    for impure in ("time.now_ns()", "rand.intn(\"k\", 9)", "http.send({})", "uuid.rfc4122(\"k\")"):
+        assert not decision_cache_plan({"a.rego": plain + f"x := {impure}\n"}).cacheable
+    # Comments and strings do not count.
+    assert decision_cache_plan({"a.rego": plain + "# time.now_ns() and input.id\ny := \"input.id time.now_ns()\"\n"}).unread == {"id"}
+    assert not decision_cache_plan({}).cacheable
+
+
+class _Sink:
+    accepting = True
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def record(self, row: dict) -> None:
+        self.rows.append(row)
+
+
+class _Counting(RegorusEngine):
+    calls = 0
+
+    def evaluate(self, input_json: str) -> dict:
+        type(self).calls += 1
+        return super().evaluate(input_json)
+
+    def fork(self) -> _Counting:
+        forked = _Counting.__new__(_Counting)
+        forked._setup(self._modules, self._data_json)
+        return forked
+
+
+POLICY = """package mcpfw
+
+decision := {"allow": count(deny) == 0, "reasons": [r | some r in deny]}
+
+deny contains {"code": "no_rm", "message": "rm is not allowed"} if input.tool.name == "rm"
+"""
+
+
+def _inspector(policy: str = POLICY) -> tuple[Inspector, _Sink, Session]:
+    sink = _Sink()
+    engine = _Counting({"mcpfw/decision.rego": policy}, {})
+    inspector = Inspector(engine, sink, bundle_digest="d", limits=LimitsConfig())
+    session = Session(ServerIdentity(name="s"), transport="stdio", cwd="/", resolve_symlinks=False)
+    return inspector, sink, session
+
+
+def _call(i: int, tool: str) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": tool, "arguments": {}}})
+
+
+def test_repeated_inputs_are_decided_once_and_alike():
+    inspector, sink, session = _inspector()
+    _Counting.calls = 0
+    outcomes = [inspector.inspect(_call(i, tool), C2S, session) for i in range(6) for tool in ("echo", "rm")]
+    assert _Counting.calls == 2  # one evaluation per distinct input (the ids differ)
+    for outcome, tool in zip(outcomes, ["echo", "rm"] * 6):
+        assert outcome.denied == (tool == "rm")
+    denied = [o for o in outcomes if o.denied]
+    assert all(b'"id":' in o.reply and b"rm is not allowed" in o.reply for o in denied)
+    assert [orjson.loads(o.reply)["id"] for o in denied] == [0, 1, 2, 3, 4, 5]
+    assert [r["decision"] for r in sink.rows] == ["allow", "deny"] * 6
+
+
+def test_a_policy_reading_the_id_is_asked_every_time():
+    policy = POLICY + '\ndeny contains {"code": "odd", "message": "odd id"} if input.id % 2 == 1\n'
+    inspector, _sink, session = _inspector(policy)
+    _Counting.calls = 0
+    outcomes = [inspector.inspect(_call(i, "echo"), C2S, session) for i in range(4)]
+    assert _Counting.calls == 4
+    assert [o.denied for o in outcomes] == [False, True, False, True]
+
+
+def test_a_policy_using_the_clock_is_never_cached():
+    policy = POLICY + "\nnow := time.now_ns()\n"
+    inspector, _sink, session = _inspector(policy)
+    _Counting.calls = 0
+    for i in range(3):
+        inspector.inspect(_call(i, "echo"), C2S, session)
+    assert _Counting.calls == 3
+
+
+def test_responses_share_cached_decisions_too():
+    inspector, _sink, session = _inspector()
+    _Counting.calls = 0
+    for i in range(3):
+        inspector.inspect(_call(i, "echo"), C2S, session)
+        response = orjson.dumps({"jsonrpc": "2.0", "id": i, "result": {"content": []}})
+        assert inspector.inspect(response, S2C, session).forward == response
+    assert _Counting.calls == 2
+
+
+# -- audit redaction screen -------------------------------------------------------------------
+
+
+def _slow(value, rules, keys):
+    redacted = redact_for_audit(value, rules, keys=keys, max_chars=MAX_STORED_CHARS)
+    return orjson.dumps(redacted, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"message": "hello"},
+        {"password": "x"},
+        {"Pass_Word": "abc"},
+        {"api-Key": 3},
+        {"pw": 1},
+        {"api\nkey": "v"},
+        ["--token", "abc"],
+        ["--api-key", "v"],
+        ["--pa\u017f\u017fword", "hunter2"],
+        ["--\u017fecret", "hunter2"],
+        ["--tok\u0131n", "x"],
+        ["--ap\u0130key", "hunter2"],
+        ["--\u0130ccess-key", "hunter2"],
+        {"\u212aey": "x", "p\u0130ss": "y"},
+        {"a": GITHUB_TOKEN},
+        {"url": "https://user:pw@host/x"},
+        {"x": "Authorization: Bearer abcdefghijklmnop"},
+        {"t": "x" * (MAX_STORED_CHARS + 10)},
+        {"n": None, "b": True, "f": 1.5, "l": [1, 2, {"k": "v"}]},
+        ("tuple", "x"),
+        {1: "int key"},
+        {"secrets": [], "pii": [], "injection": {"score": 0.1, "pointer": "/params/arguments/message"}},
+        {"secrets": [{"pointer": "/x", "rule": "github-token", "start": 0, "end": 40, "part": "arguments"}]},
+        {"k": "K\u212aEY=abcdefghijk"},
+        {"e": "é token: abcdefghijklmnopq"},
+        {"when": dt.datetime(2024, 1, 1)},
+        [],
+        {},
+    ],
+)
+def test_redacted_json_matches_the_full_walk(value):
+    rules = load_secret_rules()
+    for keys in (True, False):
+        assert redacted_json(value, rules, keys=keys, max_chars=MAX_STORED_CHARS) == _slow(value, rules, keys)
+
+
+def test_redacted_json_matches_on_random_values():
+    rules = load_secret_rules()
+    rng = random.Random(7)
+    words = ["hello", "token", "api_key", "sk-", GITHUB_TOKEN, "password=hunter2hunter2", "~/x", "a\"b", "pass", "ok"]
+
+    def value(depth: int = 0):
+        pick = rng.random()
+        if depth > 3 or pick < 0.4:
+            return rng.choice([*words, 1, None, True, 2.5])
+        if pick < 0.7:
+            return {rng.choice(words) + str(i): value(depth + 1) for i in range(rng.randint(0, 3))}
+        return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+
+    for _ in range(2000):
+        v = value()
+        for keys in (True, False):
+            assert redacted_json(v, rules, keys=keys, max_chars=MAX_STORED_CHARS) == _slow(v, rules, keys)
+
+
+# -- shared string walk ----------------------------------------------------------------------
+
+
+def test_string_leaves_is_the_walk_filtered():
+    rng = random.Random(3)
+
+    def value(depth: int = 0):
+        pick = rng.random()
+        if depth > 4 or pick < 0.35:
+            return rng.choice(["a", "a longer string", "x/y~z", 1, None, "", "tiny"])
+        if pick < 0.7:
+            return {rng.choice(["k", "a/b", "t~1", "text"]) + str(i): value(depth + 1) for i in range(rng.randint(0, 4))}
+        return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+
+    for _ in range(3000):
+        v = value()
+        for limit in (0, 1, 3, 10_000):
+            walked = list(strings(v, "/r", limit=limit))
+            for min_len in (0, 6):
+                assert string_leaves(v, "/r", min_len=min_len, limit=limit) == [(p, t) for p, t in walked if len(t) >= min_len]
+
+
+# -- staging rows through JSON ----------------------------------------------------------------
+
+
+def test_json_staging_stores_what_the_appender_stores(tmp_path: Path):
+    rules = load_secret_rules()
+    rows = [
+        {
+            "ts": 1_700_000_000.123456 + i if i % 3 else 1_700_000_000 + i, "decision_id": f"d{i}", "direction": "client_to_server", "kind": "request",
+            "method": "tools/call", "tool": "t", "message_id": str(i), "arguments": {"q": f"v{i}", "é": "ü\u2028"},
+            "decision": "deny", "reasons": [{"code": "c", "message": "m \"quoted\""}], "error_code": -32050,
+            "eval_ms": 0.1 * i, "bytes": 100 + i, "findings": {"secrets": []}, "tags": ["a", "b"],
+            "upstream_ms": None if i % 2 else 1.25, "rate": {"n": i},
+        }
+        for i in range(50)
+    ]
+    stored = [to_stored_row(r, rules) for r in rows]
+    store = DuckDBStore(tmp_path / "a.duckdb", SpillFile(tmp_path / "s.jsonl"), AuditStats())
+    hub = store._hub_connection()
+    store._stage(hub, "staging", stored)
+    via_json = hub.execute("SELECT * FROM staging ORDER BY decision_id").fetchall()
+    columns = ", ".join(f"{c.name} {c.type}" for c in COLUMNS)
+    reference = duckdb.connect(":memory:")
+    reference.execute(f"CREATE TABLE staging ({columns})")
+    appender = reference.appender("staging")
+    from firewall.audit.rows import to_db_values
+
+    appender.append_rows([to_db_values(row) for row in stored])
+    appender.flush()
+    assert via_json == reference.execute("SELECT * FROM staging ORDER BY decision_id").fetchall()
+    store.close(checkpoint=False)
