@@ -11,7 +11,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -23,6 +23,9 @@ from .canonical import extract_resources
 from .config import LimitsConfig
 from .policy.decision import Decision, apply_redactions, apply_removals, deny_decision, normalize_decision
 from .policy.engine import PolicyEngine, engine_cache_plan
+
+if TYPE_CHECKING:
+    from .approvals import ApprovalGate
 from .session import PendingRequest, Session
 
 C2S = "client_to_server"
@@ -134,8 +137,10 @@ class Inspector:
         bundle_digest: str,
         limits: LimitsConfig,
         enrichers: tuple[Enricher, ...] = (),
+        approvals: ApprovalGate | None = None,
     ) -> None:
         self._enrichers = enrichers
+        self._approvals = approvals
         self._engine = engine
         self._audit = audit
         self._bundle_digest = bundle_digest
@@ -268,11 +273,14 @@ class Inspector:
         decision_id = new_decision_id()
         ctx = MessageContext(msg, direction, session, method, params, tool, pending, size, identity=identity)
         started = time.perf_counter()
+        approval_id: str | None = None
         if not self._audit.accepting:
             decision = deny_decision("audit_unavailable", "the audit log cannot record decisions; failing closed")
             error_code = errors.AUDIT_UNAVAILABLE
         else:
             decision = self._decide(ctx)
+            if decision.approvals and decision.allow:
+                decision, approval_id = self._settle_approval(ctx, decision)
             error_code = errors.POLICY_ERROR if decision.error else _denial_code(decision)
         eval_ms = (time.perf_counter() - started) * 1000.0
 
@@ -296,7 +304,8 @@ class Inspector:
         if action == "deny":
             forwarded = None
             retry_after = _retry_after(ctx) if error_code == errors.RATE_LIMITED else None
-            forward, reply = self._denial(msg, decision, decision_id, error_code, retry_after)
+            extra = {"approval_id": approval_id} if error_code == errors.APPROVAL_REQUIRED and approval_id else None
+            forward, reply = self._denial(msg, decision, decision_id, error_code, retry_after, extra)
         else:
             error_code = None
             if kind is Kind.REQUEST:
@@ -316,8 +325,33 @@ class Inspector:
         )
         return forward, reply, Verdict(decision, decision_id, kind.value, method, error_code, retry_after)
 
+    def _settle_approval(self, ctx: MessageContext, decision: Decision) -> tuple[Decision, str | None]:
+        """A decision that asks for a person's approval: held (denied, a request filed) or granted."""
+        why = "; ".join(decision.approvals)
+        gate = self._approvals
+        if gate is None:
+            return deny_decision("approval_required", f"{why} (no approval store is configured)"), None
+        tool = ctx.tool
+        settled = gate.settle(
+            decision,
+            is_request=ctx.message.kind is Kind.REQUEST and ctx.direction == C2S,
+            server=ctx.session.server.name, method=ctx.method, tool=(tool or {}).get("name"),
+            arguments=tool.get("arguments") if tool else ctx.params, identity=ctx.identity, session_id=ctx.session.id,
+        )
+        return settled if settled is not None else (decision, None)
+
+    def abandon(self, session: Session, direction: str, msg_id: Any) -> None:
+        """A forwarded request that will never be answered (its upstream failed): forget it,
+        and let enrichers give back what it held (a rate limit's concurrent slot)."""
+        session.forget_pending(direction, msg_id)
+        for enricher in self._enrichers:
+            abandoned = getattr(enricher, "abandoned", None)
+            if abandoned is not None:
+                abandoned(session.id, msg_id)
+
     def _denial(
-        self, msg: Message, decision: Decision, decision_id: str, code: int, retry_after: float | None = None
+        self, msg: Message, decision: Decision, decision_id: str, code: int, retry_after: float | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[bytes | None, bytes | None]:
         """What replaces a denied message: (forward, reply)."""
         reasons = decision.reasons
@@ -325,6 +359,8 @@ class Inspector:
         data: dict[str, Any] = {"decision_id": decision_id, "reasons": reasons, "firewall": "mcpfw"}
         if retry_after is not None:
             data["retry_after_seconds"] = retry_after
+        if extra:
+            data.update(extra)
         kind = msg.kind
         msg_id = msg.body.get("id")
         if kind is Kind.REQUEST:
@@ -426,10 +462,14 @@ _CACHE_MAX_KEY = 8 * 1024  # inputs longer than this (characters of JSON) are no
 
 
 def _denial_code(decision: Decision) -> int:
-    """RATE_LIMITED when a limit is among the reasons (HTTP maps it to 429), else POLICY_DENIED."""
+    """RATE_LIMITED when a limit is among the reasons (HTTP maps it to 429), APPROVAL_REQUIRED for
+    a call held for approval, else POLICY_DENIED."""
     for reason in decision.reasons:
-        if reason.get("code") in _RATE_REASONS:
+        code = reason.get("code")
+        if code in _RATE_REASONS:
             return errors.RATE_LIMITED
+        if code == "approval_required" and len(decision.reasons) == 1:
+            return errors.APPROVAL_REQUIRED
     return errors.POLICY_DENIED
 
 

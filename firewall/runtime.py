@@ -60,5 +60,12 @@ def build_firewall(config: Config) -> Firewall:
     registry = build_registry_enricher(config)
     if registry is not None:
         enrichers += (registry,)
-    inspector = Inspector(engine, audit, bundle_digest=bundle.digest, limits=config.limits, enrichers=enrichers)
+    from .approvals import ApprovalGate, ApprovalStore, default_approval_store
+
+    approvals = ApprovalGate(ApprovalStore(
+        config.approvals.store or default_approval_store(), pending_seconds=config.approvals.pending_hours * 3600
+    ))
+    inspector = Inspector(
+        engine, audit, bundle_digest=bundle.digest, limits=config.limits, enrichers=enrichers, approvals=approvals
+    )
     return Firewall(config, bundle, engine, audit, inspector, detectors)

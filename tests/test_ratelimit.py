@@ -701,3 +701,19 @@ def test_rate_documents_match_the_input_schema(prefix):
     assert [bool(c.rate["exceeded"]) for c in contexts] == [False, False, True, False] and contexts[-1].rate["error"]
     for ctx in contexts:
         validator.validate(orjson.loads(orjson.dumps(build_input(ctx))))
+
+
+def test_a_request_the_upstream_never_answers_gives_its_slot_back(tmp_path, prefix):
+    fw = build_firewall(firewall_config(tmp_path, {
+        "key_prefix": prefix, "rules": [{"name": "one-at-a-time", "per": ["subject"], "concurrent": 1}],
+    }))
+    sess = session()
+    try:
+        first = fw.inspector.inspect(call(1), "client_to_server", sess, identity=identity())
+        blocked = fw.inspector.inspect(call(2), "client_to_server", sess, identity=identity())
+        fw.inspector.abandon(sess, "client_to_server", 1)  # say, the upstream refused the connection
+        after = fw.inspector.inspect(call(3), "client_to_server", sess, identity=identity())
+    finally:
+        fw.close()
+    assert first.forward is not None and blocked.verdicts[0].error_code == errors.RATE_LIMITED
+    assert after.forward is not None and sess.pop_pending("client_to_server", 1) is None

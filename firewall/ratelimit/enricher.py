@@ -224,6 +224,10 @@ class RateEnricher:
         if self._held:
             self._give_back(_request_key(session_id, request_id))
 
+    def abandoned(self, session_id: str, request_id: Any) -> None:
+        """The pipeline's notice that a forwarded request will never be answered."""
+        self.release(session_id, request_id)
+
     def release_session(self, session_id: str) -> None:
         """Give back every slot a session still holds (the session ended; its calls are over)."""
         if not self._held:

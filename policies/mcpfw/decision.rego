@@ -66,7 +66,7 @@ decision := {
 		effect := data.mcpfw.rules.secrets.effects(settings.secrets)
 	} | {effect |
 		input.findings.injection.items[0]
-		effect := data.mcpfw.rules.injection
+		effect := data.mcpfw.rules.injection.effects(settings.detectors.injection)
 	} | {effect |
 		# RBAC: a tools/call request, or a tools/list result for an identified caller.
 		input.method in {"tools/call", "tools/list"}

@@ -27,6 +27,7 @@ def http_inspector(firewall: Firewall) -> Inspector:
         bundle_digest=firewall.bundle.digest,
         limits=firewall.config.limits,
         enrichers=(*enrichers, HttpFindings()),
+        approvals=getattr(base, "_approvals", None),
     )
 
 
