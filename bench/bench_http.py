@@ -17,6 +17,17 @@ compare). CPU per request is the firewall processes' own (supervisor and workers
 /proc), the upstream's and the load generator's, over every request of a load run.
 Prints one JSON document. Usage: python bench/bench_http.py [--seconds S] [--repeat R]
 [--workers 1,2] [--scenarios instant,everything,mitmproxy] [--bundles trivial,default]
+[--baseline DIR]
+
+``--baseline DIR`` adds, in every round, the same firewall run from another source tree:
+changes are then compared in one run, against the same upstream, with the same load
+generator. ``python bench/bench_http.py --make-baseline REF DIR`` makes such a tree: this
+one as it is, except ``firewall/transports/http/`` as of the git commit REF (so only the
+HTTP layer differs, even while other parts are being changed).
+
+The load generator: Python on uvloop with raw sockets (no HTTP library), one process,
+about 0.03-0.05 ms of CPU per request, a tenth of what server-everything spends; its CPU per
+request is reported next to the others, so a run where it dominated would show.
 """
 
 from __future__ import annotations
@@ -190,9 +201,9 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise TimeoutError(port)
 
 
-def start(cmd: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start(cmd: list[str], port: int, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})}, start_new_session=True)
+                            env={**os.environ, **(env or {})}, start_new_session=True, cwd=cwd)
     wait_port(port)
     return proc
 
@@ -228,14 +239,18 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def firewall(upstream: str, bundle: Path | None, workers: int, audit: Path, listener: str) -> tuple[subprocess.Popen[bytes], str]:
+def firewall(upstream: str, bundle: Path | None, workers: int, audit: Path, listener: str,
+             src: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cmd = [sys.executable, "-m", "firewall.cli", "proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
            "--workers", str(workers), "--audit", str(audit), "--listener", listener]
     if bundle is not None:
         cmd += ["--policy", str(bundle)]
     # A state directory of its own: the tool registry's learned state must not leak in from other runs.
-    proc = start(cmd, port, env={"MCPFW_HOME": str(audit.parent / f"home-{port}")})
+    env = {"MCPFW_HOME": str(audit.parent / f"home-{port}")}
+    if src is not None:  # another source tree (the workers start with the same PYTHONPATH)
+        env["PYTHONPATH"] = str(src)
+    proc = start(cmd, port, env=env, cwd=src)
     time.sleep(0.5 if workers == 1 else 1.5)  # every worker listening
     return proc, f"http://127.0.0.1:{port}/mcp"
 
@@ -250,22 +265,24 @@ def _summary(runs: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str, f
 
 def measure(upstream: str, upstream_pid: int, *, session: bool, bundles: dict[str, Path | None], workers: tuple[int, ...],
             seconds: float, repeat: int, tmp: Path, concurrencies: tuple[int, ...],
-            listener: str = "lean") -> list[dict[str, object]]:
-    """Direct and through each firewall (bundle x worker count), interleaved in every round;
-    medians over the rounds."""
-    firewalls: dict[tuple[str, int], tuple[subprocess.Popen[bytes], str]] = {}
-    setups = [(name, w) for name in bundles for w in workers]
+            listener: str = "lean", baseline: Path | None = None) -> list[dict[str, object]]:
+    """Direct and through each firewall (bundle x worker count, and the baseline tree's),
+    interleaved in every round; medians over the rounds."""
+    firewalls: dict[tuple[str, int, str], tuple[subprocess.Popen[bytes], str]] = {}
+    trees = {"current": None} if baseline is None else {"current": None, "baseline": baseline}
+    setups = [(name, w, tree) for name in bundles for w in workers for tree in trees]
     try:
-        for name, w in setups:
-            audit = tmp / f"audit-{name}-{w}-{time.monotonic_ns()}.duckdb"
-            firewalls[(name, w)] = firewall(upstream, bundles[name], w, audit, listener)
+        for name, w, tree in setups:
+            audit = tmp / f"audit-{name}-{w}-{tree}-{time.monotonic_ns()}.duckdb"
+            firewalls[(name, w, tree)] = firewall(upstream, bundles[name], w, audit, listener, trees[tree])
         direct: dict[int, list[dict[str, float]]] = {c: [] for c in concurrencies}
-        through: dict[tuple[str, int, int], list[dict[str, float]]] = {(n, w, c): [] for n, w in setups for c in concurrencies}
+        through: dict[tuple[str, int, str, int], list[dict[str, float]]] = {
+            (*setup, c): [] for setup in setups for c in concurrencies}
         for _ in range(repeat):
             for c in concurrencies:
                 direct[c].append(run_load(upstream, c, seconds, session, {"upstream": [upstream_pid]}))
-                for (name, w), (proc, url) in firewalls.items():
-                    through[(name, w, c)].append(
+                for setup, (proc, url) in firewalls.items():
+                    through[(*setup, c)].append(
                         run_load(url, c, seconds, session, {"firewall": [proc.pid], "upstream": [upstream_pid]}))
     finally:
         for proc, _ in firewalls.values():
@@ -273,12 +290,12 @@ def measure(upstream: str, upstream_pid: int, *, session: bool, bundles: dict[st
     keys = ("throughput_rps", "median_ms", "p99_ms", "firewall_cpu_ms_per_request", "upstream_cpu_ms_per_request",
             "client_cpu_ms_per_request")
     out: list[dict[str, object]] = []
-    for name, w in setups:
+    for name, w, tree in setups:
         for c in concurrencies:
-            pairs = list(zip(direct[c], through[(name, w, c)], strict=True))
+            pairs = list(zip(direct[c], through[(name, w, tree, c)], strict=True))
             out.append({
-                "listener": listener, "workers": w, "bundle": name, "concurrency": c,
-                "direct": _summary(direct[c], keys), "firewall": _summary(through[(name, w, c)], keys),
+                "listener": listener, "tree": tree, "workers": w, "bundle": name, "concurrency": c,
+                "direct": _summary(direct[c], keys), "firewall": _summary(through[(name, w, tree, c)], keys),
                 "ratio": _median([f["throughput_rps"] / d["throughput_rps"] for d, f in pairs]),
                 "added_median_ms": _median([f["median_ms"] - d["median_ms"] for d, f in pairs]),
                 "runs": [{"direct_rps": d["throughput_rps"], "firewall_rps": f["throughput_rps"],
@@ -289,7 +306,7 @@ def measure(upstream: str, upstream_pid: int, *, session: bool, bundles: dict[st
 
 
 def verdicts(scenarios: dict[str, list[dict[str, object]]]) -> dict[str, object]:
-    """The issue's targets, checked against the trivial bundle's rows, per worker count."""
+    """The issue's targets, checked per bundle and worker count (current tree)."""
     out: dict[str, object] = {}
     checks = (
         ("instant", 32, "instant_c32_rps_at_least_1500", lambda r: r["firewall"]["throughput_rps"], lambda v: v >= 1500),
@@ -298,9 +315,9 @@ def verdicts(scenarios: dict[str, list[dict[str, object]]]) -> dict[str, object]
     )
     for scenario, c, label, value_of, met in checks:
         for r in scenarios.get(scenario, []):
-            if r["bundle"] == "trivial" and r["concurrency"] == c:
+            if r["concurrency"] == c and r.get("tree", "current") == "current":
                 value = value_of(r)
-                out[f"{label} (workers={r['workers']})"] = {"value": value, "met": met(value)}
+                out[f"{label} (bundle={r['bundle']}, workers={r['workers']})"] = {"value": value, "met": met(value)}
     return out
 
 
@@ -313,6 +330,8 @@ def main() -> int:
                         help="lean worker counts to compare, e.g. 1,2 (each is measured in every round)")
     parser.add_argument("--scenarios", default="instant,everything,mitmproxy")
     parser.add_argument("--bundles", default="trivial,default", help="policy bundles: trivial, default, or a bundle's path")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another source tree whose firewall is measured in the same rounds (lean scenarios)")
     args = parser.parse_args()
     workers = tuple(int(w) for w in str(args.workers).split(","))
     tmp = Path(tempfile.mkdtemp(prefix="mcpfw-bench-http-"))
@@ -327,12 +346,13 @@ def main() -> int:
     }
     scenarios: dict[str, list[dict[str, object]]] = {}
     common = {"bundles": bundles, "seconds": args.seconds, "repeat": args.repeat, "tmp": tmp, "concurrencies": (1, 32)}
+    baseline = args.baseline.resolve() if args.baseline else None
     if "instant" in args.scenarios:
         port = free_port()
         upstream = start([sys.executable, __file__, "--instant", str(port)], port)
         try:
             scenarios["instant"] = measure(f"http://127.0.0.1:{port}/mcp", upstream.pid, session=False,
-                                           workers=workers, **common)  # type: ignore[arg-type]
+                                           workers=workers, baseline=baseline, **common)  # type: ignore[arg-type]
         finally:
             stop(upstream)
     if "mitmproxy" in args.scenarios:
@@ -349,7 +369,7 @@ def main() -> int:
         upstream = start(["node", str(EVERYTHING), "streamableHttp"], port, env={"PORT": str(port)})
         try:
             scenarios["everything"] = measure(f"http://127.0.0.1:{port}/mcp", upstream.pid, session=True,
-                                              workers=workers, **common)  # type: ignore[arg-type]
+                                              workers=workers, baseline=baseline, **common)  # type: ignore[arg-type]
         finally:
             stop(upstream)
     report["scenarios"] = scenarios
@@ -367,8 +387,30 @@ def _run(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
+def make_baseline(ref: str, target: Path) -> None:
+    """A copy of this tree (large data directories linked) with the HTTP layer of ``ref``."""
+    import shutil
+
+    target.mkdir(parents=True)
+    for entry in ROOT.iterdir():
+        if entry.name in ("firewall", "detectors", "bench"):
+            shutil.copytree(entry, target / entry.name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif not entry.name.startswith("."):
+            (target / entry.name).symlink_to(entry)
+    http_dir = target / "firewall/transports/http"
+    shutil.rmtree(http_dir)
+    http_dir.mkdir()
+    names = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", ref, "firewall/transports/http/"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in names:
+        blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{name}"], capture_output=True, check=True).stdout
+        (target / name).write_bytes(blob)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--instant":
+    if len(sys.argv) > 1 and sys.argv[1] == "--make-baseline":
+        make_baseline(sys.argv[2], Path(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--instant":
         _run(serve_instant(int(sys.argv[2])))
     elif len(sys.argv) > 1 and sys.argv[1] == "--load":
         url, concurrency, seconds, session = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1"

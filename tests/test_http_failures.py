@@ -166,3 +166,32 @@ def test_slow_loris_clients_are_cut_off_while_others_are_served(tmp_path):
     assert elapsed < 4
     reasons = [r["reason_codes"] for r in audit_rows(tmp_path / "audit.duckdb")]
     assert reasons.count(["client_timeout"]) == 2
+
+
+@pytest.mark.parametrize("kind", ["refused", "reset"])
+def test_mitmproxy_engine_answers_upstream_failures_with_jsonrpc_errors(tmp_path, kind):
+    """The mitmproxy engine answers like the lean listener, not with mitmproxy's HTML page."""
+    if kind == "refused":
+        server = None
+        port = free_port()
+    else:
+        server = RawServer(reset).__enter__()
+        port = server.port
+    config = make_config(tmp_path, [{"url": f"http://127.0.0.1:{port}/mcp", "name": "up"}],
+                         upstream_timeout_seconds=1, client_timeout_seconds=1, listener="mitmproxy",
+                         confdir=str(tmp_path / "mitm"))
+    try:
+        with InProcessFirewall(config, engine="mitmproxy") as fw:
+            r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+            second = http("POST", f"{fw.url}/mcp", json_body={**CALL, "id": 8}, headers=HEADERS)  # not a one-off
+    finally:
+        if server is not None:
+            server.__exit__()
+    assert r.status_code == 502 and r.headers["content-type"].startswith("application/json")
+    answer = r.json()
+    assert answer["id"] == 7 and answer["error"]["code"] == errors.UPSTREAM_UNAVAILABLE
+    assert "unavailable" in answer["error"]["message"]
+    assert second.status_code == 502 and second.json()["id"] == 8
+    row = reason_of(tmp_path, answer["error"]["data"]["decision_id"])
+    assert row["reason_codes"] == ["upstream_unavailable"] and row["error_code"] == errors.UPSTREAM_UNAVAILABLE
+    assert row["method"] == "tools/call" and row["message_id"] == "7"

@@ -125,3 +125,37 @@ def test_traffic_that_is_not_mcp(tmp_path, non_mcp):
     else:
         assert (status, form) == (403, 403) and b"only MCP" in body
     assert mcp_still_works[1]["result"]["content"][0]["text"] == "via the proxy"
+
+
+def test_transparent_mode_options_reach_mitmproxy(tmp_path):
+    from firewall.transports.http.mitm import _options
+    from firewall.transports.http.runner import Listen
+
+    config = make_config(tmp_path, [], mode="transparent", confdir=str(tmp_path / "mitm"), ssl_insecure=True)
+    opts = _options(config, Listen("0.0.0.0", 8080))
+    assert opts["mode"] == ["transparent"]
+    assert (opts["listen_host"], opts["listen_port"]) == ("0.0.0.0", 8080)
+    assert opts["confdir"] == str(tmp_path / "mitm") and opts["ssl_insecure"] is True
+    assert opts["connection_strategy"] == "lazy" and opts["stream_large_bodies"] is None
+
+
+def test_transparent_mode_end_to_end(tmp_path, monkeypatch):
+    """Transparent mode as after an iptables REDIRECT: the client connects to what it takes
+    for the server, and mitmproxy asks the kernel where the connection was going.
+    This machine has no iptables, so that one kernel query (SO_ORIGINAL_DST) answers
+    with the server's address here; everything after it is the real path."""
+    from mitmproxy import platform
+
+    port = free_port()
+    monkeypatch.setattr(platform, "original_addr", lambda sock: ("127.0.0.1", port))
+    with conformance_server(port):
+        config = make_config(tmp_path, [], policy=TEST_POLICY, mode="transparent", confdir=str(tmp_path / "mitm"))
+        with InProcessFirewall(config, engine="mitmproxy") as fw:
+            # No proxy setting: the client believes it talks to the server itself.
+            init, ok, denied = anyio.run(mcp_session, f"http://127.0.0.1:{fw.port}/mcp", None)
+    assert init["result"]["serverInfo"]["name"] == "mcpfw-conformance-fixtures"
+    assert ok["result"]["content"][0]["text"] == "via the proxy"
+    assert denied["error"]["code"] == errors.POLICY_DENIED
+    rows = audit_rows(tmp_path / "audit.duckdb", "method = 'tools/call' AND direction = 'client_to_server'")
+    # the first call carries the policy's (empty) redaction obligation
+    assert [r["decision"] for r in rows] == ["redact", "deny"] and rows[0]["server"] == "127.0.0.1"

@@ -34,6 +34,7 @@ from .sse import OversizedEvent, SseEvent, SseParser, format_event, format_id_on
 SESSION_ID = "mcp-session-id"
 _FORWARDED_CLIENT_HEADERS = ("authorization", "cookie", SESSION_ID, mcp_headers.VERSION)
 _SSE_SLACK = 64 * 1024  # "data: " prefixes and line ends around a message of the size limit
+_MAX_KNOWN_TOOLS = 50_000  # tools whose Mcp-Param-* declarations are remembered (per process)
 
 
 class HeaderView(Protocol):
@@ -145,6 +146,9 @@ class HttpInspection:
         self.public_url = public_url.rstrip("/") if public_url else None
         self.non_mcp = non_mcp
         self.poster = poster
+        # (route name, tool) -> the tool's Mcp-Param-* declarations, from tools/list answers
+        # (None: invalid declarations, not enforced).
+        self.param_bindings: dict[tuple[str, str], tuple[mcp_headers.ParamBinding, ...] | None] = {}
 
     # -- requests --------------------------------------------------------------------
 
@@ -329,7 +333,7 @@ class HttpInspection:
             pass  # the pipeline refuses it with the right error
         if headers.get(mcp_headers.METHOD) or headers.get(mcp_headers.NAME) or _has_param_header(headers):
             routing, problem = mcp_headers.collect(headers.getall, headers.names())
-            problem = problem or mcp_headers.mismatch(routing, parsed)
+            problem = problem or mcp_headers.mismatch(routing, parsed) or self._param_mismatch(ex, routing, parsed)
             if problem:
                 return self._transport_denial(ex, parsed, HEADER_MISMATCH, "header_mismatch", problem, len(raw))
         requests = _requests_in(parsed)
@@ -375,6 +379,33 @@ class HttpInspection:
         ex.extra = reply
         ex.open_ids = [msg_id for msg_id, _ in requests]
         return ex
+
+    def _param_mismatch(self, ex: Exchange, routing: dict[str, str], parsed: Any) -> str | None:
+        params = parsed.get("params") if isinstance(parsed, dict) else None
+        tool = params.get("name") if isinstance(params, dict) else None
+        key = (ex.route.name, tool) if isinstance(tool, str) else None
+        known = key is not None and key in self.param_bindings
+        bindings = self.param_bindings.get(key) if known and key is not None else None
+        return mcp_headers.param_mismatch(routing, parsed, bindings, known=known)
+
+    def learn_tools(self, ex: Exchange, payload: bytes) -> None:
+        """A ``tools/list`` answer on its way to the client: remember each tool's
+        ``Mcp-Param-*`` declarations, to check the calls' headers against their arguments."""
+        try:
+            body = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        bindings = self.param_bindings
+        for item in body if isinstance(body, list) else [body]:
+            result = item.get("result") if isinstance(item, dict) else None
+            tools = result.get("tools") if isinstance(result, dict) else None
+            if not isinstance(tools, list):
+                continue
+            if len(bindings) > _MAX_KNOWN_TOOLS:
+                bindings.clear()
+            for tool in tools:
+                if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                    bindings[(ex.route.name, tool["name"])] = mcp_headers.param_bindings(tool.get("inputSchema"))
 
     def _stand_in_pings(self, channel: Channel, forward: bytes | None, reply: bytes) -> bytes | None:
         """Legacy SSE: answers travel on the event stream, so a denied request is replaced
@@ -461,6 +492,8 @@ class HttpInspection:
             return 502, self._errors_for_open(ex, code, "mcpfw: the server's answer was refused", outcome)
         ex.open_ids.clear()
         self._learn(ex)
+        if ex.first_method == "tools/list":
+            self.learn_tools(ex, forward)
         if ex.extra is not None:
             forward = _merge(forward, ex.extra)
         return status, forward
@@ -525,7 +558,7 @@ class HttpInspection:
                     kind="request" if msg_id is not None else None, method=method, msg_id=msg_id,
                 )
             if msg_id is not None:
-                session.forget_pending(C2S, msg_id)
+                self.inspector.abandon(session, C2S, msg_id)  # frees what it held (rate limits)
             replies.append(error_response(msg_id, code, message, {"decision_id": decision_id, "firewall": "mcpfw"}))
         ex.open_ids.clear()
         return encode(replies[0] if len(replies) == 1 else replies)
@@ -576,6 +609,8 @@ class SseFilter:
             self._to_server(outcome.reply)
         self._answered(outcome, raw)
         forward = outcome.forward
+        if forward is not None and ex.first_method == "tools/list":
+            core.learn_tools(ex, forward)
         if forward is raw:
             return block.raw
         if forward is None:
@@ -659,6 +694,9 @@ def _mcp_stream_request(req: Request) -> bool:
 
 
 def _has_param_header(headers: HeaderView) -> bool:
+    has_prefix = getattr(headers, "has_prefix", None)  # the lean listener's headers: no decoding
+    if has_prefix is not None:
+        return bool(has_prefix(mcp_headers.PARAM_PREFIX))
     return any(name.lower().startswith(mcp_headers.PARAM_PREFIX) for name in headers.names())
 
 

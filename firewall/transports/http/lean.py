@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from typing import Any, Protocol
 
 import aiohttp
@@ -101,6 +102,15 @@ class LeanListener:
         self._servers.append(server)
         self._schedule_sweep()
         return server.sockets[0].getsockname()[1]
+
+    async def adopt_connection(self, sock: socket.socket, preface: bytes) -> None:
+        """Serve a client connection another worker accepted and handed over, with the
+        bytes it had already read (the request it could not serve)."""
+        factory = serve_factory(self, self._server_settings, self._connections, preface=preface)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(factory, sock)
+        except OSError:
+            sock.close()
 
     async def listen_unix(self, path: str) -> None:
         """Accept the other workers' relayed requests (marked internal)."""
@@ -259,12 +269,12 @@ class LeanListener:
             status, body = core.json_body(ex, status, body)
         if status == 200 and upstream.status == 202:
             changes = {**changes, "content-type": "application/json"}
-        conn.respond(status, header_block(upstream.raw, _NOT_RETURNED, changes), body, date=not _has_date(upstream))
+        conn.respond(status, header_block(upstream.raw, _NOT_RETURNED, changes), body, date=not upstream.has_date)
 
     async def _stream_events(
         self, conn: ServerConnection, ex: Exchange, upstream: UpstreamResponse, changes: dict[str, str]
     ) -> None:
-        conn.start(upstream.status, header_block(upstream.raw, _NOT_RETURNED, changes), date=not _has_date(upstream))
+        conn.start(upstream.status, header_block(upstream.raw, _NOT_RETURNED, changes), date=not upstream.has_date)
         conn.on_lost = upstream.close  # the client left: stop the server's stream too
         events = self.core.sse(ex)
         try:
@@ -365,7 +375,7 @@ async def relay_response(conn: ServerConnection, upstream: UpstreamResponse, cha
     """Pass a response on as it arrives, body bytes unchanged."""
     length = None if upstream.chunked else upstream.length
     lines = header_block(upstream.raw, _NOT_RETURNED, changes)
-    conn.start(upstream.status, lines, reason=upstream.reason or None, length=length, date=not _has_date(upstream))
+    conn.start(upstream.status, lines, reason=upstream.reason or None, length=length, date=not upstream.has_date)
     conn.on_lost = upstream.close
     try:
         while True:
@@ -380,10 +390,6 @@ async def relay_response(conn: ServerConnection, upstream: UpstreamResponse, cha
     except UpstreamError:
         upstream.close()
         conn.close()  # the client sees the body cut short, as it was
-
-
-def _has_date(upstream: UpstreamResponse) -> bool:
-    return any(name.lower() == b"date" for name, _ in upstream.raw)
 
 
 async def _pump(source: Any, sink: Any, judge: Any) -> None:

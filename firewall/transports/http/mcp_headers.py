@@ -96,6 +96,126 @@ def mismatch(headers: dict[str, str], body: Any) -> str | None:
     return None
 
 
+# -- Mcp-Param-*: tool arguments mirrored in headers (x-mcp-header in the tool's inputSchema) --
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_PRIMITIVE = frozenset({"string", "integer", "boolean", "number"})
+_MAX_DEPTH = 8
+
+
+class ParamBinding(tuple[str, tuple[str, ...], str]):
+    """(header name in lower case, path of the argument in ``arguments``, declared type)."""
+
+    __slots__ = ()
+
+    @property
+    def header(self) -> str:
+        return self[0]
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return self[1]
+
+    @property
+    def kind(self) -> str:
+        return self[2]
+
+
+def param_bindings(input_schema: Any) -> tuple[ParamBinding, ...] | None:
+    """The ``Mcp-Param-*`` headers a tool declares, or None when its declarations are invalid
+    (a client rejects such a tool, so nothing is enforced for it). Only properties reached
+    through ``properties`` keys count; each names an HTTP token, once (case-insensitive),
+    on a primitive-typed property."""
+    found: list[ParamBinding] = []
+    seen: set[str] = set()
+
+    def walk(schema: Any, path: tuple[str, ...]) -> bool:
+        if not isinstance(schema, dict) or len(path) > _MAX_DEPTH:
+            return True
+        properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            return True
+        for key, prop in properties.items():
+            if not isinstance(prop, dict):
+                continue
+            here = (*path, key)
+            name = prop.get("x-mcp-header")
+            if name is not None:
+                kind = prop.get("type")
+                if not isinstance(name, str) or not _TOKEN.match(name) or kind not in _PRIMITIVE:
+                    return False
+                header = PARAM_PREFIX + name.lower()
+                if header in seen:
+                    return False
+                seen.add(header)
+                found.append(ParamBinding((header, here, kind)))
+            elif not walk(prop, here):
+                return False
+        return True
+
+    if not walk(input_schema, ()):
+        return None
+    return tuple(found)
+
+
+def _argument(arguments: Any, path: tuple[str, ...]) -> Any:
+    value = arguments
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _agrees(header_value: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return header_value == ("true" if value else "false")
+    if isinstance(value, (int, float)):
+        try:
+            return float(header_value) == float(value) and header_value.strip() == header_value
+        except ValueError:
+            return False
+    if isinstance(value, str):
+        return header_value == value
+    return False
+
+
+def param_mismatch(
+    headers: dict[str, str], body: Any, bindings: tuple[ParamBinding, ...] | None, *, known: bool
+) -> str | None:
+    """Why the ``Mcp-Param-*`` headers contradict the call's arguments, or None.
+
+    ``known``: the tool's declarations were seen (in a ``tools/list`` answer); ``bindings``
+    are then what it declares (None: invalid declarations, nothing enforced). When they were
+    not seen, the values cannot be tied to arguments and only the method is checked.
+    """
+    params_headers = [k for k in headers if k.startswith(PARAM_PREFIX)]
+    method = body.get("method") if isinstance(body, dict) else None
+    if params_headers and method != "tools/call":
+        return f"an Mcp-Param header on {method!r}, which is not a tools/call"
+    if method != "tools/call" or not known or bindings is None:
+        return None
+    params = body.get("params") if isinstance(body.get("params"), dict) else {}
+    arguments = params.get("arguments") if isinstance(params.get("arguments"), dict) else {}
+    declared = {b.header for b in bindings}
+    for name in params_headers:
+        if name not in declared:
+            return f"the {name} header is not declared by the tool"
+    for binding in bindings:
+        value = _argument(arguments, binding.path)
+        raw = headers.get(binding.header)
+        if value is None:
+            if raw is not None:
+                return f"the {binding.header} header has no argument in the body"
+            continue
+        if raw is None:
+            return f"the {binding.header} header is missing for an argument in the body"
+        decoded = decode_value(raw)
+        if decoded is None or not _agrees(decoded, value):
+            return f"the {binding.header} header differs from the body's argument"
+    return None
+
+
 def rederive(headers: dict[str, str], old: Any, new: Any) -> tuple[dict[str, str], str | None]:
     """Headers matching a body the firewall rewrote; a complaint when they cannot be kept in step.
 

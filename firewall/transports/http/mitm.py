@@ -7,10 +7,15 @@ no dumping, no console. Each addon has one concern:
 
 * :class:`McpHttp` - requests and responses (JSON bodies, SSE streams block by block);
 * :class:`McpWebSocket` - every WebSocket message, both ways;
-* :class:`UpstreamFailures` - a failed upstream leaves an audit record.
+* :class:`UpstreamFailures` - a failed upstream (refused, reset, timed out) leaves an audit
+  record, and the client gets the JSON-RPC error the lean listener sends (-32056), not
+  mitmproxy's HTML error page.
 
-Known difference from the lean listener: when mitmproxy cannot reach the upstream it
-answers with its own 502 page (no addon hook can replace it); the audit record is written.
+No addon hook can replace mitmproxy's error page, so :func:`install_error_replies` wraps its
+HTTP/1 client-side ``send`` (one private method, of the mitmproxy version pinned in the
+project): when the ``error`` hook left a reply for the client connection, that reply goes
+out instead of the page. HTTP/2 clients (TLS with ALPN ``h2`` in regular mode) still get
+mitmproxy's own error; the audit record is written either way.
 """
 
 from __future__ import annotations
@@ -194,16 +199,75 @@ class _SseStream:
         return self._events.feed(chunk)
 
 
+# Client connection id -> the raw HTTP response that replaces mitmproxy's error page.
+_ERROR_REPLIES: dict[str, bytes] = {}
+
+
+def _failure_status(message: str) -> int:
+    return 504 if "timed out" in message.lower() or "timeout" in message.lower() else 502
+
+
 class UpstreamFailures:
-    """Records why an MCP exchange failed upstream (refused, reset, timed out)."""
+    """An MCP exchange that failed upstream (refused, reset, timed out): an audit record,
+    and the JSON-RPC error for the client in place of mitmproxy's error page."""
 
     def __init__(self, core: HttpInspection) -> None:
         self.core = core
 
     def error(self, flow: Any) -> None:
         ex: Exchange | None = flow.metadata.get(_KEY)
-        if ex is not None and flow.response is None and flow.error is not None:
-            self.core.upstream_failed(ex, str(flow.error.msg))
+        if ex is None or flow.response is not None or flow.error is None:
+            return
+        message = str(flow.error.msg)
+        reply = self.core.upstream_failed(ex, message, status=_failure_status(message))
+        if flow.error.msg == "Connection killed." or not _ERROR_REPLIES_INSTALLED:
+            return
+        from mitmproxy import http
+        from mitmproxy.net.http import http1
+
+        headers = {**reply.headers, "connection": "close"}
+        _ERROR_REPLIES[flow.client_conn.id] = http1.assemble_response(http.Response.make(reply.status, reply.body, headers))
+
+    def client_disconnected(self, client: Any) -> None:
+        _ERROR_REPLIES.pop(client.id, None)
+
+
+_ERROR_REPLIES_INSTALLED = False
+
+
+def install_error_replies() -> bool:
+    """Let :class:`UpstreamFailures` answer failed exchanges (see the module's docstring).
+    False when this mitmproxy does not have the method wrapped (its page is sent then)."""
+    global _ERROR_REPLIES_INSTALLED
+    try:
+        from mitmproxy.connection import ConnectionState
+        from mitmproxy.proxy import commands
+        from mitmproxy.proxy.layers.http import _http1
+        from mitmproxy.proxy.layers.http._events import ResponseProtocolError
+    except ImportError:
+        return False
+    server = getattr(_http1, "Http1Server", None)
+    original = getattr(server, "send", None)
+    if original is None:
+        return False
+    if getattr(original, "_mcpfw", False):
+        _ERROR_REPLIES_INSTALLED = True
+        return True
+
+    def send(self: Any, event: Any) -> Any:
+        if isinstance(event, ResponseProtocolError) and not self.response:
+            raw = _ERROR_REPLIES.pop(self.conn.id, None)
+            if raw is not None:
+                if self.conn.state & ConnectionState.CAN_WRITE:
+                    yield commands.SendData(self.conn, raw)
+                yield commands.CloseConnection(self.conn)
+                return
+        yield from original(self, event)
+
+    send._mcpfw = True  # type: ignore[attr-defined]
+    server.send = send
+    _ERROR_REPLIES_INSTALLED = True
+    return True
 
 
 class McpWebSocket:
@@ -281,6 +345,7 @@ async def serve_mitmproxy(config: Config, listen: Listen, *, on_ready: Any = Non
             firewall, reverse=reverse, poster=UpstreamPoster(lambda: held, config.proxy.upstream_timeout_seconds)
         )
         router = build_router(config) if reverse else None
+        install_error_replies()
         opts = options.Options()
         m = master.Master(opts, with_termlog=False)
         m.addons.add(

@@ -71,9 +71,11 @@ class ServerConnection(asyncio.Protocol):
     """One client connection: parse, hand each request over, write its response."""
 
     def __init__(
-        self, handler: Handler, settings: ServerSettings, registry: set[ServerConnection], *, internal: bool = False
+        self, handler: Handler, settings: ServerSettings, registry: set[ServerConnection], *, internal: bool = False,
+        preface: bytes = b"",
     ) -> None:
         self._handler = handler
+        self._preface = preface  # bytes read by another worker before it handed the connection over
         self._settings = settings
         self._registry = registry
         self._internal = internal
@@ -116,6 +118,9 @@ class ServerConnection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small SSE events go out at once
         self._registry.add(self)
+        if self._preface:
+            preface, self._preface = self._preface, b""
+            self.data_received(preface)  # before anything the socket still holds
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -372,6 +377,24 @@ class ServerConnection(asyncio.Protocol):
         self.closed = True
         return self.transport
 
+    def movable(self) -> bool:
+        """True while the request being served is all this connection has read: no later
+        bytes are held, no response started, so the socket can move to another process."""
+        transport = self.transport
+        return (
+            not self.closed and not self._refused and not self._feeding and not self._in_message
+            and not self._queue and self._upgrade is None and not self._started and not self._internal
+            and transport is not None and not transport.is_closing()
+        )
+
+    def release(self) -> None:
+        """Forget the connection without a word to the client: its socket now belongs to
+        another process (which received a duplicate), so only this process's copy closes."""
+        assert self.transport is not None
+        self._cancel_deadline()
+        transport = self.detach()
+        transport.close()
+
     @property
     def busy(self) -> bool:
         return self._active is not None or self._in_message
@@ -488,7 +511,9 @@ class _Refused(Exception):
 
 
 def serve_factory(
-    handler: Handler, settings: ServerSettings, registry: set[ServerConnection], *, internal: bool = False
+    handler: Handler, settings: ServerSettings, registry: set[ServerConnection], *, internal: bool = False,
+    preface: bytes = b"",
 ) -> Callable[[], ServerConnection]:
-    """Connections of one listening socket; ``registry`` tracks them for idle sweeps and shutdown."""
-    return lambda: ServerConnection(handler, settings, registry, internal=internal)
+    """Connections of one listening socket; ``registry`` tracks them for idle sweeps and shutdown.
+    ``preface``: bytes already read from an adopted connection, parsed first."""
+    return lambda: ServerConnection(handler, settings, registry, internal=internal, preface=preface)

@@ -66,7 +66,7 @@ class UpstreamResponse:
     """A response as it arrives: the head at once, the body whole or in chunks."""
 
     __slots__ = (
-        "status", "reason", "raw", "length", "chunked", "_conn", "_loop", "_head", "_chunks", "_buffered",
+        "status", "reason", "raw", "length", "chunked", "has_date", "_conn", "_loop", "_head", "_chunks", "_buffered",
         "_complete", "_error", "_waiter", "_timer", "_high",
     )
 
@@ -76,6 +76,7 @@ class UpstreamResponse:
         self.raw: list[tuple[bytes, bytes]] = []
         self.length: int | None = None
         self.chunked = False
+        self.has_date = False
         self._conn = conn
         self._loop = loop
         self._head: asyncio.Future[None] = loop.create_future()
@@ -316,6 +317,8 @@ class UpstreamConnection(asyncio.Protocol):
                 response.length = int(value) if value.strip().isdigit() else None
             elif lower == b"transfer-encoding" and b"chunked" in value.lower():
                 response.chunked = True
+            elif lower == b"date":
+                response.has_date = True
         if not self._parser.should_keep_alive():
             self._keep = False
         if not response._head.done():

@@ -67,6 +67,11 @@ class HeaderList:
         """Each name once, lower case."""
         return [decode(key) for key in (self._map if self._map is not None else self._index())]
 
+    def has_prefix(self, prefix: str) -> bool:
+        """Whether a header name starts with ``prefix`` (lower case), without decoding names."""
+        start = encode(prefix)
+        return any(key.startswith(start) for key in (self._map if self._map is not None else self._index()))
+
 
 _KEYS: dict[str, bytes] = {}  # header names asked for, as lookup keys
 

@@ -12,6 +12,7 @@ all live in worker 0; sessionless (2026-07-28) requests stay wherever they land.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import ctypes
@@ -49,10 +50,19 @@ ADOPT_PATH = "/.mcpfw/adopt"
 _NOT_RELAYED = HOP_BY_HOP | {b"content-length"}
 _SESSION_FIELDS = ("protocol_version", "era", "client_info", "client_capabilities", "server_info", "server_capabilities")
 _RELAY_SLACK = 10.0  # seconds the owner may take beyond its own upstream timeout
+_HANDOFF_MAX = 60 * 1024  # a request larger than this is relayed instead (one datagram carries it)
+# Dropped from a request passed on with its connection: the body is sent whole with its
+# length, and a 100-continue was already answered.
+_NOT_HANDED = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 
 
 def socket_path(socket_dir: str, index: int) -> str:
     return os.path.join(socket_dir, f"w{index}.sock")
+
+
+def handoff_path(socket_dir: str, index: int) -> str:
+    """Where a worker receives client connections handed over by the others."""
+    return os.path.join(socket_dir, f"h{index}.sock")
 
 
 def ready_file(socket_dir: str, index: int) -> str:
@@ -71,22 +81,42 @@ class SessionAffinity:
         self._timeout = timeout + _RELAY_SLACK
         self._pool: UpstreamPool | None = None
         self._routes: dict[str, Route] = {}
+        self._listener: LeanListener | None = None
+        self._inbox: socket.socket | None = None  # connections handed over to this worker
+        self._outbox: socket.socket | None = None
+        self.handed_off = 0
+        self.relayed = 0
 
     async def start(self, listener: LeanListener) -> None:
         self._routes = {route.name: route for route in listener.router.routes}
         self._pool = UpstreamPool(connect_timeout=5.0, keepalive=60.0)
+        self._listener = listener
+        inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        inbox.bind(handoff_path(self._dir, self.index))
+        inbox.setblocking(False)
+        self._inbox = inbox
+        self._outbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._outbox.setblocking(False)
+        asyncio.get_running_loop().add_reader(inbox.fileno(), self._receive)
         await listener.listen_unix(socket_path(self._dir, self.index))
 
     async def wait_for_peers(self, timeout: float = 30.0) -> None:
         """Wait until every worker serves its Unix socket, so no relay or hand-over fails."""
         deadline = time.monotonic() + timeout
-        paths = [socket_path(self._dir, i) for i in range(self.count)]
+        paths = [socket_path(self._dir, i) for i in range(self.count)] + [handoff_path(self._dir, i) for i in range(self.count)]
         while not all(os.path.exists(p) for p in paths):
             if time.monotonic() > deadline:
                 raise TimeoutError("the other workers did not start")
             await asyncio.sleep(0.02)
 
     async def close(self) -> None:
+        if self._inbox is not None:
+            asyncio.get_running_loop().remove_reader(self._inbox.fileno())
+            self._inbox.close()
+            self._inbox = None
+        if self._outbox is not None:
+            self._outbox.close()
+            self._outbox = None
         if self._pool is not None:
             self._pool.close()
 
@@ -116,10 +146,15 @@ class SessionAffinity:
         return method == "POST" and "?" in upstream_path
 
     async def relay(self, request: IncomingRequest, owner: int, conn: ServerConnection) -> None:
-        """Pass the request to its owner and its answer back, byte for byte."""
+        """Hand the client's connection to the owner; failing that, pass the request to the
+        owner and its answer back, byte for byte."""
         from .lean import relay_response
 
         assert self._pool is not None
+        await asyncio.sleep(0)  # the read that brought the request is parsed to its end first
+        if conn.movable() and self._hand_off(request, owner, conn):
+            return
+        self.relayed += 1
         head = [b"%s %s HTTP/1.1\r\n" % (encode(request.method), encode(request.target))]
         head += header_block(request.headers.raw, _NOT_RELAYED)
         if request.has_body:
@@ -137,6 +172,56 @@ class SessionAffinity:
             await relay_response(conn, answer)
         finally:
             answer.release()
+
+    # -- handing a client connection to the owner -------------------------------------
+
+    def _hand_off(self, request: IncomingRequest, owner: int, conn: ServerConnection) -> bool:
+        """Send the connection's socket and its request to the owner, which serves both from
+        here on: a client that keeps its connection for its session costs no relays after
+        the first request. False (nothing changed) when the socket cannot be sent."""
+        transport = conn.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or self._outbox is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        head = [b"%s %s HTTP/%s\r\n" % (encode(request.method), encode(request.target), b"1.1" if request.http11 else b"1.0")]
+        head += header_block(request.headers.raw, _NOT_HANDED)
+        if request.has_body:
+            head.append(b"content-length: %d\r\n" % len(request.body))
+        head += (CRLF, request.body)
+        preface = b"".join(head)
+        if len(preface) > _HANDOFF_MAX:
+            return False
+        assert transport is not None
+        transport.pause_reading()  # what the client sends next stays in the socket for the owner
+        try:
+            # (socket.send_fds ignores its address argument, hence sendmsg)
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
+            self._outbox.sendmsg([preface], rights, 0, handoff_path(self._dir, owner))
+        except OSError:
+            transport.resume_reading()
+            return False
+        conn.release()
+        self.handed_off += 1
+        return True
+
+    def _receive(self) -> None:
+        """Connections handed over by the other workers (SCM_RIGHTS datagrams)."""
+        inbox = self._inbox
+        listener = self._listener
+        while inbox is not None and listener is not None:
+            try:
+                preface, fds, _flags, _addr = socket.recv_fds(inbox, _HANDOFF_MAX + 1, 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("mcpfw: cannot receive a connection from another worker: %s", exc)
+                return
+            socks = [socket.socket(fileno=fd) for fd in fds]
+            if len(socks) != 1 or not preface:
+                for sock in socks:
+                    sock.close()
+                continue
+            asyncio.ensure_future(listener.adopt_connection(socks[0], preface))
 
     # -- handing a new session to its owner ------------------------------------------
 
