@@ -276,6 +276,8 @@ class RegistryEnricher:
         if judged is None:
             judged = self._judge_use(view, spec, tenant, server, name, digest, mode)
             view.remember(memo_key, judged)
+        if visible and judged["digest"] != digest:
+            visible = False  # the session holds a definition the server no longer offers
         ctx.registry = {
             "event": "use", "tenant": tenant, "server": server, "mode": mode, "kind": kind,
             "target": {**judged, "visible": visible},
@@ -286,9 +288,13 @@ class RegistryEnricher:
     ) -> dict[str, Any]:
         """The target of a use, but for ``visible``: what this session was shown decides that."""
         kind = spec.kind
-        if digest is None:  # this session never listed it: the server's last list decides
-            known = view.known(tenant, server, kind, name)
-            digest = known.observed if known is not None else None
+        known = view.known(tenant, server, kind, name)
+        latest = known.observed if known is not None else None
+        # What the session was shown, unless the server has shown another definition since
+        # (to any session or firewall process sharing the state): that is what a call
+        # reaches now, so it is the one judged (and _on_use marks the session's copy stale).
+        if latest is not None:
+            digest = latest
         if digest is not None:
             status, reference = view.classify(tenant, server, kind, name, digest, mode)
         else:
