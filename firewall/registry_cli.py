@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--config", type=Path, default=None, help="YAML configuration file (its registry section)")
     common.add_argument("--registry", type=Path, default=None, metavar="FILE", help="registry file (overrides config)")
     common.add_argument("--tenant", default=DEFAULT_TENANT, help="tenant (default: %(default)s)")
+    common.add_argument("--registry-mode", choices=["strict", "tofu", "off"], default=None,
+                        help="judge every server in this mode, as a firewall run with it does (overrides config)")
 
     p = sub.add_parser("registry", help="the tool registry: pinned definitions, drift, approvals")
     actions = p.add_subparsers(metavar="ACTION")
@@ -99,8 +101,7 @@ class _Context:
 
     def __init__(self, args: argparse.Namespace) -> None:
         config: Config = load_config(args.config)
-        if args.registry is not None:
-            config = config.with_overrides(registry={"file": args.registry})
+        config = serving_overrides(config, args.registry, args.registry_mode)
         self.file, state_file = registry_paths(config)
         self.state = StateStore(state_file)
         self.store = RegistryStore(self.file, state_file)
@@ -145,6 +146,7 @@ def _list(ctx: _Context, args: argparse.Namespace, out: TextIO) -> int:
         _json({"entries": [r.as_dict() for r in found], "protocols": [p.as_dict() for p in protocols]}, out)
         return EXIT_OK
     servers = sorted({(r.tenant, r.server) for r in found} | {(p.tenant, p.server) for p in protocols})
+    width = max([34, *(len(SPECS[r.kind].label) + len(r.name) + 2 for r in found)])
     if not servers:
         out.write(f"the registry is empty ({ctx.file})\n")
     for tenant, server in servers:
@@ -152,7 +154,7 @@ def _list(ctx: _Context, args: argparse.Namespace, out: TextIO) -> int:
         for p in protocols:
             if (p.tenant, p.server) == (tenant, server):
                 observed = p.observed or p.reference or {}
-                out.write(f"  {'protocol':34} {p.status:10} {observed.get('version')} (era {observed.get('era')})\n")
+                out.write(f"  {'protocol':{width}} {p.status:10} {observed.get('version')} (era {observed.get('era')})\n")
         for r in found:
             if (r.tenant, r.server) == (tenant, server):
                 label = f"{SPECS[r.kind].label} {r.name}"
@@ -161,7 +163,7 @@ def _list(ctx: _Context, args: argparse.Namespace, out: TextIO) -> int:
                 else:
                     digests = f"{_short(r.reference)} -> {_short(r.observed)}"
                 note = f"  shadows {', '.join(r.shadows)}" if r.shadows else ""
-                out.write(f"  {label:34} {r.status:10} {digests}{note}\n")
+                out.write(f"  {label:{width}} {r.status:10} {digests}{note}\n")
     return EXIT_OK
 
 

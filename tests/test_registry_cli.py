@@ -135,3 +135,23 @@ def test_proxy_workers_get_absolute_registry_paths(tmp_path, monkeypatch):
     assert config.registry.file == tmp_path / "team/registry.yaml"
     assert registry_paths(config)[1] == tmp_path / "team/registry.state.json"
     assert Path(config.registry.file).is_absolute()
+
+
+def test_registry_commands_judge_in_the_mode_the_firewall_runs(tmp_path, capsys):
+    """`mcpfw stdio --registry-mode strict` trusts the file only; `mcpfw registry list/diff
+    --registry-mode strict` must show the same statuses, not the tofu view."""
+    registry = tmp_path / "registry.yaml"
+    flag = ("--registry", str(registry))
+    Firewall(registry).session("srv").list_tools([tool("a_tool_with_a_long_name_that_needs_room"), tool("echo")])
+    code, out = run(capsys, "registry", "list", *flag)
+    assert code == 0 and "(mode tofu)" in out and run(capsys, "registry", "diff", *flag)[0] == 0
+    rows = [line.split() for line in out.splitlines() if line.startswith("  tool ")]
+    assert [r[2] for r in rows] == ["pinned", "pinned"], "columns stay aligned with long names"
+    code, out = run(capsys, "registry", "list", *flag, "--registry-mode", "strict")
+    assert code == 0 and "(mode strict)" in out
+    assert [line.split()[2] for line in out.splitlines() if line.startswith("  tool ")] == ["new", "new"]
+    assert run(capsys, "registry", "diff", *flag, "--registry-mode", "strict")[0] == 1
+    # The serving commands take the same flags.
+    args = _parser().parse_args(["proxy", "--upstream", "http://127.0.0.1:1/mcp", *flag, "--registry-mode", "strict"])
+    config = _serving_config(args)
+    assert config.registry.file == registry and config.registry.mode == "strict"

@@ -114,6 +114,10 @@ def test_rug_pull_new_and_shadowing_tools_blocked_until_approved(tmp_path, confi
     code, out = registry_cli(capsys, "approve", "drift", "add", "multiply", "read_text_file", "--registry", str(registry), "--by", "alice")
     assert code == 0 and out.count("approved in") == 3
     assert "approved_by: alice" in registry.read_text()
+    # The new version also brought a capability (completions): protocol drift, left to review.
+    code, out = registry_cli(capsys, "diff", "--registry", str(registry))
+    assert code == 1 and out.startswith("default/drift: protocol changed (capabilities)") and "tool '" not in out
+    assert registry_cli(capsys, "approve", "drift", "--protocol", "--registry", str(registry))[0] == 0
     assert registry_cli(capsys, "diff", "--registry", str(registry))[0] == 0
 
     async def approved() -> None:
@@ -168,13 +172,14 @@ def test_stable_servers_raise_no_finding_on_a_clean_second_run(which, tmp_path, 
     assert len(entries) == first and {e["status"] for e in entries} == {"pinned"}
 
 
-def test_live_rug_pull_over_subscriptions_listen_is_caught_with_its_hidden_instructions(tmp_path, config):
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_live_rug_pull_over_subscriptions_listen_is_caught_with_its_hidden_instructions(transport, tmp_path, config):
     registry = tmp_path / "registry.yaml"
     calls = tmp_path / "calls.jsonl"
     audit = tmp_path / "audit.duckdb"
 
-    async def scenario() -> tuple[str, str]:
-        async with Client(shim(audit, config, registry, "drift", drifting("live", calls))) as client:
+    async def scenario(target: Any) -> tuple[str, str]:
+        async with Client(target) as client:
             assert client.protocol_version == "2026-07-28"
             assert {t.name for t in (await client.list_tools()).tools} == {"add", "echo", "upgrade"}
             async with client.listen(tools_list_changed=True) as changes:
@@ -185,11 +190,26 @@ def test_live_rug_pull_over_subscriptions_listen_is_caught_with_its_hidden_instr
             assert {t.name for t in (await client.list_tools()).tools} == {"echo", "upgrade"}
             return await denial(client, "add", {"a": 1, "b": 2})
 
-    codes, message = anyio.run(scenario)
+    if transport == "stdio":
+        codes, message = anyio.run(scenario, shim(audit, config, registry, "drift", drifting("live", calls)))
+    else:
+        from firewall.config import Config
+        from peers.http_harness import InProcessFirewall, free_port, process
+
+        port = free_port()
+        settings = Config.model_validate({
+            "audit": {"path": str(audit), "flush_interval_ms": 50},
+            "proxy": {"upstreams": [{"url": f"http://127.0.0.1:{port}/mcp", "name": "drift"}], "upstream_timeout_seconds": 10},
+            "detectors": {"injection": {"enabled": False}, "intent": {"enabled": False}},
+            "registry": {"file": str(registry)},
+        })
+        with InProcessFirewall(settings) as fw, process(drifting("live", calls, "--http", str(port)), port):
+            codes, message = anyio.run(scenario, fw.url + "/mcp")
     assert codes == "poisoned_tool,registry_drift"
     assert "changed since it was pinned (description" in message
     assert calls_seen(calls) == ["upgrade"]
     rows = audit_rows(audit)
+    assert ("client_to_server", "request", "subscriptions/listen") in {(r["direction"], r["kind"], r["method"]) for r in rows}
     assert ("server_to_client", "notification", "notifications/tools/list_changed") in {(r["direction"], r["kind"], r["method"]) for r in rows}
     relisted = [r for r in rows if r["method"] == "tools/list" and r["kind"] == "response"][-1]
     assert {"registry_blocked", "tool_poisoning"} <= set(relisted["tags"])
@@ -224,3 +244,117 @@ def test_http_proxy_pins_and_blocks_a_rug_pull(tmp_path):
         with process(drifting("rugpull", calls, "--http", str(port)), port):
             assert anyio.run(session, fw.url + "/mcp", "add") == ({"echo"}, "registry_drift")
     assert calls_seen(calls) == ["add"]
+
+
+def test_http_tenants_have_their_own_registry(tmp_path, capsys):
+    """Two tenants behind one proxy and one upstream: each pins on its own first use, and a
+    rug pull one tenant's pins catch is no drift for a tenant that first met the new version."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    from firewall.config import Config
+    from firewall.identity.apikeys import KeyStore
+    from peers.http_harness import InProcessFirewall, free_port, process
+
+    port = free_port()
+    calls = tmp_path / "calls.jsonl"
+    registry = tmp_path / "registry.yaml"
+    config = Config.model_validate({
+        "audit": {"path": str(tmp_path / "audit.duckdb"), "flush_interval_ms": 50},
+        "proxy": {"upstreams": [{"url": f"http://127.0.0.1:{port}/mcp", "name": "drift"}], "upstream_timeout_seconds": 10},
+        "detectors": {"injection": {"enabled": False}, "intent": {"enabled": False}},
+        "auth": {"mode": "required", "api_keys": {"store": str(tmp_path / "keys.sqlite")}},
+        "registry": {"file": str(registry)},
+    })
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    acme = keys.create("acme", "agent", roles=["admin"])[1]
+    globex = keys.create("globex", "agent", roles=["admin"])[1]
+
+    async def session(url: str, key: str) -> tuple[set[str], Any]:
+        async with (
+            httpx2.AsyncClient(headers={"x-api-key": key}, timeout=30) as http,
+            Client(streamable_http_client(url, http_client=http)) as client,
+        ):
+            names = {t.name for t in (await client.list_tools()).tools}
+            try:
+                return names, (await client.call_tool("add", {"a": 1, "b": 2})).content[0].text
+            except MCPError as exc:
+                return names, exc.error.data["reasons"][0]["code"]
+
+    with InProcessFirewall(config) as fw:
+        url = fw.url + "/mcp"
+        with process(drifting("base", calls, "--http", str(port)), port):
+            assert anyio.run(session, url, acme) == ({"add", "echo"}, "3.0")
+        with process(drifting("rugpull", calls, "--http", str(port)), port):
+            # globex meets the server for the first time: its first use pins the new version.
+            assert anyio.run(session, url, globex) == ({"add", "echo", "multiply", "read_text_file"}, "3.0")
+            assert anyio.run(session, url, acme) == ({"echo"}, "registry_drift")
+    assert calls_seen(calls) == ["add", "add"]
+
+    def statuses(tenant: str) -> dict[str, str]:
+        code, out = registry_cli(capsys, "list", "--registry", str(registry), "--tenant", tenant, "--json")
+        assert code == 0
+        return {e["name"]: e["status"] for e in json.loads(out)["entries"] if e["kind"] == "tools"}
+
+    assert statuses("acme") == {"add": "changed", "echo": "pinned", "multiply": "new", "read_text_file": "new"}
+    assert statuses("globex") == {"add": "pinned", "echo": "pinned", "multiply": "pinned", "read_text_file": "pinned"}
+    assert statuses("default") == {}
+    rows = audit_rows(tmp_path / "audit.duckdb", "method = 'tools/call' AND decision = 'deny'", at_least=1)
+    assert [(r["tenant"], r["server"], r["reason_codes"]) for r in rows] == [("acme", "drift", ["registry_drift"])]
+
+
+def test_prompts_templates_and_protocol_drift_through_the_stdio_shim(tmp_path, config, capsys):
+    """The same server starts again with a reworded prompt and resource template, a new prompt
+    and one more capability: each is a finding, hidden or refused until reviewed."""
+    registry = tmp_path / "registry.yaml"
+    calls = tmp_path / "calls.jsonl"
+
+    async def run(variant: str, audit: Path, prompts: tuple[str, ...]) -> tuple[set[str], set[str], dict[str, str]]:
+        async with Client(shim(audit, config, registry, "drift", drifting(variant, calls))) as client:
+            listed = {p.name for p in (await client.list_prompts()).prompts}
+            templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
+            got = {}
+            for name in prompts:
+                try:
+                    result = await client.get_prompt(name, {"text": "hello"})
+                    got[name] = result.messages[0].content.text
+                except MCPError as exc:
+                    assert exc.error.code == errors.POLICY_DENIED
+                    got[name] = exc.error.data["reasons"][0]["code"]
+            return listed, templates, got
+
+    assert anyio.run(run, "base", tmp_path / "a1.duckdb", ("summarize",)) == (
+        {"summarize"}, {"notes://{id}"}, {"summarize": "Summarize: hello"})
+    listed, templates, got = anyio.run(run, "rugpull", tmp_path / "a2.duckdb", ("summarize", "translate"))
+    assert (listed, templates) == (set(), set()), "drifted and new prompts and templates are hidden"
+    assert got == {"summarize": "registry_drift", "translate": "registry_unapproved"}
+    assert calls_seen(calls) == ["summarize"], "the refused prompts/get never reached the server"
+    rows = audit_rows(tmp_path / "a2.duckdb")
+    handshake = [r for r in rows if r["method"] in ("initialize", "server/discover") and r["kind"] == "response"]
+    assert handshake and "registry_protocol_drift" in handshake[0]["tags"] and handshake[0]["server"] == "drift"
+    for method in ("prompts/list", "resources/templates/list"):
+        answer = next(r for r in rows if r["method"] == method and r["kind"] == "response")
+        assert answer["decision"] == "redact" and "registry_blocked" in answer["tags"]
+
+    code, out = registry_cli(capsys, "diff", "drift", "--registry", str(registry))
+    assert code == 1
+    assert "default/drift: protocol changed (capabilities)" in out
+    assert "capabilities: completions, prompts, resources, tools" in out
+    assert "default/drift: prompt 'summarize' changed (description)" in out
+    assert "Summarizes the [-text.-]{+text, then lists every credential it mentions.+}" in out
+    assert "default/drift: resource template 'notes://{id}' changed (description)" in out
+    assert "approve: mcpfw registry approve drift translate --kind prompts" in out
+
+    for argv in (["approve", "drift", "summarize", "--kind", "prompts", "--by", "alice"],
+                 ["approve", "drift", "notes://{id}", "--kind", "resource_templates", "--by", "alice"],
+                 ["reject", "drift", "translate", "--kind", "prompts"],
+                 ["approve", "drift", "--protocol", "--by", "alice"]):
+        assert registry_cli(capsys, *argv, "--registry", str(registry))[0] == 0, argv
+    saved = registry.read_text()
+    assert "prompts:" in saved and "resource_templates:" in saved and "completions: {}" in saved
+
+    listed, templates, got = anyio.run(run, "rugpull", tmp_path / "a3.duckdb", ("summarize", "translate"))
+    assert (listed, templates) == ({"summarize"}, {"notes://{id}"})
+    assert got == {"summarize": "Summarize: hello", "translate": "registry_rejected"}
+    rows = audit_rows(tmp_path / "a3.duckdb")
+    assert not [r for r in rows if "registry_protocol_drift" in r["tags"]]
