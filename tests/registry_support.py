@@ -33,6 +33,15 @@ def tool(name: str, description: str = "Does things.", **extra: Any) -> dict[str
     return {"name": name, "description": description, "inputSchema": {"type": "object", "properties": {}}, **extra}
 
 
+def template(uri_template: str, description: str = "A resource.", **extra: Any) -> dict[str, Any]:
+    return {"uriTemplate": uri_template, "name": uri_template, "description": description, **extra}
+
+
+def codes(error: dict[str, Any] | None) -> list[str] | None:
+    """The reason codes of a JSON-RPC denial (None: the request went on)."""
+    return None if error is None else [r["code"] for r in error["data"]["reasons"]]
+
+
 class Capture:
     """Keeps every policy input (runs after the other enrichers, so sees the finished input)."""
 
@@ -108,6 +117,25 @@ class Conversation:
         if outcome.forward is None:
             return []
         return [t["name"] for t in orjson.loads(outcome.forward)["result"]["tools"]]
+
+    def list_kind(self, method: str, key: str, items: list[dict[str, Any]], params: dict[str, Any] | None = None,
+                  **result: Any) -> list[str]:
+        """prompts/list or resources/templates/list: the names (uriTemplates) the client receives."""
+        outcome = self.exchange(method, params or {}, {key: items, **result})
+        if outcome.forward is None:
+            return []
+        field = "uriTemplate" if key == "resourceTemplates" else "name"
+        return [i[field] for i in orjson.loads(outcome.forward)["result"][key]]
+
+    def use(self, method: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """None if the request went on to the server, else the JSON-RPC error the client got."""
+        outcome, _ = self.request(method, params)
+        if outcome.forward is not None:
+            return None
+        return orjson.loads(outcome.reply)["error"]
+
+    def read(self, uri: str) -> dict[str, Any] | None:
+        return self.use("resources/read", {"uri": uri})
 
     def call(self, name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """None if the call went on to the server, else the JSON-RPC error the client got."""

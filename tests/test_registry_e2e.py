@@ -181,13 +181,13 @@ def test_live_rug_pull_over_subscriptions_listen_is_caught_with_its_hidden_instr
     async def scenario(target: Any) -> tuple[str, str]:
         async with Client(target) as client:
             assert client.protocol_version == "2026-07-28"
-            assert {t.name for t in (await client.list_tools()).tools} == {"add", "echo", "upgrade"}
+            assert {t.name for t in (await client.list_tools()).tools} == {"add", "echo", "upgrade", "reword"}
             async with client.listen(tools_list_changed=True) as changes:
                 await client.call_tool("upgrade", {})
                 with anyio.fail_after(10):
                     async for _event in changes:
                         break
-            assert {t.name for t in (await client.list_tools()).tools} == {"echo", "upgrade"}
+            assert {t.name for t in (await client.list_tools()).tools} == {"echo", "upgrade", "reword"}
             return await denial(client, "add", {"a": 1, "b": 2})
 
     if transport == "stdio":
@@ -358,3 +358,91 @@ def test_prompts_templates_and_protocol_drift_through_the_stdio_shim(tmp_path, c
     assert got == {"summarize": "Summarize: hello", "translate": "registry_rejected"}
     rows = audit_rows(tmp_path / "a3.duckdb")
     assert not [r for r in rows if "registry_protocol_drift" in r["tags"]]
+
+
+@pytest.mark.parametrize("era", ["2026-07-28", "2025-11-25"])
+def test_uses_after_a_change_announcement_wait_for_a_fresh_list(era, tmp_path, config):
+    """The server swaps add, then rewords its prompt and resource template, and announces each
+    change (on a subscriptions/listen stream, or as plain notifications before 2026-07-28).
+    Using them before listing again is refused (registry_unverified) and never reaches the
+    server; the fresh list then applies the drift rules."""
+    registry = tmp_path / "registry.yaml"
+    calls = tmp_path / "calls.jsonl"
+    audit = tmp_path / "audit.duckdb"
+    notified: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        method = getattr(message, "method", None)
+        if isinstance(method, str) and method.endswith("list_changed"):
+            notified.append(method)
+
+    async def refused(request: Any) -> tuple[str, str]:
+        with pytest.raises(MCPError) as denied:
+            await request
+        error = denied.value.error
+        assert error.code == errors.POLICY_DENIED
+        return ",".join(sorted(r["code"] for r in error.data["reasons"])), error.message
+
+    async def announced(client: Client, tool: str, kinds: int) -> None:
+        """Call ``tool`` and wait until the client got the announcements it makes."""
+        if era == "2026-07-28":
+            async with client.listen(tools_list_changed=True, prompts_list_changed=True, resources_list_changed=True) as changes:
+                await client.call_tool(tool, {})
+                seen = 0
+                with anyio.move_on_after(10):
+                    async for _event in changes:
+                        seen += 1
+                        if seen == kinds:
+                            break
+        else:
+            before = len(notified)
+            await client.call_tool(tool, {})
+            with anyio.fail_after(10):
+                while len(notified) < before + kinds:
+                    await anyio.sleep(0.02)
+
+    async def scenario() -> dict[str, tuple[str, str]]:
+        params = shim(audit, config, registry, "drift", drifting("live", calls))
+        extra = {} if era == "2026-07-28" else {"mode": "legacy", "message_handler": on_message}
+        got: dict[str, tuple[str, str]] = {}
+        async with Client(params, **extra) as client:
+            assert client.protocol_version == era
+            assert {t.name for t in (await client.list_tools()).tools} == {"add", "echo", "upgrade", "reword"}
+            assert {p.name for p in (await client.list_prompts()).prompts} == {"summarize"}
+            assert {t.uri_template for t in (await client.list_resource_templates()).resource_templates} == {"notes://{id}"}
+            assert (await client.read_resource("notes://1")).contents[0].text == "note 1"
+
+            await announced(client, "upgrade", 1)
+            got["add"] = await refused(client.call_tool("add", {"a": 1, "b": 2}))
+            got["echo"] = await refused(client.call_tool("echo", {"message": "hi"}))
+            assert (await client.get_prompt("summarize", {"text": "x"})).messages, "prompts were not announced"
+            assert {t.name for t in (await client.list_tools()).tools} == {"echo", "upgrade", "reword"}
+            got["add relisted"] = await refused(client.call_tool("add", {"a": 1, "b": 2}))
+            assert (await client.call_tool("echo", {"message": "hi"})).content[0].text == "hi"
+
+            await announced(client, "reword", 2)
+            got["summarize"] = await refused(client.get_prompt("summarize", {"text": "x"}))
+            got["notes"] = await refused(client.read_resource("notes://2"))
+            assert {p.name for p in (await client.list_prompts()).prompts} == set()
+            got["summarize relisted"] = await refused(client.get_prompt("summarize", {"text": "x"}))
+            got["notes unlisted"] = await refused(client.read_resource("notes://2"))
+            assert not (await client.list_resource_templates()).resource_templates
+            got["notes relisted"] = await refused(client.read_resource("notes://2"))
+        return got
+
+    got = anyio.run(scenario)
+    unverified = "announced a change to its {}; list them again ({}) before using {} '{}'"
+    assert got["add"] == ("registry_unverified", f"mcpfw: registry: server 'drift' {unverified.format('tools', 'tools/list', 'tool', 'add')}")
+    assert got["echo"][0] == "registry_unverified"
+    assert got["add relisted"][0] == "poisoned_tool,registry_drift"
+    assert got["summarize"][0] == "registry_unverified"
+    assert unverified.format("prompts", "prompts/list", "prompt", "summarize") in got["summarize"][1]
+    assert got["notes"][0] == "registry_unverified"
+    assert got["summarize relisted"][0] == "registry_drift"
+    # Prompts were listed again, resource templates not yet: still unverified.
+    assert got["notes unlisted"][0] == "registry_unverified"
+    assert got["notes relisted"][0] == "registry_drift"
+    assert "resource template 'notes://{id}' of server 'drift' changed since it was pinned (description)" in got["notes relisted"][1]
+    assert calls_seen(calls) == ["note", "upgrade", "summarize", "echo", "reword"], "no refused use reached the server"
+    rows = audit_rows(audit, "reason_codes IS NOT NULL AND list_contains(reason_codes, 'registry_unverified')", at_least=4)
+    assert {r["method"] for r in rows} == {"tools/call", "prompts/get", "resources/read"}

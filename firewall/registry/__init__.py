@@ -2,7 +2,8 @@
 
 ``definitions`` (canonical form, digests), ``document`` (the reviewed registry file),
 ``state`` (what firewalls learn at run time), ``view`` (the index both are read through),
-``store`` (one process's access to both), ``enricher`` (``input.registry``) and ``review``
+``store`` (one process's access to both), ``enricher`` (``input.registry``), ``uritemplate``
+(which template a resources/read URI belongs to) and ``review``
 (what ``mcpfw registry`` shows and changes).
 """
 

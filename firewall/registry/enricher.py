@@ -4,12 +4,16 @@
   is digested, recorded in the state (pinned on first use in tofu mode) and classified;
   the input lists those that are not approved or pinned, or whose name another server of
   the tenant offered first, with the changed fields and a readable diff;
-* tools/call and prompts/get: the status of the definition being used, and whether this
-  session's client saw it in its (filtered) list;
+* tools/call and prompts/get: the status of the definition being used, whether this
+  session's client saw it in its (filtered) list, and whether the server announced a
+  change to that kind of definition that no list has shown since;
+* resources/read: the same for every known resource template the URI matches (RFC 6570,
+  see :mod:`.uritemplate`); URIs matching none are left alone;
 * initialize and server/discover responses: the protocol era, version and capabilities
   against the pinned ones;
 * list_changed notifications (also as delivered on 2026-07-28 subscriptions/listen
-  streams): which definitions of the server are pending review.
+  streams): recorded in the state (the kind's definitions are unverified until a list
+  answered after it shows them), and which definitions of the server are pending review.
 
 Only those messages cost more than a few attribute lookups; a tools/call check is a
 handful of dictionary lookups, a list response a digest per definition (cached per list).
@@ -35,17 +39,38 @@ from .definitions import (
     BY_USE_METHOD,
     DEFAULT_TENANT,
     PROTOCOL_FIELDS,
+    SPECS,
     KindSpec,
     canonical_definition,
     digest_of,
     protocol_record,
 )
-from .store import ListObservation, ProtocolObservation, RegistryStore
+from .store import (
+    ChangeObservation,
+    ListObservation,
+    ProtocolObservation,
+    RegistryStore,
+)
 from .textdiff import changed_fields, field_diffs
-from .view import APPROVED, CHANGED, NEW, OFF, PINNED, TOFU, TRUSTED, Modes, RegistryView
+from .uritemplate import compile_template
+from .view import (
+    APPROVED,
+    CHANGED,
+    NEW,
+    OFF,
+    PINNED,
+    TOFU,
+    TRUSTED,
+    UNVERIFIED,
+    Modes,
+    RegistryView,
+)
 
 SUBSCRIPTION_META = "io.modelcontextprotocol/subscriptionId"
 _PROTOCOL_METHODS = frozenset({"initialize", "server/discover"})
+_TEMPLATES = SPECS["resource_templates"]
+# Statuses the default rules let a client use: a read goes by the template it can use.
+_USABLE = TRUSTED | {UNVERIFIED}
 _DIFF_LIMIT = 2000  # characters per field in the policy input; `mcpfw registry diff` shows all
 _CACHE_SIZE = 256
 
@@ -101,11 +126,17 @@ class RegistryEnricher:
     def enrich(self, ctx: MessageContext) -> None:
         kind = ctx.message.kind
         if kind is Kind.REQUEST:
-            spec = BY_USE_METHOD.get(ctx.method or "") if ctx.direction == C2S else None
+            if ctx.direction != C2S:
+                return
+            spec = BY_USE_METHOD.get(ctx.method or "")
             if spec is not None:
                 mode = self._modes.of(ctx.session.server.name)
                 if mode != OFF:
                     self._on_use(ctx, spec, mode)
+            elif ctx.method == "resources/read":
+                mode = self._modes.of(ctx.session.server.name)
+                if mode != OFF:
+                    self._on_read(ctx, mode)
         elif kind is Kind.RESPONSE:
             if ctx.direction != S2C:
                 return
@@ -259,7 +290,16 @@ class RegistryEnricher:
         name = params.get(spec.key_field) if isinstance(params, dict) else None
         if not isinstance(name, str):
             return
-        tenant, server, kind = _tenant(ctx), ctx.session.server.name, spec.kind
+        tenant, server = _tenant(ctx), ctx.session.server.name
+        view = self._store.view(max_age=self._recheck)
+        target = self._target(view, ctx, spec, tenant, server, name, mode)
+        ctx.registry = {"event": "use", "tenant": tenant, "server": server, "mode": mode, "kind": spec.kind, "target": target}
+
+    def _target(
+        self, view: RegistryView, ctx: MessageContext, spec: KindSpec, tenant: str, server: str, name: str, mode: str,
+    ) -> dict[str, Any]:
+        """The verdict on using ``name``, with ``visible`` from what this session was shown."""
+        kind = spec.kind
         visible: bool | None = None
         digest: str | None = None
         seen = self._sessions.get(id(ctx.session))
@@ -270,7 +310,6 @@ class RegistryEnricher:
             else:
                 digest = seen.hidden.get((kind, name))
                 visible = False if digest is not None else None
-        view = self._store.view(max_age=self._recheck)
         memo_key = ("use", tenant, server, kind, name, digest, mode)
         judged = view.memo.get(memo_key)
         if judged is None:
@@ -278,10 +317,42 @@ class RegistryEnricher:
             view.remember(memo_key, judged)
         if visible and judged["digest"] != digest:
             visible = False  # the session holds a definition the server no longer offers
+        return {**judged, "visible": visible}
+
+    # -- resources/read ------------------------------------------------------------------
+
+    def _on_read(self, ctx: MessageContext, mode: str) -> None:
+        """A read whose URI matches known resource templates is a use of them.
+
+        Every match is reported, the one the client can most likely use first (then the
+        most specific); the policy allows the read if any of them may be used. A URI that
+        matches no template (a static resource) gets no verdict.
+        """
+        params = ctx.params
+        uri = params.get("uri") if isinstance(params, dict) else None
+        if not isinstance(uri, str):
+            return
+        tenant, server = _tenant(ctx), ctx.session.server.name
+        view = self._store.view(max_age=self._recheck)
+        matched = [name for name, template in self._templates(view, tenant, server) if template.matches(uri)]
+        if not matched:
+            return
+        targets = [self._target(view, ctx, _TEMPLATES, tenant, server, name, mode) for name in matched]
+        targets.sort(key=lambda t: not (t["status"] in _USABLE and t["visible"] is not False and not t["announced"]))
         ctx.registry = {
-            "event": "use", "tenant": tenant, "server": server, "mode": mode, "kind": kind,
-            "target": {**judged, "visible": visible},
+            "event": "use", "tenant": tenant, "server": server, "mode": mode, "kind": _TEMPLATES.kind,
+            "target": targets[0], "uri": uri, "matches": targets,
         }
+
+    def _templates(self, view: RegistryView, tenant: str, server: str) -> list[tuple[str, Any]]:
+        """Every resource template the registry knows for the server, most specific first."""
+        memo_key = ("templates", tenant, server)
+        found = view.memo.get(memo_key)
+        if found is None:
+            compiled = [(name, compile_template(name)) for name in view.names(tenant, server, _TEMPLATES.kind)]
+            found = sorted(compiled, key=lambda pair: (-pair[1].literal_length, pair[0]))
+            view.remember(memo_key, found)
+        return found
 
     def _judge_use(
         self, view: RegistryView, spec: KindSpec, tenant: str, server: str, name: str, digest: str | None, mode: str,
@@ -299,10 +370,14 @@ class RegistryEnricher:
             status, reference = view.classify(tenant, server, kind, name, digest, mode)
         else:
             status, reference = view.classify_unseen(tenant, server, kind, name, mode)
+        # Before the first list (tofu) nothing is pinned that the change could make stale:
+        # the use is unverified either way (server-everything announces its tools at start).
+        announced = status != UNVERIFIED and view.announced(tenant, server, kind, name)
         return {
             "name": name, "status": status, "digest": digest, "pinned_digest": reference,
             "fields": self._diff(view, reference, digest, None)[0] if status == CHANGED and digest else [],
             "shadows": view.shadows(tenant, server, kind, name, mode) if spec.shadowable else [],
+            "announced": announced,
         }
 
     # -- protocol ------------------------------------------------------------------------
@@ -336,7 +411,9 @@ class RegistryEnricher:
 
     def _on_change(self, ctx: MessageContext, spec: KindSpec, mode: str) -> None:
         tenant, server = _tenant(ctx), ctx.session.server.name
-        view = self._store.view()
+        # Recorded before the notification goes on, so a list the client makes in answer
+        # to it comes later; from now until such a list, uses of this kind are unverified.
+        view = self._store.record(ChangeObservation(tenant, server, spec.kind))
         pending = []
         for name, known in sorted(view.names(tenant, server, spec.kind).items()):
             if known.observed:

@@ -15,9 +15,13 @@ Layout::
         "pins":     {KIND: {NAME: {"digest", "at"}}},      # trust on first use
         "observed": {KIND: {NAME: {"digest", "at", "first_seen"}}},  # the latest definitions seen
         "protocol": {"pin": {era, version, capabilities, digest, at}, "observed": {...}},
+        "announced": {KIND: {"at", "listed": [NAME]}},     # change announced, not listed since
     }}}}}
 
 A kind present in ``pins`` (even empty) has had its first use: later names are new.
+A kind present in ``announced`` had a change announcement (list_changed) at ``at`` that no
+complete list answered after it has shown yet; ``listed`` are the names pages answered
+after it showed (paginated listings verify name by name).
 """
 
 from __future__ import annotations

@@ -47,7 +47,11 @@ class ListObservation:
                 return True
         if self.complete:
             listed = {name for name, _, _ in self.items}
-            return any(known.observed and name not in listed for name, known in names.items())
+            if any(known.observed and name not in listed for name, known in names.items()):
+                return True
+        announcement = view.announcement(t, s, k)
+        if announcement is not None and announcement[0] <= self.now:
+            return self.complete or any(name not in announcement[1] for name, _, _ in self.items)
         return False
 
     def apply(self, state: State, document: RegistryDocument) -> bool:
@@ -83,7 +87,25 @@ class ListObservation:
             for name in [n for n in observed if n not in listed]:
                 del observed[name]
                 changed = True
-        return changed
+        return self._verify(srv) or changed
+
+    def _verify(self, srv: dict[str, Any]) -> bool:
+        """A list answered after a change announcement: what it shows is verified again."""
+        announced = srv.get("announced", {})
+        announcement = announced.get(self.kind)
+        if announcement is None or announcement["at"] > self.now:
+            return False  # nothing announced, or announced after this list was answered
+        if self.complete:
+            del announced[self.kind]
+            if not announced:
+                del srv["announced"]
+            return True
+        listed = set(announcement.get("listed", ()))
+        names = {name for name, _, _ in self.items}
+        if names <= listed:
+            return False
+        announcement["listed"] = sorted(listed | names)
+        return True
 
 
 @dataclass(slots=True)
@@ -118,7 +140,36 @@ class ProtocolObservation:
         return changed
 
 
-Observation = ListObservation | ProtocolObservation
+@dataclass(slots=True)
+class ChangeObservation:
+    """A server announced that its list of a kind changed (list_changed).
+
+    Until a list of that kind answered after ``now`` is recorded, the definitions pinned
+    for it are unverified: the server may already offer something else under their names.
+    """
+
+    tenant: str
+    server: str
+    kind: str
+    now: float = field(default_factory=time.time)
+
+    def needed(self, view: RegistryView) -> bool:
+        announcement = view.announcement(self.tenant, self.server, self.kind)
+        return announcement is None or announcement[0] < self.now
+
+    def apply(self, state: State, document: RegistryDocument) -> bool:
+        srv = server_state(state, self.tenant, self.server, create=True)
+        assert srv is not None
+        announced = srv.setdefault("announced", {})
+        current = announced.get(self.kind)
+        if current is not None and current["at"] >= self.now:
+            return False  # another process recorded a later announcement: it stands
+        # A later announcement starts over: names listed before it are unverified again.
+        announced[self.kind] = {"at": self.now, "listed": []}
+        return True
+
+
+Observation = ListObservation | ProtocolObservation | ChangeObservation
 
 
 class RegistryStore:

@@ -72,6 +72,7 @@ class RegistryView:
         self._offers: dict[tuple[str, str, str], dict[str, float]] = {}
         self._definitions: dict[str, dict[str, Any]] = {}
         self._protocol: dict[tuple[str, str], tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None]] = {}
+        self._announced: dict[ServerKey, tuple[float, frozenset[str]]] = {}  # change announcements not yet listed
         # Verdicts computed against this view; valid as long as the view is (it never changes).
         self.memo: dict[Any, Any] = {}
         self._index_document()
@@ -110,6 +111,8 @@ class RegistryView:
                     for name, seen in table.items():
                         known = self._slot(tenant, server, kind, name)
                         known.observed, known.first_seen = seen["digest"], seen.get("first_seen", seen["at"])
+                for kind, announcement in data.get("announced", {}).items():
+                    self._announced[(tenant, server, kind)] = (announcement["at"], frozenset(announcement.get("listed", ())))
                 protocol = data.get("protocol")
                 if protocol:
                     approved = self._protocol.get((tenant, server), (None, None, None))[0]
@@ -153,6 +156,15 @@ class RegistryView:
     def first_use(self, tenant: str, server: str, kind: str) -> bool:
         """True until the server's list of this kind was pinned or approved."""
         return (tenant, server, kind) not in self._listed
+
+    def announcement(self, tenant: str, server: str, kind: str) -> tuple[float, frozenset[str]] | None:
+        """(when, names listed since) of a change the server announced and no complete list showed yet."""
+        return self._announced.get((tenant, server, kind))
+
+    def announced(self, tenant: str, server: str, kind: str, name: str) -> bool:
+        """Whether the server announced a change to this kind and ``name`` was not listed since."""
+        found = self._announced.get((tenant, server, kind))
+        return found is not None and name not in found[1]
 
     def definition(self, digest: str | None) -> dict[str, Any] | None:
         return self._definitions.get(digest) if digest else None

@@ -124,6 +124,7 @@ registry_quiet_use if {
 	not target.status in settings.registry.block_statuses
 	not target.shadows[0]
 	target.visible != false
+	not target.announced
 }
 
 # The configuration (data.mcpfw.config), read once per evaluation and only by

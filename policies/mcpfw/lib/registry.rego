@@ -8,6 +8,10 @@ package mcpfw.lib.registry
 
 label(kind) := {"tools": "tool", "prompts": "prompt", "resource_templates": "resource template"}[kind]
 
+plural(kind) := {"tools": "tools", "prompts": "prompts", "resource_templates": "resource templates"}[kind]
+
+list_method(kind) := {"tools": "tools/list", "prompts": "prompts/list", "resource_templates": "resources/templates/list"}[kind]
+
 # blocked(item, config): a definition (a list item or the target of a use)
 # that the client may neither see nor use.
 blocked(item, config) if item.status in config.block_statuses
@@ -53,11 +57,53 @@ poisoning_note(item) := sprintf("; its definition also matches poisoning rules: 
 	item.poisoning[0]
 } else := ""
 
+# use_refusals(reg, config): the reasons a use (input.registry.event "use") is
+# refused; empty when it is allowed. tools/call and prompts/get go by their
+# target; a resources/read (reg.matches: every resource template its URI
+# matches, the likeliest usable first, as reg.target) is refused only when no
+# matching template may be used, with the reasons of the first.
+use_refusals(reg, config) := refusals(reg, reg.target, config) if {
+	not reg.matches
+} else := set() if {
+	some item in reg.matches
+	count(refusals(reg, item, config)) == 0
+} else := refusals(reg, reg.target, config)
+
+# refusals(reg, item, config): why using one definition is refused: blocked,
+# else unverified (a change announced and not listed since), else not in the
+# list this session received.
+refusals(reg, item, config) := {reason(reg, item, config) | blocked(item, config)} | {
+	unverified_reason(reg, item) |
+		unverified(item, config)
+		not blocked(item, config)
+} | {
+	hidden_reason(reg, item) |
+		item.visible == false
+		config.hidden_use == "deny"
+		not blocked(item, config)
+		not unverified(item, config)
+}
+
+# unverified(item, config): the server announced a change to this kind of
+# definition (list_changed) and no list answered since has shown this name:
+# what a use reaches may differ from anything compared with the registry.
+unverified(item, config) if {
+	item.announced == true
+	config.announced_use == "deny"
+}
+
+unverified_reason(reg, item) := {"code": "registry_unverified", "message": msg} if {
+	msg := sprintf(
+		"registry: server '%s' announced a change to its %s; list them again (%s) before using %s '%s'",
+		[reg.server, plural(reg.kind), list_method(reg.kind), label(reg.kind), item.name],
+	)
+}
+
 # The use of a definition this session's client did not receive in its list.
-hidden_reason(reg) := {"code": "registry_hidden", "message": msg} if {
+hidden_reason(reg, item) := {"code": "registry_hidden", "message": msg} if {
 	msg := sprintf(
 		"registry: %s '%s' was not in the list this session received from server '%s'; list again",
-		[label(reg.kind), reg.target.name, reg.server],
+		[label(reg.kind), item.name, reg.server],
 	)
 }
 

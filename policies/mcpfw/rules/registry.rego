@@ -7,7 +7,11 @@
 #   tools/call,       using a blocked definition is denied, and so is using
 #   prompts/get       one this session's client did not receive in its
 #                     filtered list (hidden_use "deny"): a client can never
-#                     use what it could not see
+#                     use what it could not see; and one of a kind the server
+#                     announced a change to (list_changed) that no list has
+#                     shown since (announced_use "deny": registry_unverified)
+#   resources/read    the same for the resource templates the URI matches;
+#                     denied only when none of them may be used
 #   initialize,       an era or capabilities change against the pinned
 #   server/discover   protocol is tagged (protocol_action "deny" refuses it)
 #   list_changed      tagged when definitions of the server await review
@@ -52,13 +56,7 @@ effects(config) := {"deny": deny_set, "remove": remove_set, "obligations": oblig
 effects(config) := {"deny": deny_set, "obligations": obligation_set} if {
 	reg := input.registry
 	reg.event == "use"
-	target := reg.target
-	deny_set := {data.mcpfw.lib.registry.reason(reg, target, config) | data.mcpfw.lib.registry.blocked(target, config)} | {
-		data.mcpfw.lib.registry.hidden_reason(reg) |
-			target.visible == false
-			config.hidden_use == "deny"
-			not data.mcpfw.lib.registry.blocked(target, config)
-	}
+	deny_set := data.mcpfw.lib.registry.use_refusals(reg, config)
 	obligation_set := {data.mcpfw.lib.registry.tag("registry_blocked") | deny_set[_]}
 }
 

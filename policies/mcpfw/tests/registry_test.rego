@@ -46,8 +46,19 @@ use(target) := object.union(base, {
 
 target(name, status, visible) := {
 	"name": name, "status": status, "digest": "sha256:bb", "pinned_digest": "sha256:aa",
-	"visible": visible, "fields": [], "shadows": [],
+	"visible": visible, "fields": [], "shadows": [], "announced": false,
 }
+
+announced(t) := object.union(t, {"announced": true})
+
+read(uri, matches) := object.union(base, {
+	"direction": "client_to_server", "kind": "request", "method": "resources/read", "request": null, "result": null,
+	"params": {"uri": uri},
+	"registry": {
+		"event": "use", "tenant": "default", "server": "drift", "mode": "tofu", "kind": "resource_templates",
+		"target": matches[0], "uri": uri, "matches": matches,
+	},
+})
 
 protocol(status, fields) := object.union(base, {"method": "initialize", "request": {"method": "initialize", "params": {}}, "result": {}, "registry": {
 	"event": "protocol", "tenant": "default", "server": "drift", "mode": "tofu",
@@ -226,10 +237,62 @@ test_quiet_use_shortcut_only_for_uses_the_package_allows if {
 	loud := [
 		target("echo", "pinned", false), target("echo", "new", true), target("echo", "unlisted", null),
 		object.union(target("echo", "pinned", true), {"shadows": ["fs"]}),
+		announced(target("echo", "pinned", true)),
 	]
 	every t in loud {
 		not data.mcpfw.registry_quiet_use with input as use(t)
 		denied := data.mcpfw.rules.registry.deny with input as use(t)
 		count(denied) > 0
 	}
+}
+
+# -- change announcements -----------------------------------------------------------
+
+test_use_after_a_change_announcement_is_unverified if {
+	inp := use(announced(target("add", "pinned", true)))
+	d := decide(inp)
+	d.allow == false
+	codes(inp) == {"registry_unverified"}
+	some r in d.reasons
+	r.message == "registry: server 'drift' announced a change to its tools; list them again (tools/list) before using tool 'add'"
+	"registry_blocked" in tags(inp)
+	decide(inp).allow == false
+	allowed := decide(inp) with data.mcpfw.config.registry.announced_use as "allow"
+	allowed.allow == true
+}
+
+test_announced_drift_names_the_drift_and_hidden_names_the_announcement if {
+	codes(use(announced(target("add", "changed", false)))) == {"registry_drift"}
+	codes(use(announced(target("add", "pinned", false)))) == {"registry_unverified"}
+	codes(use(announced(target("add", "unverified", null)))) == {"registry_unverified"}
+	prompt := object.union(use(announced(target("summarize", "pinned", true))), {"method": "prompts/get", "tool": null})
+	p := object.union(prompt, {"registry": object.union(prompt.registry, {"kind": "prompts"})})
+	some r in decide(p).reasons
+	contains(r.message, "announced a change to its prompts; list them again (prompts/list) before using prompt 'summarize'")
+}
+
+# -- resources/read against resource templates ---------------------------------------
+
+test_read_through_a_hidden_template_denied if {
+	drifted := object.union(target("notes://{id}", "changed", false), {"fields": ["description"]})
+	inp := read("notes://1", [drifted])
+	d := decide(inp)
+	d.allow == false
+	codes(inp) == {"registry_drift"}
+	some r in d.reasons
+	contains(r.message, "resource template 'notes://{id}' of server 'drift' changed since it was pinned (description)")
+	codes(read("notes://1", [target("notes://{id}", "pinned", false)])) == {"registry_hidden"}
+	codes(read("notes://1", [target("notes://{id}", "new", null)])) == {"registry_unapproved"}
+	codes(read("notes://1", [announced(target("notes://{id}", "pinned", true))])) == {"registry_unverified"}
+}
+
+test_read_allowed_when_any_matching_template_may_be_used if {
+	visible := target("files://{+path}", "pinned", true)
+	hidden := target("files://notes/{id}", "new", false)
+	decide(read("files://notes/1", [visible, hidden])).allow == true
+	# Whichever comes first: the policy looks at every match.
+	decide(read("files://notes/1", [hidden, visible])).allow == true
+	decide(read("files://notes/1", [hidden, announced(visible)])).allow == false
+	codes(read("files://notes/1", [hidden, announced(visible)])) == {"registry_unapproved"}
+	decide(read("files://notes/1", [target("files://{+path}", "approved", null)])).allow == true
 }
