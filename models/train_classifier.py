@@ -189,7 +189,9 @@ def build_rule_pack(out_path: Path, probe: str, pos: list[str], neg: list[str]) 
 # --------------------------------------------------------------------------
 
 class Featurizer:
-    def __init__(self, models_dir: Path, threads: int, window_tokens: int, stride: int):
+    def __init__(self, models_dir: Path, threads: int, window_tokens: int, stride: int, rules_path: Path | None = None,
+                 sentence_kinds: tuple[str, ...] = ()):
+        self.sentence_kinds = set(sentence_kinds)
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -200,15 +202,16 @@ class Featurizer:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         self.sess = ort.InferenceSession(str(models_dir / inj.ONNX_FILE), so, providers=["CPUExecutionProvider"])
-        self.rules = inj.RulePack(models_dir / inj.RULES_FILE)
+        self.rules = inj.RulePack(rules_path or models_dir / inj.RULES_FILE)
         self.window_tokens, self.stride = window_tokens, stride
         self.model_sha = hashlib.sha256((models_dir / inj.ONNX_FILE).read_bytes()).hexdigest()[:16]
 
-    def analyse(self, text: str) -> inj.Analysis:
+    def analyse(self, text: str, kind: str) -> inj.Analysis:
         norm = inj.normalize(text)
         enc = self.tok.encode(norm.text, add_special_tokens=False)
         ids = np.asarray(enc.ids, dtype=np.int64)
-        wins = inj.make_windows(len(ids), enc.offsets, len(norm.text), self.window_tokens, self.stride)
+        wins = inj.make_windows(len(ids), enc.offsets, len(norm.text), self.window_tokens, self.stride,
+                                norm.text, kind in self.sentence_kinds)
         return inj.Analysis(text, norm, ids, enc.offsets, wins)
 
     def embed(self, id_lists: list[np.ndarray]) -> np.ndarray:
@@ -352,8 +355,21 @@ def main() -> int:
     ap.add_argument("--max-embed-windows", type=int, default=3)
     ap.add_argument("--screen-recall", default="prompt=0.998,tool_output=0.995,tool_description=1.0",
                     help="per kind: fraction of validation injections whose best window must pass the stage-1 screen")
+    ap.add_argument("--screen-benign-pass", default="tool_output=0.10",
+                    help="per kind: lower the screen until this fraction of benign validation documents passes it")
     ap.add_argument("--full-eval-docs", type=int, default=500, help="test docs per kind also scored in full mode")
     ap.add_argument("--out-dir", type=Path, default=HERE)
+    ap.add_argument("--sentence-windows", default="prompt,tool_output",
+                    help="kinds whose texts (when longer than one window) also get sentence-aligned windows")
+    ap.add_argument("--ensemble-size", type=int, default=5, help="MLPs in the bagged stage-2 candidate")
+    ap.add_argument("--ensemble-hidden", type=int, default=128)
+    ap.add_argument("--ensemble-alphas", default="0.01,0.1", help="L2 strengths tried for the bagged candidate")
+    ap.add_argument("--stage2-families", default="logistic,mlp,ensemble",
+                    help="stage-2 candidate families compared on validation (logistic C in {0.05,0.3}, "
+                         "mlp128 alpha in {0.01,0.1}, the bagged ensemble)")
+    ap.add_argument("--skip-test", action="store_true",
+                    help="development runs: stop after model selection on validation (no test scores, no artefacts)")
+    ap.add_argument("--tag", default="", help="suffix of the validation-score dump models/.cache/val_scores<tag>.jsonl")
     ap.add_argument("--prompt-fraction", type=float, default=1.0, help="subsample external prompts (smoke runs)")
     args = ap.parse_args()
 
@@ -362,6 +378,7 @@ def main() -> int:
 
     t_start = time.time()
     out = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
     samples = synth_data.build_corpus(args.seed, args.n_tool_outputs, args.n_descriptions, args.prompt_fraction)
     print(f"[data] {len(samples)} samples in {time.time() - t_start:.0f}s", flush=True)
 
@@ -376,15 +393,17 @@ def main() -> int:
     pack = build_rule_pack(out / inj.RULES_FILE, probe, pos_t, neg_t)
     print(f"[rules] {len(pack['rules'])} rules in {len(pack['groups'])} groups", flush=True)
 
-    fz = Featurizer(out, args.threads, args.window_tokens, args.stride)
-    cache = EmbCache(out / ".cache" / "embeddings.npz")
+    # the encoder/tokenizer always come from models/; --out-dir only redirects the written artefacts
+    fz = Featurizer(HERE, args.threads, args.window_tokens, args.stride, rules_path=out / inj.RULES_FILE,
+                    sentence_kinds=tuple(k for k in args.sentence_windows.split(",") if k))
+    cache = EmbCache(HERE / ".cache" / "embeddings.npz")
 
     # ---- analyse every sample --------------------------------------------------
     t0 = time.time()
     A: list[inj.Analysis] = []
     WL: list[np.ndarray] = []
     for s in samples:
-        a = fz.analyse(s.text)
+        a = fz.analyse(s.text, s.kind)
         A.append(a)
         WL.append(window_labels(s, a))
     print(f"[analyse] {sum(len(a.windows) for a in A)} windows in {time.time() - t0:.0f}s", flush=True)
@@ -405,7 +424,7 @@ def main() -> int:
         nneg = max(1, int((wl == 0).sum()))
         kw = n_train / (len(KINDS) * max(1, kind_counts[s.kind]))
         for i, w in enumerate(a.windows):
-            f = inj.lexical_indices(a.ids[w.tok_start:w.tok_end], kidx)
+            f = inj.lexical_count_features(a.ids[w.tok_start:w.tok_end])
             v = 1.0 / np.sqrt(f.size) if f.size else 0.0
             rows.extend([r] * (f.size + 1))
             cols.extend(f.tolist() + [inj.VOCAB + inj.BIGRAM_BUCKETS + kidx])
@@ -462,26 +481,32 @@ def main() -> int:
     lex_w[:] = lex_model.coef_[0]
     lex_b = float(lex_model.intercept_[0])
     # sanity: serving formula == sklearn decision_function
-    d0, i0 = doc_of[0], 0
-    a0 = A[d0]
-    w0 = a0.windows[0]
-    chk = inj.lexical_score(lex_w, lex_b, inj.lexical_indices(a0.ids[w0.tok_start:w0.tok_end], KINDS.index(samples[d0].kind)),
-                            KINDS.index(samples[d0].kind))
-    assert abs(chk - lex_scores[all_rows[(d0, 0)]]) < 1e-3, (chk, lex_scores[all_rows[(d0, 0)]])
+    for d0 in range(min(200, len(samples))):
+        a0 = A[d0]
+        chk = inj.lexical_scores(lex_w, lex_b, a0.ids, a0.windows, KINDS.index(samples[d0].kind))
+        ref = lex_scores[[all_rows[(d0, i)] for i in range(len(a0.windows))]]
+        assert np.allclose(chk, ref, atol=1e-3), (d0, chk[:5], ref[:5])
 
     p1_all = 1 / (1 + np.exp(-lex_scores))
-    # screen thresholds per kind: keep >= screen_recall of validation injections
+    # screen thresholds per kind: keep >= screen_recall of validation injections; where that would send
+    # fewer benign validation documents to stage 2 than --screen-benign-pass allows, lower the screen to
+    # that benign pass rate instead (validation injections are easier than unseen ones, so a screen set
+    # on their recall alone screens out too many unseen injections; the benign pass rate bounds latency)
     screens = {}
+    sr = dict(kv.split("=") for kv in args.screen_recall.split(","))
+    sb = dict(kv.split("=") for kv in args.screen_benign_pass.split(","))
     for k in KINDS:
-        best_pos = []
+        best_pos, best_neg = [], []
         for d, s in enumerate(samples):
-            if s.split == "val" and s.kind == k and s.label == 1:
-                best_pos.append(max(p1_all[all_rows[(d, i)]] for i in range(len(A[d].windows))))
-        sr = dict(kv.split("=") for kv in args.screen_recall.split(","))
+            if s.split == "val" and s.kind == k:
+                (best_pos if s.label == 1 else best_neg).append(
+                    max(p1_all[all_rows[(d, i)]] for i in range(len(A[d].windows))))
         if float(sr[k]) >= 1.0 or not best_pos:
             screens[k] = 0.0  # no screen: the top-K windows are always embedded
         else:
             screens[k] = float(np.quantile(np.asarray(best_pos), 1 - float(sr[k])))
+            if float(sb.get(k, 0)) > 0 and best_neg:
+                screens[k] = min(screens[k], float(np.quantile(np.asarray(best_neg), 1 - float(sb[k]))))
     print(f"[stage1] screens {screens}", flush=True)
 
     # ---- stage 2 windows & features -------------------------------------------
@@ -608,24 +633,52 @@ def main() -> int:
             recs.append(recall_at(yy, ss, threshold_at_fpr(yy, ss))[0])
         print(f"[stage2] {name} val AUC {dict(zip(KINDS, np.round(aucs, 4)))} R@1%FPR {dict(zip(KINDS, np.round(recs, 3)))}",
               flush=True)
-        candidates.append((np.mean(aucs) + np.mean(recs), name, layers, vs, fn))
+        candidates.append((np.mean(aucs) + np.mean(recs), name, layers, vs, fn,
+                           {k: {"roc_auc": float(a_), "recall_at_1pct_fpr": float(r_)} for k, a_, r_ in zip(KINDS, aucs, recs)}))
 
     sw = w2 * len(w2) / w2.sum()
-    for C in (0.05, 0.3):
+    fams = {f for f in args.stage2_families.split(",") if f}
+    for C in ((0.05, 0.3) if "logistic" in fams else ()):
         lr = LogisticRegression(C=C, max_iter=3000)
         lr.fit(Xs, y2, sample_weight=sw)
         evaluate(f"logistic C={C}", [(lr.coef_[0].reshape(-1, 1).astype(np.float32),
                                       np.asarray([lr.intercept_[0]], np.float32))])
     from sklearn.neural_network import MLPClassifier
-    for alpha in (1e-2, 1e-1):
+    for alpha in ((1e-2, 1e-1) if "mlp" in fams else ()):
         mlp = MLPClassifier(hidden_layer_sizes=(128,), alpha=alpha, max_iter=200, early_stopping=True,
                             validation_fraction=0.1, n_iter_no_change=8, random_state=args.seed)
         mlp.fit(Xs, y2, sample_weight=sw)
         evaluate(f"mlp128 alpha={alpha}", [(W.astype(np.float32), b.astype(np.float32))
                                             for W, b in zip(mlp.coefs_, mlp.intercepts_)])
+    # bagged MLPs (different seeds / bootstrap-free, early-stopping splits): the mean of their logits is
+    # itself one MLP with the hidden layers side by side, so serving is unchanged (just wider).
+    for alpha in ([float(a) for a in args.ensemble_alphas.split(",") if a] if "ensemble" in fams else []):
+        members = []
+        for j in range(args.ensemble_size):
+            mlp = MLPClassifier(hidden_layer_sizes=(args.ensemble_hidden,), alpha=alpha, max_iter=200, early_stopping=True,
+                                validation_fraction=0.1, n_iter_no_change=8, random_state=args.seed + 100 + j)
+            mlp.fit(Xs, y2, sample_weight=sw)
+            members.append(mlp)
+        M = len(members)
+        W0 = np.hstack([m.coefs_[0] for m in members]).astype(np.float32)
+        b0 = np.concatenate([m.intercepts_[0] for m in members]).astype(np.float32)
+        W1 = (np.vstack([m.coefs_[1] for m in members]) / M).astype(np.float32)
+        b1 = np.asarray([np.mean([m.intercepts_[1][0] for m in members])], np.float32)
+        evaluate(f"mlp{args.ensemble_hidden}x{M} alpha={alpha}", [(W0, b0), (W1, b1)])
     candidates.sort(key=lambda c: -c[0])
-    _, model_name, layers, vs, model_fn = candidates[0]
+    _, model_name, layers, vs, model_fn, val_metrics = candidates[0]
+    selection = {c[1]: c[5] for c in candidates}
     print(f"[stage2] chose {model_name} ({time.time() - t0:.0f}s)", flush=True)
+    # validation scores of the chosen model, for error analysis (never the test split)
+    dump = HERE / ".cache" / f"val_scores{args.tag}.jsonl"
+    dump.parent.mkdir(parents=True, exist_ok=True)
+    with open(dump, "w", encoding="utf-8") as fh:
+        for d, (sc, nemb) in sorted(vs.items()):
+            s = samples[d]
+            fh.write(json.dumps({"kind": s.kind, "label": s.label, "group": s.group, "score": sc, "embedded": nemb,
+                                 "text": s.text if s.kind == "prompt" else
+                                 (s.text[max(0, s.spans[0][0] - 150): s.spans[0][1] + 150] if s.spans else s.text[:600])})
+                     + "\n")
 
     # thresholds: 1% FPR on validation benign docs, per kind
     thresholds = {}
@@ -636,13 +689,17 @@ def main() -> int:
         thresholds[k] = max(threshold_at_fpr(yy, ss), screens[k] + 1e-6)
     print(f"[thresholds] {thresholds}", flush=True)
 
+    if args.skip_test:  # development runs: model selection on validation only, the test split stays unseen
+        print("[test] skipped (--skip-test); nothing written", flush=True)
+        return 0
     # ---- test ------------------------------------------------------------------
     t0 = time.time()
     ts = cascade_doc_scores("test", model_fn)
     full = cascade_doc_scores("test", model_fn, full=True, limit_per_kind=args.full_eval_docs)
     print(f"[test] scored in {time.time() - t0:.0f}s", flush=True)
 
-    metrics = {"kinds": {}, "val_thresholds": thresholds, "screens": screens}
+    metrics = {"kinds": {}, "val_thresholds": thresholds, "screens": screens, "model": model_name,
+               "validation": val_metrics, "model_selection_on_validation": selection}
     for k in KINDS:
         entry = {}
         for name, res in (("cascade", ts), ("full", full)):
@@ -682,11 +739,12 @@ def main() -> int:
     import sklearn
     import tokenizers
     meta = {
-        "format": "mcpfw-injection-classifier/1",
+        "format": "mcpfw-injection-classifier/2",
         "window_tokens": args.window_tokens, "stride": args.stride, "max_embed_windows": K,
+        "sentence_windows": [k for k in args.sentence_windows.split(",") if k],
         "thresholds": thresholds, "screen_thresholds": screens,
-        "stage1": {"type": "logistic", "features": "hashed word-piece unigrams+bigrams (binary, L2) + kind bias",
-                   "C": C1, "dim": inj.LEX_DIM},
+        "stage1": {"type": "logistic", "features": "hashed word-piece unigram+bigram counts / sqrt(n-grams) + kind bias",
+                   "counts": True, "C": C1, "dim": inj.LEX_DIM},
         "stage2": {"type": model_name, "n_layers": len(layers),
                    "features": ["minilm_embedding[384]"] + [f"rule:{g}" for g in fz.rules.groups]
                                + [f"char:{c}" for c in inj.CHAR_FEATURES] + [f"kind:{k}" for k in KINDS]
