@@ -455,6 +455,19 @@ def test_several_processes_share_one_database(db: Path) -> None:
     assert fetch(db, "SELECT count(*), count(DISTINCT decision_id) FROM decisions") == [(expected, expected)]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_writer_thread_runs_at_lower_cpu_priority_than_the_relay(db: Path) -> None:
+    import os
+
+    with AuditLog(db, flush_interval=60) as audit:
+        audit.record(make_row(0))
+        assert audit.flush() is True
+        writer = audit._thread.native_id
+        assert writer is not None and writer != threading.get_native_id()
+        relay = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert os.getpriority(os.PRIO_PROCESS, writer) > relay
+
+
 def test_record_is_cheap(db: Path) -> None:
     rows = [make_row(i) for i in range(2_000)]
     with AuditLog(db, flush_interval=60, batch_size=10**9) as audit:

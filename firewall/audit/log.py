@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import queue
 import sys
 import threading
@@ -212,6 +213,7 @@ class AuditLog:
     # ---- writer thread --------------------------------------------------
 
     def _run(self) -> None:
+        _lower_thread_priority()
         while True:
             try:
                 token: object = self._wake.get(timeout=self._flush_interval)
@@ -364,3 +366,17 @@ class AuditLog:
         for stored in self._held:
             sys.stderr.write(to_spill_line(stored).decode("utf-8", "replace"))
         sys.stderr.flush()
+
+
+def _lower_thread_priority(step: int = 10) -> None:
+    """Make the calling thread (the writer) yield the CPU to the relay threads.
+
+    Linux schedules threads on their own nice values: where the writer competes for a
+    core with the relay or the MCP server, the scheduler runs them first, and the
+    writer still gets every idle cycle. Elsewhere (or when refused) this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + step))

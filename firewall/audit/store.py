@@ -10,7 +10,9 @@ because opening a DuckDB instance costs ~12 ms and ATTACH well under 1 ms.
 DETACH skips the checkpoint (5-25 ms of lock time per batch): the WAL,
 fsync'd at COMMIT so rows are durable, is folded into the file once it passes
 ``CHECKPOINT_WAL_BYTES`` and at close. Every ATTACH replays the WAL, so it is
-kept small.
+kept smallish: at 1 MiB (about 1,300 rows of typical traffic) a checkpoint comes every
+third batch of a busy firewall, and the replay costs less than the checkpoints saved
+(measured: 59 against 86 us of writer CPU a row with 256 KiB, batches of 400 rows).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from firewall.audit.spill import SpillFile
 
 log = logging.getLogger("mcpfw.audit")
 
-CHECKPOINT_WAL_BYTES = 256 * 1024
+CHECKPOINT_WAL_BYTES = 1024 * 1024
 _ALIAS = "mcpfw_audit"  # name of the attached audit database inside the hub
 _APPEND_CHUNK = 16  # rows handed to the DuckDB appender per call
 _JSON_CHUNK_ROWS = 8192  # rows staged per JSON text (one INSERT) at most
