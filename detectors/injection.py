@@ -30,19 +30,25 @@ No torch, no network, no pickle: the classifier is numpy arrays in an
 
 from __future__ import annotations
 
+import array
 import bisect
 import hashlib
 import json
+import math
 import os
 import re
 import threading
 import unicodedata
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 import numpy as np
+
+from .wordpiece import AsciiWordPiece
 
 Kind = Literal["prompt", "tool_output", "tool_description"]
 KINDS: tuple[str, ...] = ("prompt", "tool_output", "tool_description")
@@ -172,8 +178,9 @@ class Analysis:
     raw: str
     norm: Normalized
     ids: np.ndarray  # content word-piece ids (no specials), int64
-    offsets: list[tuple[int, int]]
+    offsets: list[tuple[int, int]]  # empty when the text is a single window (fast path)
     windows: list[Window]
+    id_list: list[int] | None = None  # the ids as a list, when the fast path made them
 
 
 def make_windows(n_tokens: int, offsets: list[tuple[int, int]], text_len: int,
@@ -260,6 +267,26 @@ def lexical_scores(weights: np.ndarray, bias: float, ids: np.ndarray, windows: l
     return np.where(nf > 0, tot / np.sqrt(np.maximum(nf, 1)), 0.0) + float(weights[VOCAB + BIGRAM_BUCKETS + kind_idx]) + bias
 
 
+def lexical_score_whole(weights: Sequence[float], bias: float, ids: list[int], kind_idx: int) -> float:
+    """:func:`lexical_scores` of a single window spanning all of ``ids``, in plain Python on
+    the weights as a list: for a short text a handful of small numpy calls cost more than
+    the scoring itself."""
+    n = len(ids)
+    kind_weight = weights[VOCAB + BIGRAM_BUCKETS + kind_idx] + bias
+    if n == 0:
+        return kind_weight
+    total = 0.0
+    for i in ids:
+        total += weights[i]
+    for a, b in pairwise(ids):
+        total += weights[VOCAB + (a * 1000003 + b) % BIGRAM_BUCKETS]
+    return total / math.sqrt(2 * n - 1) + kind_weight
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= -700.0 else 0.0
+
+
 def lexical_count_features(ids: np.ndarray) -> np.ndarray:
     """Training side of :func:`lexical_scores`: the (repeated) n-gram feature indices of one window."""
     if ids.size == 0:
@@ -286,7 +313,7 @@ def lexical_score(weights: np.ndarray, bias: float, feats: np.ndarray, kind_idx:
 
 _ROLE_TAG_RE = re.compile(
     r"<\|?(?:im_start|im_end|system|endoftext)\|?>|\[/?(?:INST|SYS)\]|</?(?:important|system|instructions?)>"
-    r"|(?:^|\n)\s*(?:system|assistant)\s*:", re.I)
+    r"|(?:^|\n)\s*(?:system|assistant)\s*:", re.IGNORECASE)
 _URL_RE = re.compile(r"https?://|www\.")
 CHAR_FEATURES = ("log_chars", "frac_upper", "frac_punct", "frac_digit", "frac_non_ascii_raw",
                  "log_invisible_raw", "log_tags_raw", "role_tags", "urls", "exclam")
@@ -324,7 +351,7 @@ class RulePack:
         self.rules: list[tuple[int, re.Pattern[str]]] = []
         for r in data["rules"]:
             try:
-                self.rules.append((gi[r["group"]], re.compile(r["pattern"], re.I if r.get("ignore_case", True) else 0)))
+                self.rules.append((gi[r["group"]], re.compile(r["pattern"], re.IGNORECASE if r.get("ignore_case", True) else 0)))
             except re.error:
                 continue
 
@@ -366,6 +393,9 @@ class InjectionClassifier:
         self.meta = meta
         arr = np.load(d / CLASSIFIER_NPZ, allow_pickle=False)
         self.lex_w = arr["lex_w"].astype(np.float32)
+        # The same weights for plain-Python scoring of single windows (lexical_score_whole).
+        self._lex_w_list = array.array("d")
+        self._lex_w_list.frombytes(self.lex_w.astype(np.float64).tobytes())
         self.lex_b = float(arr["lex_b"][0])
         self.mean = arr["feat_mean"].astype(np.float32)
         self.scale = arr["feat_scale"].astype(np.float32)
@@ -392,6 +422,7 @@ class InjectionClassifier:
         self.tokenizer = Tokenizer.from_file(str(d / TOKENIZER_FILE))
         self.tokenizer.no_truncation()  # windowing is done here
         self.tokenizer.no_padding()
+        self._wordpiece = AsciiWordPiece(self.tokenizer.get_vocab())
         so = ort.SessionOptions()
         so.intra_op_num_threads = intra_op_threads
         so.inter_op_num_threads = 1
@@ -405,6 +436,12 @@ class InjectionClassifier:
     # -- pieces shared with training --------------------------------------
     def analyse(self, text: str, kind: str = "tool_output") -> Analysis:
         norm = normalize(text)
+        # Short printable ASCII (most arguments and many results) fits one window, whose
+        # span is the whole text: its ids alone are needed, and are cheaper to get here.
+        fast = self._wordpiece.ids(norm.text, self.window_tokens)
+        if fast is not None:
+            ids = np.asarray(fast, dtype=np.int64)
+            return Analysis(text, norm, ids, [], [Window(0, len(fast), 0, len(norm.text))], fast)
         enc = self.tokenizer.encode(norm.text, add_special_tokens=False)
         ids = np.asarray(enc.ids, dtype=np.int64)
         offsets = enc.offsets
@@ -462,7 +499,18 @@ class InjectionClassifier:
         wins = a.windows
         if a.ids.size == 0 and not a.norm.text.strip():
             return InjectionResult(0.0, "benign", thr, (0, len(text)), len(wins), kind, 0, "screen")
-        if self.lex_counts:
+        if self.lex_counts and len(wins) == 1:
+            ids = a.id_list if a.id_list is not None else a.ids.tolist()
+            logit = lexical_score_whole(self._lex_w_list, self.lex_b, ids, kind_idx)
+            if self.mode != "full" and not (a.norm.invisible or a.norm.tags):
+                # One window below the screen (most short texts): answered without numpy.
+                p = _sigmoid(logit)
+                screen = self.screens[kind]
+                if p < screen:
+                    span = a.norm.to_original(wins[0].char_start, wins[0].char_end)
+                    return InjectionResult(p, "injection" if p >= thr else "benign", thr, span, 1, kind, 0, "screen")
+            logits = np.array([logit])
+        elif self.lex_counts:
             logits = lexical_scores(self.lex_w, self.lex_b, a.ids, wins, kind_idx)
         else:  # format 1 artefacts: binary n-gram sets, one window at a time
             logits = np.empty(len(wins), dtype=np.float64)
