@@ -97,3 +97,47 @@ def test_batches_judge_each_element():
     assert kinds == ["Message", "Invalid", "Message"]
     too_many = b"[" + b",".join([b'{"jsonrpc":"2.0","method":"n"}'] * 11) + b"]"
     assert isinstance(only(too_many), Invalid)
+
+
+# Frames in compact form (what the SDKs send) take orjson's fast path; everything it cannot
+# read exactly as written must get the strict path's answer, to the letter.
+AGREEMENT = [
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":[1,2.5,null,true]}}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","name":"y"}}',  # duplicate key
+    b'{"jsonrpc":"2.0","id":1,"method":"a","method":"b"}',
+    b'{"jsonrpc":"2.0","id":12345678901234567890123,"method":"ping"}',  # beyond 64 bits
+    b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"s":"\\ud800"}}',  # lone surrogate
+    b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":NaN}}',
+    b'\xef\xbb\xbf{"jsonrpc":"2.0","id":1,"method":"ping"}',
+    b'{"jsonrpc":"2.0","id":1,"method":"ping"} trailing',
+    b'[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"n"}]',
+    b"[]",
+    b'{"jsonrpc":"2.0","id":1,"method":"ping","params":' + b'[' * 80 + b']' * 80 + b'}',
+    b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"k":"caf\xc3\xa9 \\u00e9 \\n"}}',
+    b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"bad":"\xff"}}',
+    b'{"jsonrpc":"2.0","id":-0,"method":"ping","params":{"f":1E5,"g":-0.0}}\n',
+    b'  {"jsonrpc":"2.0","id":1,"method":"ping"}\r\n',
+]
+
+
+@pytest.mark.parametrize("raw", AGREEMENT)
+def test_fast_path_agrees_with_the_strict_decoder(raw: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    from firewall import jsonrpc
+
+    def summary(frame):
+        return frame.batch, [
+            (type(i).__name__, getattr(i, "code", None), getattr(i, "reason", None), i.body) for i in frame.items
+        ]
+
+    fast = summary(parse(raw))
+    monkeypatch.setattr(jsonrpc, "_compact_value", lambda _raw: jsonrpc._SLOW)
+    assert summary(parse(raw)) == fast
+
+
+def test_compact_frames_take_the_fast_path() -> None:
+    from firewall import jsonrpc
+
+    assert jsonrpc._compact_value(AGREEMENT[0]) is not jsonrpc._SLOW
+    assert jsonrpc._compact_value(AGREEMENT[0] + b"\n") is not jsonrpc._SLOW
+    for raw in AGREEMENT[1:8]:
+        assert jsonrpc._compact_value(raw) is jsonrpc._SLOW, raw
