@@ -2,13 +2,17 @@
 # findings (input.findings.injection, filled for tools/call arguments and for
 # tools/call, prompts/get and resources/read results).
 #
-# Each scored string is an item {pointer, kind, score, threshold, start, end,
-# decoded?}. An item is flagged when its score reaches the threshold for its
-# kind in config.thresholds, or the model's own calibrated threshold
-# (item.threshold) for kinds not listed there.
+# Each scored string is an item {pointer, kind, score, label, threshold, start,
+# end, decoded?}. An item is flagged when its score reaches the threshold for
+# its kind in config.thresholds; for kinds not listed there the model's own
+# decision at its calibrated threshold counts (item.label == "injection"; the
+# model compares the unrounded score, while item.score and item.threshold are
+# rounded to 4 decimals and cannot separate scores above 0.9999). An item
+# without a label falls back to item.score >= item.threshold.
 #
 # Configuration, data.mcpfw.config.detectors.injection:
 #   thresholds        {kind: number}; kinds not listed use the model's
+#                     calibrated thresholds (models/injection_classifier.json)
 #   results_action    flagged strings in results (server to client):
 #                     "redact" (the whole string becomes `replacement`),
 #                     "deny" (the response becomes an error), anything else:
@@ -39,7 +43,7 @@ obligations contains obligation if {
 
 # effects(config) is what the flagged items of this message call for.
 effects(config) := result if {
-	flagged := [item | some item in input.findings.injection.items; item.score >= threshold(config, item)]
+	flagged := [item | some item in input.findings.injection.items; flagged_item(config, item)]
 	flagged[0]
 	action := object.get(config, _action_key, "tag")
 	result := {
@@ -68,10 +72,24 @@ effects(config) := result if {
 	}
 }
 
-threshold(config, item) := t if {
+flagged_item(config, item) if {
 	t := config.thresholds[item.kind]
 	is_number(t)
-} else := item.threshold
+	item.score >= t
+}
+
+flagged_item(config, item) if {
+	not _configured(config, item.kind)
+	item.label == "injection"
+}
+
+flagged_item(config, item) if {
+	not _configured(config, item.kind)
+	not item.label
+	item.score >= item.threshold
+}
+
+_configured(config, kind) if is_number(config.thresholds[kind])
 
 _action_key := "results_action" if input.direction == "server_to_client"
 

@@ -3,10 +3,14 @@ package mcpfw_test.injection
 
 import data.mcpfw_test.detector_inputs as di
 
+# label as the classifier sets it: the score against the model's threshold (0.57 here)
 item(pointer, kind, score) := {
-	"pointer": pointer, "kind": kind, "score": score, "label": "x", "threshold": 0.57,
+	"pointer": pointer, "kind": kind, "score": score, "label": _label(score), "threshold": 0.57,
 	"start": 0, "end": 40, "windows": 1,
 }
+
+_label(score) := "injection" if score >= 0.57
+else := "benign"
 
 finding(items) := {"injection": {
 	"score": max([i.score | some i in items]), "label": "x", "kind": "tool_output", "threshold": 0.57,
@@ -33,6 +37,30 @@ test_below_model_threshold_untouched if {
 	d := di.decide(inp)
 	d.redact == []
 	not "prompt_injection" in di.tags(inp)
+}
+
+# Thresholds near 1 (the model's are calibrated on real files): the rounded score
+# and threshold are both 1.0, the model's label decides.
+test_model_label_decides_when_rounding_hides_the_difference if {
+	below := object.union(item("/result/content/1/text", "tool_output", 1.0), {"label": "benign", "threshold": 1.0})
+	inp := di.tool_result("fetch", result, finding([below]))
+	di.decide(inp).redact == []
+	not "prompt_injection" in di.tags(inp)
+	above := object.union(below, {"label": "injection"})
+	count(di.decide(di.tool_result("fetch", result, finding([above]))).redact) == 1
+}
+
+test_item_without_label_uses_its_threshold if {
+	unlabelled := object.remove(item("/result/content/1/text", "tool_output", 0.6), {"label"})
+	count(di.decide(di.tool_result("fetch", result, finding([unlabelled]))).redact) == 1
+	low := object.remove(item("/result/content/1/text", "tool_output", 0.5), {"label"})
+	di.decide(di.tool_result("fetch", result, finding([low]))).redact == []
+}
+
+test_data_threshold_ignores_the_model_label if {
+	inp := di.tool_result("fetch", result, finding([item("/result/content/1/text", "tool_output", 0.9)]))
+	d := data.mcpfw.decision with input as inp with data.mcpfw.config.detectors.injection.thresholds as {"tool_output": 0.95}
+	d.redact == []
 }
 
 test_threshold_from_data_overrides_model if {
