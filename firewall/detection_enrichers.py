@@ -182,6 +182,27 @@ class PoisoningEnricher:
 _WHITESPACE = re.compile(r"\s")
 _REPORT_FLOOR = 0.05  # items scoring below this are counted but not listed
 _MAX_ITEMS = 32
+
+
+def reported_score(score: float, threshold: float) -> tuple[float, float]:
+    """``score`` and ``threshold`` rounded for the findings, with as many decimals as it takes
+    (4 at least) for the rounded pair to compare like the exact one.
+
+    The calibrated thresholds sit close to 1 (e.g. 0.9999993), where 4 decimals would make a
+    flagged and an unflagged score look the same (both 1.0); a policy comparing
+    ``item.score >= item.threshold``, or a person reading the audit record, must see the
+    difference the model saw. Rounding is monotone, so a score at or above the threshold
+    never rounds below it; only a score below it can round up to it, and then more digits
+    are kept.
+    """
+    above = score >= threshold
+    for digits in range(4, 17):
+        s, t = round(score, digits), round(threshold, digits)
+        if (s >= t) == above:
+            return s, t
+    return score, threshold
+
+
 _TEXTUAL_MIME = ("text/", "application/json", "application/xml", "application/yaml", "application/javascript")
 
 
@@ -201,8 +222,10 @@ def injection_targets(ctx: MessageContext, min_len: int = 0) -> Iterator[ScanTar
 
     tools/call results, resources/read contents and tools/call arguments are scored as
     tool output; prompts/get messages as prompts. Arguments are content on its way into a
-    tool, not a user's chat turn: the "prompt" calibration (tuned for jailbreak prompts,
-    with a low threshold) flags ordinary paths and shell commands.
+    tool (paths, shell commands, file contents, message bodies), not a user's chat turn:
+    the "prompt" kind is trained on chat turns and jailbreak prompts and calibrated on
+    documentation prose, the "tool_output" kind on files, code and documents of the kind
+    arguments carry (models/MODEL_CARD.md).
 
     Strings shorter than ``min_len`` may be left out (the detector skips them anyway).
     """
@@ -317,9 +340,10 @@ class InjectionDetector:
     def _score(self, target: ScanTarget, text: str, span: tuple[int, int] | None = None, decoded: str | None = None) -> dict[str, Any]:
         res = self.classifier.score(text, target.kind)  # type: ignore[arg-type]
         start, end = span if span is not None else res.span
+        score, threshold = reported_score(float(res.score), float(res.threshold))
         item = {
-            "pointer": target.pointer, "kind": target.kind, "score": round(float(res.score), 4), "label": res.label,
-            "threshold": round(float(res.threshold), 4), "start": start, "end": end, "windows": res.window_count,
+            "pointer": target.pointer, "kind": target.kind, "score": score, "label": res.label,
+            "threshold": threshold, "start": start, "end": end, "windows": res.window_count,
         }
         if decoded:
             item["decoded"] = decoded

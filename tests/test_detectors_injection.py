@@ -211,3 +211,25 @@ def test_server_everything_sampling_result_is_not_flagged(detectors):
     ctx = _response("tools/call", {"content": [{"type": "text", "text": text}]})
     InjectionEnricher(detectors.injection).enrich(ctx)
     assert ctx.findings["injection"]["label"] == "benign", ctx.findings["injection"]
+
+
+def test_reported_score_keeps_the_difference_to_the_threshold():
+    from firewall.detection_enrichers import reported_score
+
+    assert reported_score(0.123456, 0.5) == (0.1235, 0.5)  # 4 decimals when they suffice
+    thr = 0.9999992847442628
+    for score in (0.99999988, 0.9999993, thr, 1.0, 0.99999, 0.9999992, 0.99999928):
+        s, t = reported_score(score, thr)
+        assert (s >= t) == (score >= thr), (score, s, t)
+        assert abs(s - score) < 1e-4 and abs(t - thr) < 1e-4
+    s, t = reported_score(0.9999992, thr)
+    assert s < t and len(repr(t)) <= 12  # a few more digits, not all of them
+    assert reported_score(thr - 1e-16, thr)[0] < reported_score(thr - 1e-16, thr)[1]
+
+
+def test_reported_items_compare_like_the_label(detectors):
+    from firewall.detection_enrichers import ScanTarget
+
+    found = detectors.injection.scan([ScanTarget("/x", "tool_output", INJECTION), ScanTarget("/y", "tool_output", FILLER * 3)])
+    for item in found["items"]:
+        assert (item["score"] >= item["threshold"]) == (item["label"] == "injection"), item

@@ -5,10 +5,13 @@
 # Each scored string is an item {pointer, kind, score, label, threshold, start,
 # end, decoded?}. An item is flagged when its score reaches the threshold for
 # its kind in config.thresholds; for kinds not listed there the model's own
-# decision at its calibrated threshold counts (item.label == "injection"; the
-# model compares the unrounded score, while item.score and item.threshold are
-# rounded to 4 decimals and cannot separate scores above 0.9999). An item
-# without a label falls back to item.score >= item.threshold.
+# decision at its calibrated threshold counts (item.label == "injection", made
+# on the exact score). item.score and item.threshold are rounded with as many
+# decimals as it takes (4 at least) to compare like the exact values, so for
+# the firewall's own items item.score >= item.threshold agrees with the label
+# even for thresholds close to 1; an item without a label (another producer)
+# falls back to that comparison. A threshold set in config.thresholds is
+# compared with item.score, which keeps at least 4 decimals.
 #
 # Configuration, data.mcpfw.config.detectors.injection:
 #   thresholds        {kind: number}; kinds not listed use the model's

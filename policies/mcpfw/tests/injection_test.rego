@@ -39,8 +39,8 @@ test_below_model_threshold_untouched if {
 	not "prompt_injection" in di.tags(inp)
 }
 
-# Thresholds near 1 (the model's are calibrated on real files): the rounded score
-# and threshold are both 1.0, the model's label decides.
+# The label decides for kinds without a configured threshold, even where score
+# and threshold (from another producer, rounded to 4 decimals) look equal.
 test_model_label_decides_when_rounding_hides_the_difference if {
 	below := object.union(item("/result/content/1/text", "tool_output", 1.0), {"label": "benign", "threshold": 1.0})
 	inp := di.tool_result("fetch", result, finding([below]))
@@ -48,6 +48,20 @@ test_model_label_decides_when_rounding_hides_the_difference if {
 	not "prompt_injection" in di.tags(inp)
 	above := object.union(below, {"label": "injection"})
 	count(di.decide(di.tool_result("fetch", result, finding([above]))).redact) == 1
+}
+
+# Items as the firewall reports them near 1: enough decimals to tell score and
+# threshold apart, so label and comparison agree.
+test_precise_scores_near_one if {
+	thr := 0.9999993
+	below := object.union(item("/result/content/1/text", "tool_output", 0.9999989), {"label": "benign", "threshold": thr})
+	di.decide(di.tool_result("fetch", result, finding([below]))).redact == []
+	above := object.union(below, {"score": 0.9999996, "label": "injection"})
+	count(di.decide(di.tool_result("fetch", result, finding([above]))).redact) == 1
+	unlabelled := object.remove(above, {"label"})
+	count(di.decide(di.tool_result("fetch", result, finding([unlabelled]))).redact) == 1
+	unlabelled_below := object.remove(below, {"label"})
+	di.decide(di.tool_result("fetch", result, finding([unlabelled_below]))).redact == []
 }
 
 test_item_without_label_uses_its_threshold if {
