@@ -148,11 +148,12 @@ class Inspector:
         self._local = threading.local()
         # Decisions of a bundle that depends on nothing but its input are remembered by
         # input (polls, listings and retries repeat themselves); fields no rule reads (the
-        # JSON-RPC id) are left out of the key.
+        # JSON-RPC id, the session, client info for the default bundle) are left out of the
+        # key, or every request of a fresh HTTP session would miss.
         plan = engine_cache_plan(engine)
         self._cache: dict[str, Decision] | None = {} if plan.cacheable else None
         self._cache_lock = threading.Lock()
-        self._cache_skips_id = "id" in plan.unread
+        self._cache_reads = plan.reads
 
     def _thread_engine(self) -> PolicyEngine:
         engine = getattr(self._local, "engine", None)
@@ -377,14 +378,20 @@ class Inspector:
             for enricher in self._enrichers:
                 enricher.enrich(ctx)
             policy_input = build_input(ctx)
-            if cache is not None and self._cache_skips_id and "id" in policy_input:
-                # The id comes last in the document: the key is the input without it.
-                msg_id = policy_input.pop("id")
-                key = orjson.dumps(policy_input).decode("utf-8")
-                input_json = f'{key[:-1]},"id":{orjson.dumps(msg_id).decode("utf-8")}}}'
-            else:
+            reads = self._cache_reads
+            if cache is None:
                 input_json = orjson.dumps(policy_input).decode("utf-8")
-                key = input_json if cache is not None else None
+            elif reads is None:
+                input_json = key = orjson.dumps(policy_input).decode("utf-8")
+            else:
+                unread = {field: policy_input.pop(field) for field in [f for f in policy_input if f not in reads]}
+                key = orjson.dumps(policy_input).decode("utf-8")
+                if not unread:
+                    input_json = key
+                elif len(key) == 2:  # "{}"
+                    input_json = orjson.dumps(unread).decode("utf-8")
+                else:  # the same document, its unread fields last
+                    input_json = f'{key[:-1]},{orjson.dumps(unread).decode("utf-8")[1:]}'
         except Exception as exc:
             return deny_decision("policy_error", f"cannot build the policy input: {exc}", error=str(exc))
         if key is not None and len(key) > _CACHE_MAX_KEY:

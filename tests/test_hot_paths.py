@@ -35,17 +35,31 @@ GITHUB_TOKEN = "ghp_" + "Q7x9" * 9
 def test_cache_plan_reads_the_modules():
     plain = "package mcpfw\n\ndecision := {\"allow\": input.method != \"x\"}\n"
     assert decision_cache_plan({"a.rego": plain}).cacheable
-    assert decision_cache_plan({"a.rego": plain}).unread == {"id"}
-    # Reading the id, or the whole input, keeps the id in the key.
-    assert decision_cache_plan({"a.rego": plain + "x if input.id == 1\n"}).unread == frozenset()
-    assert decision_cache_plan({"a.rego": plain + "x if walk(input, [p, v])\n"}).unread == frozenset()
-    assert decision_cache_plan({"a.rego": plain + "x := object.keys(input)\n"}).unread == frozenset()
+    assert decision_cache_plan({"a.rego": plain}).reads == {"method"}
+    assert decision_cache_plan({"a.rego": plain}).unread(["id", "method", "session"]) == {"id", "session"}
+    assert decision_cache_plan({"a.rego": plain + "x if input.id == 1\n"}).reads == {"id", "method"}
+    # Reading the whole input keeps every field in the key.
+    for whole in ("x if walk(input, [p, v])", "x := object.keys(input)", "x := input[k]", "i := input"):
+        plan = decision_cache_plan({"a.rego": plain + whole + "\n"})
+        assert plan.cacheable and plan.reads is None and plan.unread(["id"]) == frozenset()
+    # A test's mock replaces the input, it does not read it.
+    test = 'test_x if { decision.allow with input as {"method": "y"} }\ntest_y if { x with input.session as {} }\n'
+    assert decision_cache_plan({"a.rego": plain, "a_test.rego": test}).reads == {"method"}
     # The clock, randomness, the network: no cache at all.
     for impure in ("time.now_ns()", "rand.intn(\"k\", 9)", "http.send({})", "uuid.rfc4122(\"k\")"):
         assert not decision_cache_plan({"a.rego": plain + f"x := {impure}\n"}).cacheable
     # Comments and strings do not count.
-    assert decision_cache_plan({"a.rego": plain + "# time.now_ns() and input.id\ny := \"input.id time.now_ns()\"\n"}).unread == {"id"}
+    assert decision_cache_plan({"a.rego": plain + "# time.now_ns() and input.id\ny := \"input.id time.now_ns()\"\n"}).reads == {"method"}
     assert not decision_cache_plan({}).cacheable
+
+
+def test_the_default_bundle_leaves_session_and_id_out_of_the_key():
+    from firewall.policy.bundle import load_bundle
+
+    plan = decision_cache_plan(load_bundle(Path(__file__).resolve().parent.parent / "policies").modules)
+    assert plan.cacheable
+    assert plan.reads is not None and {"tool", "findings", "identity", "rate", "registry"} <= plan.reads
+    assert plan.unread(["id", "session", "client"]) == {"id", "session", "client"}
 
 
 class _Sink:
@@ -113,6 +127,33 @@ def test_a_policy_reading_the_id_is_asked_every_time():
     assert [o.denied for o in outcomes] == [False, True, False, True]
 
 
+def _fresh_session() -> Session:
+    return Session(ServerIdentity(name="s"), transport="http", cwd="/", resolve_symlinks=False)
+
+
+def test_a_fresh_session_per_request_still_hits_the_cache():
+    # A stateless HTTP client gets a new session for every request: the session is not
+    # read by this policy, so it must not defeat the cache.
+    inspector, sink, _session = _inspector()
+    _Counting.calls = 0
+    outcomes = [inspector.inspect(_call(i, tool), C2S, _fresh_session()) for i in range(4) for tool in ("echo", "rm")]
+    assert _Counting.calls == 2
+    assert [o.denied for o in outcomes] == [False, True] * 4
+    assert len({r["session_id"] for r in sink.rows}) == 8  # the audit still tells them apart
+
+
+def test_a_policy_reading_the_session_sees_each_one():
+    policy = POLICY + '\ndeny contains {"code": "s", "message": "banned session"} if input.session.id == "bad"\n'
+    inspector, _sink, _session = _inspector(policy)
+    _Counting.calls = 0
+    good, bad = _fresh_session(), Session(ServerIdentity(name="s"), transport="http", cwd="/",
+                                          resolve_symlinks=False, session_id="bad")
+    assert not inspector.inspect(_call(1, "echo"), C2S, good).denied
+    assert inspector.inspect(_call(2, "echo"), C2S, bad).denied
+    assert not inspector.inspect(_call(3, "echo"), C2S, _fresh_session()).denied
+    assert _Counting.calls == 3
+
+
 def test_a_policy_using_the_clock_is_never_cached():
     policy = POLICY + "\nnow := time.now_ns()\n"
     inspector, _sink, session = _inspector(policy)
@@ -123,7 +164,8 @@ def test_a_policy_using_the_clock_is_never_cached():
 
 
 def test_responses_share_cached_decisions_too():
-    inspector, _sink, session = _inspector()
+    policy = POLICY + '\ndeny contains {"code": "d", "message": "never"} if input.direction == "sideways"\n'
+    inspector, _sink, session = _inspector(policy)
     _Counting.calls = 0
     for i in range(3):
         inspector.inspect(_call(i, "echo"), C2S, session)

@@ -9,7 +9,7 @@ when the engine is created.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,13 +76,24 @@ _COMMENT = re.compile(r"#[^\n]*")
 _WHOLE_INPUT = re.compile(r"\binput\b(?!\s*\.\s*[A-Za-z_])")
 
 
+# A test's mock (`with input as {...}`, `with input.tool as {...}`) replaces the input; it
+# does not read it, so it must not make the whole document count as read.
+_INPUT_MOCK = re.compile(r"\bwith\s+input\b(?:\s*\.\s*[A-Za-z_][\w.]*)?\s+as\b")
+_FIELD_READ = re.compile(r"\binput\s*\.\s*([A-Za-z_]\w*)")
+
+
 @dataclass(frozen=True, slots=True)
 class DecisionCachePlan:
     """Whether a bundle's decisions are a function of the input alone, and which top-level
-    input fields no rule reads (they are left out of the cache key)."""
+    input fields its rules read (``None``: the whole document may be read). Fields no rule
+    reads are left out of the cache key."""
 
     cacheable: bool
-    unread: frozenset[str] = frozenset()
+    reads: frozenset[str] | None = None
+
+    def unread(self, fields: Iterable[str]) -> frozenset[str]:
+        """The ``fields`` no rule reads."""
+        return frozenset() if self.reads is None else frozenset(f for f in fields if f not in self.reads)
 
 
 def _code_only(source: str) -> str:
@@ -97,27 +108,24 @@ def _code_only(source: str) -> str:
     return "".join(parts)
 
 
-def decision_cache_plan(modules: Mapping[str, str] | None, candidates: tuple[str, ...] = ("id",)) -> DecisionCachePlan:
+def decision_cache_plan(modules: Mapping[str, str] | None) -> DecisionCachePlan:
     """Analyse the Rego modules of a bundle for :class:`DecisionCachePlan`.
 
     Decisions may be remembered when no module names a builtin that reads the clock,
-    randomness, the network or the runtime (the data document is fixed at load). A
-    ``candidates`` field counts as unread when no module names ``input.<field>`` and none
-    uses ``input`` as a whole. Conservative text analysis: when in doubt, no cache or no
-    field left out.
+    randomness, the network or the runtime (the data document is fixed at load). A field
+    is read when a module names ``input.<field>``; a module that uses ``input`` in any
+    other way (``walk(input, ...)``, ``input[k]``, ``x := input``) may read every field.
+    Test mocks (``with input as ...``) read nothing. Conservative text analysis: when in
+    doubt, no cache or every field kept.
     """
     if not modules:
         return DecisionCachePlan(False)
-    code = [_code_only(source) for source in modules.values()]
+    code = [_INPUT_MOCK.sub("with __mock__ as", _code_only(source)) for source in modules.values()]
     if any(_IMPURE.search(text) for text in code):
         return DecisionCachePlan(False)
     if any(_WHOLE_INPUT.search(text) for text in code):
         return DecisionCachePlan(True)
-    unread = frozenset(
-        field for field in candidates
-        if not any(re.search(rf"\binput\s*\.\s*{re.escape(field)}\b", text) for text in code)
-    )
-    return DecisionCachePlan(True, unread)
+    return DecisionCachePlan(True, frozenset(f for text in code for f in _FIELD_READ.findall(text)))
 
 
 def engine_cache_plan(engine: Any) -> DecisionCachePlan:
