@@ -468,6 +468,30 @@ def test_writer_thread_runs_at_lower_cpu_priority_than_the_relay(db: Path) -> No
         assert os.getpriority(os.PRIO_PROCESS, writer) > relay
 
 
+def test_a_writer_left_behind_slows_the_caller_instead_of_refusing(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import firewall.audit.log as log_module
+
+    convert = log_module.to_stored_row
+
+    def slow_convert(row, rules):  # a writer that cannot keep up with the relay
+        time.sleep(0.0002)
+        return convert(row, rules)
+
+    monkeypatch.setattr(log_module, "to_stored_row", slow_convert)
+    rows = 3_000
+    with AuditLog(db, batch_size=50, backlog_rows=100, max_pending=1_000) as audit:
+        refused = 0
+        peak = 0
+        for i in range(rows):
+            refused += not audit.accepting
+            audit.record(make_row(i))
+            peak = max(peak, audit.pending)
+        assert audit.flush() is True
+        assert audit.stats.backlog_pauses > 0
+    assert refused == 0 and peak < 1_000  # never reached max_pending, where traffic is denied
+    assert fetch(db, "SELECT count(DISTINCT decision_id) FROM decisions") == [(rows,)]
+
+
 def test_record_is_cheap(db: Path) -> None:
     rows = [make_row(i) for i in range(2_000)]
     with AuditLog(db, flush_interval=60, batch_size=10**9) as audit:

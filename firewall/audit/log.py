@@ -22,6 +22,12 @@ Design
 * ``on_failure="block"`` (default, fail closed): ``accepting`` is False while
   unhealthy and the pipeline denies traffic (-32054). ``"spill"``: traffic
   continues while rows go to the spill file.
+* Flow control: the writer runs at a lower priority and hands the GIL over
+  often, so that it never delays the relay. When traffic outruns it anyway
+  (more than ``backlog_rows`` rows waiting), ``record()`` pauses its caller
+  briefly (releasing the GIL) and the writer stops handing the GIL over, until
+  it has caught up: a healthy log slows traffic down rather than letting the
+  backlog reach ``max_pending``, where traffic would be denied.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ log = logging.getLogger("mcpfw.audit")
 OnFailure = Literal["block", "spill"]
 
 _MAX_ROWS_PER_CYCLE = 20_000
+_BACKLOG_PAUSE = 0.0005  # seconds record() pauses its caller while the writer is behind
 _SPILL_RECHECK_SECONDS = 5.0
 
 _live_logs: weakref.WeakSet[AuditLog] = weakref.WeakSet()
@@ -69,6 +76,7 @@ class AuditLog:
     ``on_failure``: ``"block"`` (``accepting`` False while unhealthy) or ``"spill"``.
     ``spill_path``: spill file; default ``<path>.spill.jsonl``.
     ``max_pending``: rows held in memory before ``accepting`` turns False.
+    ``backlog_rows``: rows waiting beyond which ``record()`` slows its caller down.
     ``lock_retry_seconds``: how long a batch retries a locked database.
     ``secret_rules``: credential rules; default ``load_secret_rules()``.
     """
@@ -82,13 +90,14 @@ class AuditLog:
         on_failure: OnFailure = "block",
         spill_path: str | Path | None = None,
         max_pending: int = 100_000,
+        backlog_rows: int = 10_000,
         lock_retry_seconds: float = 2.0,
         secret_rules: SecretRules | None = None,
     ) -> None:
         if on_failure not in ("block", "spill"):
             raise ValueError(f"on_failure must be 'block' or 'spill', not {on_failure!r}")
-        if flush_interval <= 0 or batch_size < 1 or max_pending < 1 or lock_retry_seconds < 0:
-            raise ValueError("flush_interval, batch_size, max_pending must be positive")
+        if flush_interval <= 0 or batch_size < 1 or max_pending < 1 or backlog_rows < 1 or lock_retry_seconds < 0:
+            raise ValueError("flush_interval, batch_size, max_pending, backlog_rows must be positive")
         self.path = Path(path).expanduser().absolute()
         self.spill_path = (
             Path(spill_path).expanduser().absolute()
@@ -99,12 +108,14 @@ class AuditLog:
         self._flush_interval = flush_interval
         self._batch_size = batch_size
         self._max_pending = max_pending
+        self._backlog_rows = min(backlog_rows, max_pending)
         self._lock_retry_seconds = lock_retry_seconds
         # Loaded here so that a broken rule file fails at start-up, not later.
         self._rules = secret_rules if secret_rules is not None else load_secret_rules()
         self._spill = SpillFile(self.spill_path)
         self.stats = AuditStats()
         self._store = DuckDBStore(self.path, self._spill, self.stats)
+        self._store.behind = self._behind
 
         self._pending: deque[dict[str, Any]] = deque()
         self._wake: queue.SimpleQueue[object] = queue.SimpleQueue()  # put() is reentrant
@@ -139,11 +150,20 @@ class AuditLog:
         if self._closing:
             # close() has run or is running its final drain: write it now.
             self._drain_synchronously()
-        elif len(self._pending) >= self._batch_size and not self._wake_sent:
+            return
+        waiting = len(self._pending)
+        if waiting >= self._batch_size and not self._wake_sent:
             self._wake_sent = True
             self._wake.put(None)
+        if waiting > self._backlog_rows and self._healthy:
+            # The writer is behind: give it the GIL and slow this caller down.
+            self.stats.backlog_pauses += 1
+            time.sleep(_BACKLOG_PAUSE)
 
     # ---- state ----------------------------------------------------------
+
+    def _behind(self) -> bool:
+        return len(self._pending) > self._backlog_rows
 
     @property
     def healthy(self) -> bool:
@@ -282,7 +302,7 @@ class AuditLog:
         self._held = []
         # Take what is queued now, not what keeps arriving, so batches stay bounded.
         taken = min(len(self._pending), _MAX_ROWS_PER_CYCLE)
-        yielder = GilYielder()
+        yielder = GilYielder(self._behind)
         for _ in range(taken):
             stored.append(self._convert(self._pending.popleft()))
             yielder.tick()

@@ -23,6 +23,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,15 +96,17 @@ class GilYielder:
     and costs the writer nothing but wall time it has plenty of.
     """
 
-    __slots__ = ("_next",)
+    __slots__ = ("_next", "_urgent")
 
-    def __init__(self) -> None:
+    def __init__(self, urgent: Callable[[], bool] | None = None) -> None:
         self._next = time.perf_counter() + _GIL_SLICE
+        self._urgent = urgent  # while it answers True (the writer is behind), keep the GIL
 
     def tick(self) -> None:
         """Call once per unit of work; yields when the slice is used up."""
         if time.perf_counter() >= self._next:
-            time.sleep(_GIL_PAUSE)
+            if self._urgent is None or not self._urgent():
+                time.sleep(_GIL_PAUSE)
             self._next = time.perf_counter() + _GIL_SLICE
 
 
@@ -122,6 +125,7 @@ class AuditStats:
     last_convert_ms: float = 0.0
     last_stage_ms: float = 0.0
     last_locked_ms: float = 0.0  # ATTACH + insert + COMMIT (+ checkpoint) + DETACH
+    backlog_pauses: int = 0  # record() calls that paused because the writer was behind
 
 
 class DuckDBStore:
@@ -132,6 +136,7 @@ class DuckDBStore:
         self.last_error: str | None = None
         self._spill = spill
         self._stats = stats
+        self.behind: Callable[[], bool] | None = None  # the owner's backlog test (see GilYielder)
         self._hub: duckdb.DuckDBPyConnection | None = None
         self._schema_ready = False
 
@@ -253,15 +258,14 @@ class DuckDBStore:
             self._hub = hub
         return self._hub
 
-    @staticmethod
-    def _stage(hub: duckdb.DuckDBPyConnection, table: str, rows: list[StoredRow]) -> None:
+    def _stage(self, hub: duckdb.DuckDBPyConnection, table: str, rows: list[StoredRow]) -> None:
         hub.execute(f"DELETE FROM {table}")
         # Rows go in as JSON text that DuckDB parses and converts without the GIL: the
         # appender converts every value in Python, holding the GIL that the relay threads
         # need (about 20 us a row, against 2 us for the JSON encoding).
         sql = _STAGE_SQL.format(table=table)
         done = 0
-        yielder = GilYielder()
+        yielder = GilYielder(self.behind)
         dumps, to_db = orjson.dumps, to_db_values
         while done < len(rows):
             # Each statement costs ~2 ms to plan: few, large chunks (bounded in bytes).
