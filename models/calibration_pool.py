@@ -652,6 +652,29 @@ def build_pool(seed: int = SEED, verbose: bool = False) -> list[PoolItem]:
     return items
 
 
+POOL_CACHE = HERE / ".cache"
+
+
+def load_pool(seed: int = SEED, use_cache: bool = True) -> list[PoolItem]:
+    """:func:`build_pool`, kept in ``models/.cache/pool_<seed>.jsonl`` (gitignored) so that training,
+    calibration and evaluation runs of one session read the same texts without rebuilding them; delete the
+    file (or pass ``use_cache=False``) after installing or removing packages. Callers print the manifest
+    digest, which identifies the texts either way."""
+    path = POOL_CACHE / f"pool_{seed}.jsonl"
+    if use_cache and path.is_file():
+        with open(path, encoding="utf-8") as fh:
+            return [PoolItem(**json.loads(line)) for line in fh]
+    items = build_pool(seed)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for it in items:
+                fh.write(json.dumps(it.__dict__, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+    return items
+
+
 def manifest(items: list[PoolItem], seed: int = SEED) -> dict:
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     digests: dict[str, "hashlib._Hash"] = {}

@@ -1715,9 +1715,13 @@ def build_descriptions_extra(rng: random.Random, n: int) -> list[Sample]:
 
 
 def build_corpus(seed: int = 1337, n_tool_outputs: int = 7000, n_descriptions: int = 3000,
-                 prompt_fraction: float = 1.0, extra: bool = True) -> list[Sample]:
+                 prompt_fraction: float = 1.0, extra: bool = True, real_items: list | None = None) -> list[Sample]:
     """v1 corpus (+ with ``extra`` the v2 training-only additions, drawn from their own random streams so
-    the v1 documents, including every validation and test document, stay byte-identical)."""
+    the v1 documents, including every validation and test document, stay byte-identical).
+
+    ``real_items``: items of the real-text pool (``calibration_pool.build_pool()``); they become samples of
+    the train / validation / test split of their package (``real_data.py``), appended *after* the
+    shuffled synthetic samples so the synthetic ones keep their order."""
     rng = random.Random(seed)
     ext = load_external()
     if prompt_fraction < 1.0:  # smoke runs only
@@ -1743,6 +1747,10 @@ def build_corpus(seed: int = 1337, n_tool_outputs: int = 7000, n_descriptions: i
         dedup.append(s)
     samples = dedup
     rng.shuffle(samples)
+    if real_items:
+        import real_data
+
+        samples += real_data.build_samples(real_items, pool, seed)
     return samples
 
 

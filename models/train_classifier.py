@@ -371,6 +371,20 @@ def main() -> int:
                     help="development runs: stop after model selection on validation (no test scores, no artefacts)")
     ap.add_argument("--tag", default="", help="suffix of the validation-score dump models/.cache/val_scores<tag>.jsonl")
     ap.add_argument("--prompt-fraction", type=float, default=1.0, help="subsample external prompts (smoke runs)")
+    ap.add_argument("--no-real-pool", action="store_true",
+                    help="train on the synthetic corpus only (the v2 recipe); by default the real-text pool of "
+                         "calibration_pool.py is split by package into train / validation (calibration) / test "
+                         "parts (real_data.py)")
+    ap.add_argument("--pool-fraction", type=float, default=1.0, help="subsample the real pool (smoke runs)")
+    ap.add_argument("--stage1-C", default="1,4,16", help="stage-1 C values compared on validation")
+    ap.add_argument("--no-test-eval", action="store_true",
+                    help="write the artefacts without scoring the test split (calibrate_thresholds.py measures it "
+                         "with the serving code)")
+    ap.add_argument("--fpr", type=float, default=0.01, help="target FPR of the decision thresholds")
+    ap.add_argument("--threshold-rule", choices=("union", "per-set"), default="union",
+                    help="thresholds used for model selection and written to the artefact: <= fpr of the synthetic "
+                         "and real benign validation documents together (union; the shipped run) or of each alone "
+                         "(per-set; what calibrate_thresholds.py applies to the shipped artefact)")
     args = ap.parse_args()
 
     from scipy import sparse
@@ -379,8 +393,26 @@ def main() -> int:
     t_start = time.time()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    samples = synth_data.build_corpus(args.seed, args.n_tool_outputs, args.n_descriptions, args.prompt_fraction)
-    print(f"[data] {len(samples)} samples in {time.time() - t_start:.0f}s", flush=True)
+    pool_manifest = None
+    real_items = None
+    if not args.no_real_pool:
+        import calibration_pool
+
+        real_items = calibration_pool.load_pool()
+        pool_manifest = calibration_pool.manifest(real_items)
+        if args.pool_fraction < 1.0:  # smoke runs only
+            real_items = [it for it in real_items
+                          if int(hashlib.sha256(it.origin.encode()).hexdigest()[:8], 16) / 2**32 < args.pool_fraction]
+        print(f"[pool] {pool_manifest['totals']} real texts, {pool_manifest['packages']} packages "
+              f"({time.time() - t_start:.0f}s)", flush=True)
+    samples = synth_data.build_corpus(args.seed, args.n_tool_outputs, args.n_descriptions, args.prompt_fraction,
+                                      real_items=real_items)
+    n_real = defaultdict(int)
+    for s in samples:
+        if s.group.startswith("pool"):
+            n_real[f"{s.kind}/{s.split}/{s.group.split('/')[0]}/{'inj' if s.label else 'benign'}"] += 1
+    print(f"[data] {len(samples)} samples in {time.time() - t_start:.0f}s; real: {dict(sorted(n_real.items()))}",
+          flush=True)
 
     probe = synth_data.body_text(__import__("random").Random(7), 3000)
     import random as _random
@@ -444,7 +476,7 @@ def main() -> int:
     groups = np.asarray([samples[d].group for d in doc_of])
 
     def fit_lex(idx, C):
-        m = LogisticRegression(C=C, max_iter=2000, solver="liblinear")
+        m = LogisticRegression(C=C, max_iter=2000, solver="liblinear", random_state=args.seed)
         m.fit(X1[idx], y1[idx], sample_weight=w1[idx] * len(idx) / w1[idx].sum())
         return m
 
@@ -455,28 +487,46 @@ def main() -> int:
             res[doc_of[rr]] = max(res[doc_of[rr]], scores[rr])
         return res
 
-    best = None
-    for C in (1.0, 4.0, 16.0):
-        m = fit_lex(np.nonzero(tr)[0], C)
-        sc = m.decision_function(X1)
-        dm = doc_max(sc, "val")
-        aucs = []
-        for k in KINDS:
-            ds = [d for d in dm if samples[d].kind == k]
-            aucs.append(roc_auc(np.array([samples[d].label for d in ds]), np.array([dm[d] for d in ds])))
-        print(f"[stage1] C={C} val AUC per kind {dict(zip(KINDS, np.round(aucs, 4)))}", flush=True)
-        if best is None or np.mean(aucs) > best[0]:
-            best = (np.mean(aucs), C, m, sc)
-    _, C1, lex_model, lex_scores = best
-    # out-of-fold stage-1 logits for the training rows (stacking without leakage)
+    # all fits run in a thread pool of --threads workers (liblinear releases the GIL); with a single C the
+    # out-of-fold fits start right away, next to the main fit
+    from concurrent.futures import ThreadPoolExecutor
+
     from sklearn.model_selection import GroupKFold
-    oof = lex_scores.copy()
     tr_idx = np.nonzero(split_arr == "train")[0]
-    for f_tr, f_te in GroupKFold(n_splits=3).split(tr_idx, groups=groups[tr_idx]):
-        a_idx = tr_idx[f_tr]
-        a_idx = a_idx[y1[a_idx] >= 0]
-        m = fit_lex(a_idx, C1)
-        oof[tr_idx[f_te]] = m.decision_function(X1[tr_idx[f_te]])
+    folds = list(GroupKFold(n_splits=3).split(tr_idx, groups=groups[tr_idx]))
+    Cs = [float(c) for c in args.stage1_C.split(",") if c]
+    t1 = time.time()
+    with ThreadPoolExecutor(max_workers=max(1, args.threads)) as ex:
+        fits = {C: ex.submit(fit_lex, np.nonzero(tr)[0], C) for C in Cs}
+
+        def oof_fits(C):
+            out = []
+            for f_tr, f_te in folds:
+                a_idx = tr_idx[f_tr]
+                a_idx = a_idx[y1[a_idx] >= 0]
+                out.append((ex.submit(fit_lex, a_idx, C), f_te))
+            return out
+
+        early_oof = oof_fits(Cs[0]) if len(Cs) == 1 else None
+        best = None
+        for C in Cs:
+            m = fits[C].result()
+            sc = m.decision_function(X1)
+            dm = doc_max(sc, "val")
+            aucs = []
+            for k in KINDS:
+                ds = [d for d in dm if samples[d].kind == k]
+                aucs.append(roc_auc(np.array([samples[d].label for d in ds]), np.array([dm[d] for d in ds])))
+            print(f"[stage1] C={C} val AUC per kind {dict(zip(KINDS, np.round(aucs, 4)))} ({time.time() - t1:.0f}s)",
+                  flush=True)
+            if best is None or np.mean(aucs) > best[0]:
+                best = (np.mean(aucs), C, m, sc)
+        _, C1, lex_model, lex_scores = best
+        # out-of-fold stage-1 logits for the training rows (stacking without leakage)
+        oof = lex_scores.copy()
+        for fut, f_te in (early_oof or oof_fits(C1)):
+            oof[tr_idx[f_te]] = fut.result().decision_function(X1[tr_idx[f_te]])
+    print(f"[stage1] fits done ({time.time() - t1:.0f}s)", flush=True)
     lex_w = np.zeros(inj.LEX_DIM, dtype=np.float32)
     lex_w[:] = lex_model.coef_[0]
     lex_b = float(lex_model.intercept_[0])
@@ -613,6 +663,28 @@ def main() -> int:
         return cascade_doc_scores("val", model_fn)
 
     candidates = []
+    code_groups = {f"pool/{src}" for src in ("code_py", "code_js", "code_other")}
+
+    def choose_threshold(k, vs_):
+        """The calibration rule: smallest threshold flagging <= fpr of the benign validation documents of
+        kind k (synthetic + the real calibration part, together or each alone, --threshold-rule); tool outputs
+        also <= fpr of the real source-code files alone; never below the screen."""
+        def thr(real=None):
+            neg = np.array([vs_[d][0] for d in vs_ if samples[d].kind == k and samples[d].label == 0
+                            and (real is None or samples[d].group.startswith("pool") == real)])
+            return threshold_at_fpr(np.zeros(len(neg), int), neg, args.fpr) if len(neg) else 0.0
+
+        if args.threshold_rule == "union":
+            cands = {"validation+pool": thr()}
+        else:
+            cands = {"validation:synthetic": thr(False), "validation:real": thr(True)}
+        cands["screen"] = screens[k] + 1e-6
+        if k == "tool_output":
+            code = np.array([vs_[d][0] for d in vs_ if samples[d].kind == k and samples[d].group in code_groups])
+            if len(code):
+                cands["pool:code"] = threshold_at_fpr(np.zeros(len(code), int), code, args.fpr)
+        which = max(cands, key=cands.get)
+        return cands[which], which
 
     def evaluate(name, layers):
         def fn(f, layers=layers):
@@ -630,7 +702,8 @@ def main() -> int:
             yy = np.array([samples[d].label for d in ds])
             ss = np.array([vs[d][0] for d in ds])
             aucs.append(roc_auc(yy, ss))
-            recs.append(recall_at(yy, ss, threshold_at_fpr(yy, ss))[0])
+            # recall at the threshold the calibration rule would choose (validation + real calibration part)
+            recs.append(recall_at(yy, ss, choose_threshold(k, vs)[0])[0])
         print(f"[stage2] {name} val AUC {dict(zip(KINDS, np.round(aucs, 4)))} R@1%FPR {dict(zip(KINDS, np.round(recs, 3)))}",
               flush=True)
         candidates.append((np.mean(aucs) + np.mean(recs), name, layers, vs, fn,
@@ -681,28 +754,52 @@ def main() -> int:
                      + "\n")
 
     # thresholds: 1% FPR on validation benign docs, per kind
-    thresholds = {}
+    thresholds, binding = {}, {}
+    for k in KINDS:
+        thresholds[k], binding[k] = choose_threshold(k, vs)
+    print(f"[thresholds] {thresholds} (binding {binding})", flush=True)
+    val_report = {}
     for k in KINDS:
         ds = [d for d in vs if samples[d].kind == k]
-        yy = np.array([samples[d].label for d in ds])
-        ss = np.array([vs[d][0] for d in ds])
-        thresholds[k] = max(threshold_at_fpr(yy, ss), screens[k] + 1e-6)
-    print(f"[thresholds] {thresholds}", flush=True)
+        by = defaultdict(list)
+        for d in ds:
+            s = samples[d]
+            src = "real" if s.group.startswith("pool") else "synthetic"
+            by[f"{src}/{'inj' if s.label else 'benign'}"].append(vs[d][0] >= thresholds[k])
+        val_report[k] = {g: [round(float(np.mean(v)), 4), len(v)] for g, v in sorted(by.items())}
+    print(f"[validation] flag rates at the chosen thresholds: {json.dumps(val_report)}", flush=True)
 
     if args.skip_test:  # development runs: model selection on validation only, the test split stays unseen
         print("[test] skipped (--skip-test); nothing written", flush=True)
         return 0
+    metrics = {"kinds": {}, "val_thresholds": thresholds, "threshold_binding": binding, "screens": screens,
+                "model": model_name, "validation": val_metrics, "model_selection_on_validation": selection,
+                "validation_flag_rates": val_report, "stage1_C": C1}
+    if pool_manifest is not None:
+        import real_data
+        parts = defaultdict(lambda: defaultdict(int))
+        pkgs = defaultdict(set)
+        for it in real_items:
+            p = real_data.item_part(it)
+            parts[p][it.kind] += 1
+            pkgs[p].add(calibration_pool.package_of_origin(it.origin))
+        metrics["real_pool"] = {"manifest": pool_manifest, "split": "by package, real_data.package_part "
+                                f"(seed {real_data.SPLIT_SEED!r}, 2:1:1 train:cal:test)",
+                                "texts_per_part": {p: dict(v) for p, v in sorted(parts.items())},
+                                "packages_per_part": {p: len(v) for p, v in sorted(pkgs.items())},
+                                "samples": dict(sorted(n_real.items()))}
     # ---- test ------------------------------------------------------------------
     t0 = time.time()
-    ts = cascade_doc_scores("test", model_fn)
-    full = cascade_doc_scores("test", model_fn, full=True, limit_per_kind=args.full_eval_docs)
+    ts = {} if args.no_test_eval else cascade_doc_scores("test", model_fn)
+    full = {} if (args.no_test_eval or args.full_eval_docs <= 0) else \
+        cascade_doc_scores("test", model_fn, full=True, limit_per_kind=args.full_eval_docs)
     print(f"[test] scored in {time.time() - t0:.0f}s", flush=True)
 
-    metrics = {"kinds": {}, "val_thresholds": thresholds, "screens": screens, "model": model_name,
-               "validation": val_metrics, "model_selection_on_validation": selection}
-    for k in KINDS:
+    for k in ([] if args.no_test_eval else KINDS):
         entry = {}
         for name, res in (("cascade", ts), ("full", full)):
+            if not res:
+                continue
             ds = [d for d in res if samples[d].kind == k]
             yy = np.array([samples[d].label for d in ds])
             ss = np.array([res[d][0] for d in ds])
@@ -725,7 +822,7 @@ def main() -> int:
                 entry["flag_rate_by_group_at_val_threshold"] = {g: [round(float(np.mean(v)), 3), len(v)]
                                                                   for g, v in sorted(by.items())}
         metrics["kinds"][k] = entry
-        print(f"[test] {k}: {json.dumps({n: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in entry[n].items()} for n in ('cascade', 'full')})}",
+        print(f"[test] {k}: {json.dumps({n: {kk: (round(vv, 4) if isinstance(vv, float) else vv) for kk, vv in entry[n].items()} for n in entry if n in ('cascade', 'full')})}",
               flush=True)
 
     # ---- save --------------------------------------------------------------------
@@ -754,6 +851,11 @@ def main() -> int:
                          "onnxruntime": onnxruntime.__version__, "tokenizers": tokenizers.__version__},
         "seed": args.seed, "n_tool_outputs": args.n_tool_outputs, "n_descriptions": args.n_descriptions,
     }
+    if pool_manifest is not None:
+        import real_data
+        # the corpus includes the real-text pool, split by package (calibrate_thresholds.py rebuilds it the same way)
+        meta["real_pool"] = {"pool_seed": pool_manifest["seed"], "split_seed": real_data.SPLIT_SEED,
+                             "sha256_16_all": pool_manifest["sha256_16_all"]}
     (out / inj.CLASSIFIER_META).write_text(json.dumps(meta, indent=2) + "\n")
     corpus_stats = defaultdict(int)
     for s in samples:
