@@ -121,7 +121,9 @@ def _summary(kind: str, findings: dict[str, Any]) -> dict[str, Any]:
         if evidence >= 1.0:
             label = "poisoned"
         score = max(score, evidence)
-    return {"score": round(score, 4), "label": label}
+    # Not rounded again: the finding's score already has as many decimals as it takes to
+    # compare with its threshold the way the exact score did (reported_score).
+    return {"score": score, "label": label}
 
 
 def run_detect(config: Config, lines: Iterable[str], out: TextIO) -> int:

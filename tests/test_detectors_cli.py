@@ -39,3 +39,16 @@ def test_detect_scores_every_line():
     assert got["far"]["label"] == "mismatch" and got["near"]["label"] == "fits"
     assert got["far"]["findings"]["intent"]["nearest"]["text"].startswith("Summarise")
     assert [f["rule"] for f in got["pii"]["findings"]["pii"]] == ["email", "phone"]
+
+
+def test_detect_score_keeps_the_digits_that_separate_it_from_the_threshold():
+    # 0.97755 under a 0.97757 threshold is benign; rounded to 4 decimals both would read
+    # 0.9776 and the line would show a benign score equal to the threshold.
+    from firewall.detect_cli import _summary
+    from firewall.detection_enrichers import reported_score
+
+    score, threshold = reported_score(0.97755, 0.97757)
+    findings = {"injection": {"score": score, "threshold": threshold, "label": "benign"}}
+    summary = _summary("tool_output", findings)
+    assert summary == {"score": 0.97755, "label": "benign"}
+    assert summary["score"] < threshold
