@@ -188,7 +188,7 @@ def write_tokenizer(model_dir: Path, dst: Path) -> None:
     tok.save(str(dst))
 
 
-def fidelity(encoder, tokenizer_path: Path, onnx_paths: dict[str, Path]) -> dict:
+def fidelity(encoder, tokenizer_path: Path, onnx_paths: dict[str, Path], model_dir: Path) -> dict:
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -218,7 +218,7 @@ def fidelity(encoder, tokenizer_path: Path, onnx_paths: dict[str, Path]) -> dict
 
         # the exported weights themselves (the packaged model or a fine-tuned copy); a directory
         # without sentence-transformers config gets mean pooling, normalised below
-        st = SentenceTransformer(str(fidelity.model_dir), device="cpu")
+        st = SentenceTransformer(str(model_dir), device="cpu")
         st.max_seq_length = MAX_TOKENS
         st_emb = st.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
         c = (st_emb * ref).sum(1)
@@ -315,7 +315,6 @@ def main() -> int:
     tok_out = out_dir / "minilm-tokenizer.json"
 
     encoder = build_encoder(model_dir)
-    fidelity.model_dir = model_dir
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)
         fp32 = td / "fp32.onnx"
@@ -345,7 +344,7 @@ def main() -> int:
             pt = td / "int8-per-tensor.onnx"
             quantise(src, pt, per_channel=False)
             paths["int8_per_tensor"] = pt
-        fid = fidelity(encoder, tok_out, paths)
+        fid = fidelity(encoder, tok_out, paths, model_dir)
 
     ft_info = model_dir / "finetune_info.json"
     manifest = {
