@@ -240,12 +240,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def firewall(upstream: str, bundle: Path | None, workers: int, audit: Path, listener: str,
-             src: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+             src: Path | None = None, config: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cmd = [sys.executable, "-m", "firewall.cli", "proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
            "--workers", str(workers), "--audit", str(audit), "--listener", listener]
     if bundle is not None:
         cmd += ["--policy", str(bundle)]
+    if config is not None:
+        cmd += ["--config", str(config)]
     # A state directory of its own: the tool registry's learned state must not leak in from other runs.
     env = {"MCPFW_HOME": str(audit.parent / f"home-{port}")}
     if src is not None:  # another source tree (the workers start with the same PYTHONPATH)
@@ -265,7 +267,7 @@ def _summary(runs: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str, f
 
 def measure(upstream: str, upstream_pid: int, *, session: bool, bundles: dict[str, Path | None], workers: tuple[int, ...],
             seconds: float, repeat: int, tmp: Path, concurrencies: tuple[int, ...],
-            listener: str = "lean", baseline: Path | None = None) -> list[dict[str, object]]:
+            listener: str = "lean", baseline: Path | None = None, config: Path | None = None) -> list[dict[str, object]]:
     """Direct and through each firewall (bundle x worker count, and the baseline tree's),
     interleaved in every round; medians over the rounds."""
     firewalls: dict[tuple[str, int, str], tuple[subprocess.Popen[bytes], str]] = {}
@@ -274,7 +276,7 @@ def measure(upstream: str, upstream_pid: int, *, session: bool, bundles: dict[st
     try:
         for name, w, tree in setups:
             audit = tmp / f"audit-{name}-{w}-{tree}-{time.monotonic_ns()}.duckdb"
-            firewalls[(name, w, tree)] = firewall(upstream, bundles[name], w, audit, listener, trees[tree])
+            firewalls[(name, w, tree)] = firewall(upstream, bundles[name], w, audit, listener, trees[tree], config)
         direct: dict[int, list[dict[str, float]]] = {c: [] for c in concurrencies}
         through: dict[tuple[str, int, str, int], list[dict[str, float]]] = {
             (*setup, c): [] for setup in setups for c in concurrencies}
@@ -332,6 +334,7 @@ def main() -> int:
     parser.add_argument("--bundles", default="trivial,default", help="policy bundles: trivial, default, or a bundle's path")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="another source tree whose firewall is measured in the same rounds (lean scenarios)")
+    parser.add_argument("--config", type=Path, default=None, help="mcpfw configuration file for every firewall run")
     args = parser.parse_args()
     workers = tuple(int(w) for w in str(args.workers).split(","))
     tmp = Path(tempfile.mkdtemp(prefix="mcpfw-bench-http-"))
@@ -345,7 +348,8 @@ def main() -> int:
         "load_average_at_start": os.getloadavg()[0], "scenarios": {},
     }
     scenarios: dict[str, list[dict[str, object]]] = {}
-    common = {"bundles": bundles, "seconds": args.seconds, "repeat": args.repeat, "tmp": tmp, "concurrencies": (1, 32)}
+    common = {"bundles": bundles, "seconds": args.seconds, "repeat": args.repeat, "tmp": tmp, "concurrencies": (1, 32),
+              "config": args.config.resolve() if args.config else None}
     baseline = args.baseline.resolve() if args.baseline else None
     if "instant" in args.scenarios:
         port = free_port()

@@ -19,6 +19,7 @@ from firewall.audit.redact import load_secret_rules, redact_for_audit, redacted_
 from firewall.audit.rows import MAX_STORED_CHARS, to_stored_row
 from firewall.audit.schema import COLUMNS
 from firewall.audit.spill import SpillFile
+from firewall.audit import store as store_module
 from firewall.audit.store import AuditStats, DuckDBStore
 from firewall.config import LimitsConfig
 from firewall.pipeline import C2S, S2C, Inspector
@@ -262,26 +263,32 @@ def test_string_leaves_is_the_walk_filtered():
                 assert string_leaves(v, "/r", min_len=min_len, limit=limit) == [(p, t) for p, t in walked if len(t) >= min_len]
 
 
-# -- staging rows through JSON ----------------------------------------------------------------
+# -- staging rows through Arrow or JSON -------------------------------------------------------
 
 
-def test_json_staging_stores_what_the_appender_stores(tmp_path: Path):
+@pytest.mark.parametrize("path", ["arrow", "json"])
+def test_staging_stores_what_the_appender_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str):
     rules = load_secret_rules()
     rows = [
         {
             "ts": 1_700_000_000.123456 + i if i % 3 else 1_700_000_000 + i, "decision_id": f"d{i}", "direction": "client_to_server", "kind": "request",
             "method": "tools/call", "tool": "t", "message_id": str(i), "arguments": {"q": f"v{i}", "é": "ü\u2028"},
-            "decision": "deny", "reasons": [{"code": "c", "message": "m \"quoted\""}], "error_code": -32050,
-            "eval_ms": 0.1 * i, "bytes": 100 + i, "findings": {"secrets": []}, "tags": ["a", "b"],
+            "decision": "deny", "reasons": [{"code": "c", "message": "m \"quoted\""}], "error_code": -32050 if i % 4 else None,
+            "eval_ms": 0.1 * i, "bytes": 100 + i, "findings": {"secrets": []}, "tags": ["a", "b"] if i % 5 else [],
             "upstream_ms": None if i % 2 else 1.25, "rate": {"n": i},
         }
         for i in range(50)
     ]
+    # ts at microsecond rounding edges: both paths must round as datetime does.
+    rows += [{"ts": 1_700_000_000 + f, "decision_id": f"e{k}"} for k, f in enumerate((0.0000005, 0.0000015, 0.9999995, 0.1234565))]
     stored = [to_stored_row(r, rules) for r in rows]
+    if path == "json":
+        monkeypatch.setattr(store_module, "_arrow_table", lambda rows, yielder: None)
     store = DuckDBStore(tmp_path / "a.duckdb", SpillFile(tmp_path / "s.jsonl"), AuditStats())
     hub = store._hub_connection()
-    store._stage(hub, "staging", stored)
-    via_json = hub.execute("SELECT * FROM staging ORDER BY decision_id").fetchall()
+    staged = store._stage(hub, "staging", stored)
+    assert staged == ("staging_arrow" if path == "arrow" else "memory.staging")
+    via_store = hub.execute(f"SELECT * FROM {staged} ORDER BY decision_id").fetchall()
     columns = ", ".join(f"{c.name} {c.type}" for c in COLUMNS)
     reference = duckdb.connect(":memory:")
     reference.execute(f"CREATE TABLE staging ({columns})")
@@ -290,5 +297,12 @@ def test_json_staging_stores_what_the_appender_stores(tmp_path: Path):
 
     appender.append_rows([to_db_values(row) for row in stored])
     appender.flush()
-    assert via_json == reference.execute("SELECT * FROM staging ORDER BY decision_id").fetchall()
+    expected = reference.execute("SELECT * FROM staging ORDER BY decision_id").fetchall()
+    # Arrow hands JSON columns over as text: compare what the file table stores.
+    assert [tuple(str(v) if c.type == "JSON" and v is not None else v for v, c in zip(row, COLUMNS)) for row in via_store] == [
+        tuple(str(v) if c.type == "JSON" and v is not None else v for v, c in zip(row, COLUMNS)) for row in expected
+    ]
+    assert store.write(stored, include_spill=False, retry_seconds=1.0)
+    with duckdb.connect(str(tmp_path / "a.duckdb"), read_only=True) as db:
+        assert db.execute("SELECT * FROM decisions ORDER BY decision_id").fetchall() == expected
     store.close(checkpoint=False)

@@ -3,9 +3,10 @@
 DuckDB lets one process at a time open a file for writing, several firewall
 processes share one audit file, and ``mcpfw audit sql`` must read it while
 they run. So the file is never kept open: a private in-memory DuckDB instance
-(the "hub") stages each batch, then ATTACHes the file, inserts, commits and
-DETACHes it, holding the file lock for a few milliseconds. The hub exists
-because opening a DuckDB instance costs ~12 ms and ATTACH well under 1 ms.
+(the "hub") stages each batch (an Arrow table it scans, see ``_stage``), then
+ATTACHes the file, inserts, commits and DETACHes it, holding the file lock for a
+few milliseconds. The hub exists because opening a DuckDB instance costs ~12 ms
+and ATTACH well under 1 ms.
 
 DETACH skips the checkpoint (5-25 ms of lock time per batch): the WAL,
 fsync'd at COMMIT so rows are durable, is folded into the file once it passes
@@ -18,6 +19,7 @@ third batch of a busy firewall, and the replay costs less than the checkpoints s
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import random
@@ -29,6 +31,11 @@ from pathlib import Path
 
 import duckdb
 import orjson
+
+try:  # Arrow hands DuckDB a batch as typed columns, the cheapest way in (see _stage)
+    import pyarrow as pa
+except ImportError:  # pragma: no cover - a declared dependency; the JSON path still works
+    pa = None
 
 from firewall.audit.rows import StoredRow, to_db_values
 from firewall.audit.schema import COLUMNS, ensure_schema
@@ -154,27 +161,30 @@ class DuckDBStore:
         try:
             hub = self._hub_connection()
             started = time.perf_counter()
-            self._stage(hub, "staging", rows)
+            staged = self._stage(hub, "staging", rows)
             self._stats.last_stage_ms = (time.perf_counter() - started) * 1e3
         except duckdb.Error as exc:
             self.last_error = f"staging failed: {_first_line(exc)}"
             return False
-        started = time.perf_counter()
-        if not self._attach(hub, retry_seconds):
-            return False
         try:
-            self._insert(hub, include_spill)
-        except (duckdb.Error, OSError) as exc:
-            self.last_error = _first_line(exc)
-            with contextlib.suppress(duckdb.Error):
-                hub.execute("ROLLBACK")
-            self._schema_ready = False  # re-check: the file may have been replaced
-            return False
+            started = time.perf_counter()
+            if not self._attach(hub, retry_seconds):
+                return False
+            try:
+                self._insert(hub, staged, include_spill)
+            except (duckdb.Error, OSError) as exc:
+                self.last_error = _first_line(exc)
+                with contextlib.suppress(duckdb.Error):
+                    hub.execute("ROLLBACK")
+                self._schema_ready = False  # re-check: the file may have been replaced
+                return False
+            finally:
+                with contextlib.suppress(duckdb.Error):
+                    hub.execute("USE memory")
+                with contextlib.suppress(duckdb.Error):
+                    hub.execute(f"DETACH DATABASE IF EXISTS {_ALIAS}")
         finally:
-            with contextlib.suppress(duckdb.Error):
-                hub.execute("USE memory")
-            with contextlib.suppress(duckdb.Error):
-                hub.execute(f"DETACH DATABASE IF EXISTS {_ALIAS}")
+            _unregister(hub, staged)
         self.last_error = None
         self._stats.last_locked_ms = (time.perf_counter() - started) * 1e3
         if rows:
@@ -200,22 +210,25 @@ class DuckDBStore:
             self._hub.close()
         self._hub = None
 
-    def _insert(self, hub: duckdb.DuckDBPyConnection, include_spill: bool) -> None:
+    def _insert(self, hub: duckdb.DuckDBPyConnection, staged: str, include_spill: bool) -> None:
         # The spill file stays locked until its rows are committed and it is deleted.
         with self._spill.claim() if include_spill else contextlib.nullcontext() as claim:
             spilled = claim.rows if claim is not None else []
-            if spilled:
-                # Staged before BEGIN: a DuckDB transaction writes to one database only.
-                self._stage(hub, "spill_staging", spilled)
-            hub.execute("BEGIN TRANSACTION")
-            if not self._schema_ready:
-                hub.execute(f"USE {_ALIAS}")
-                ensure_schema(hub)
-                hub.execute("USE memory")
-            if spilled:
-                self._insert_spilled(hub)
-            hub.execute(f"INSERT INTO {_ALIAS}.decisions BY NAME SELECT * FROM memory.staging")
-            hub.execute("COMMIT")
+            # Staged before BEGIN: a DuckDB transaction writes to one database only.
+            spill_staged = self._stage(hub, "spill_staging", spilled) if spilled else None
+            try:
+                hub.execute("BEGIN TRANSACTION")
+                if not self._schema_ready:
+                    hub.execute(f"USE {_ALIAS}")
+                    ensure_schema(hub)
+                    hub.execute("USE memory")
+                if spill_staged is not None:
+                    self._insert_spilled(hub, spill_staged)
+                hub.execute(f"INSERT INTO {_ALIAS}.decisions BY NAME SELECT * FROM {staged}")
+                hub.execute("COMMIT")
+            finally:
+                if spill_staged is not None:
+                    _unregister(hub, spill_staged)
             if claim is not None:
                 claim.consumed = True
                 self._stats.rows_ingested_from_spill += len(spilled)
@@ -226,18 +239,18 @@ class DuckDBStore:
                 self._stats.checkpoints += 1
 
     @staticmethod
-    def _insert_spilled(hub: duckdb.DuckDBPyConnection) -> None:
+    def _insert_spilled(hub: duckdb.DuckDBPyConnection, staged: str) -> None:
         # A crash between COMMIT and deleting the spill file would ingest the
         # same rows twice; skip ids already stored (the ts range limits the scan).
         hub.execute(
             f"""
             INSERT INTO {_ALIAS}.decisions BY NAME
-            SELECT s.* FROM memory.spill_staging AS s
+            SELECT s.* FROM {staged} AS s
             WHERE NOT EXISTS (
                 SELECT 1 FROM {_ALIAS}.decisions AS d
                 WHERE d.decision_id = s.decision_id
-                  AND d.ts BETWEEN (SELECT min(ts) FROM memory.spill_staging)
-                               AND (SELECT max(ts) FROM memory.spill_staging)
+                  AND d.ts BETWEEN (SELECT min(ts) FROM {staged})
+                               AND (SELECT max(ts) FROM {staged})
             )
             """
         )
@@ -258,14 +271,26 @@ class DuckDBStore:
             self._hub = hub
         return self._hub
 
-    def _stage(self, hub: duckdb.DuckDBPyConnection, table: str, rows: list[StoredRow]) -> None:
+    def _stage(self, hub: duckdb.DuckDBPyConnection, table: str, rows: list[StoredRow]) -> str:
+        """Make ``rows`` readable by SQL in the hub; return the relation to select from.
+
+        Arrow first: typed columns that DuckDB scans without the GIL, about 4 us a row
+        against 15 for JSON text and 20 for the appender (which converts every value in
+        Python, holding the GIL that the relay threads need). A batch Arrow refuses (a
+        value it cannot encode, such as a lone surrogate) takes the JSON path into the
+        ``table`` staging table, and what JSON refuses takes the appender.
+        """
+        yielder = GilYielder(self.behind)
+        if pa is not None:
+            arrow = _arrow_table(rows, yielder)
+            if arrow is not None:
+                name = f"{table}_arrow"
+                hub.register(name, arrow)
+                return name
         hub.execute(f"DELETE FROM {table}")
-        # Rows go in as JSON text that DuckDB parses and converts without the GIL: the
-        # appender converts every value in Python, holding the GIL that the relay threads
-        # need (about 20 us a row, against 2 us for the JSON encoding).
+        # JSON text is parsed and converted by DuckDB without the GIL.
         sql = _STAGE_SQL.format(table=table)
         done = 0
-        yielder = GilYielder(self.behind)
         dumps, to_db = orjson.dumps, to_db_values
         while done < len(rows):
             # Each statement costs ~2 ms to plan: few, large chunks (bounded in bytes).
@@ -284,13 +309,13 @@ class DuckDBStore:
                 break  # a value JSON or DuckDB's JSON reading refuses: the appender takes the rest
             done += len(parts)
             yielder.tick()
-        if done == len(rows):
-            return
-        appender = hub.appender(table)
-        for start in range(done, len(rows), _APPEND_CHUNK):
-            appender.append_rows([to_db_values(row) for row in rows[start : start + _APPEND_CHUNK]])
-            yielder.tick()
-        appender.flush()
+        if done < len(rows):
+            appender = hub.appender(table)
+            for start in range(done, len(rows), _APPEND_CHUNK):
+                appender.append_rows([to_db_values(row) for row in rows[start : start + _APPEND_CHUNK]])
+                yielder.tick()
+            appender.flush()
+        return f"memory.{table}"
 
     def _attach(self, hub: duckdb.DuckDBPyConnection, retry_seconds: float) -> bool:
         """ATTACH the audit file, retrying lock conflicts with jittered backoff."""
@@ -347,3 +372,36 @@ class DuckDBStore:
             for leftover in (temp, temp.with_name(temp.name + ".wal")):
                 with contextlib.suppress(OSError):
                     leftover.unlink()
+
+
+def _arrow_table(rows: list[StoredRow], yielder: GilYielder) -> pa.Table | None:
+    """The rows as an Arrow table of the audit columns, or None if Arrow refuses a value."""
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in COLUMNS]
+    arrays = []
+    try:
+        for column, values, type_ in zip(COLUMNS, columns, _ARROW_TYPES, strict=True):
+            if column.name == "ts":
+                values = [dt.datetime.fromtimestamp(v, dt.UTC) for v in values]
+            arrays.append(pa.array(values, type=type_))
+            yielder.tick()
+        return pa.Table.from_arrays(arrays, names=[c.name for c in COLUMNS])
+    except (pa.ArrowException, TypeError, ValueError, UnicodeError, OverflowError):
+        return None
+
+
+def _unregister(hub: duckdb.DuckDBPyConnection, staged: str) -> None:
+    if not staged.startswith("memory."):
+        with contextlib.suppress(duckdb.Error):
+            hub.unregister(staged)
+
+
+def _arrow_type(sql_type: str) -> pa.DataType:
+    if sql_type.endswith("[]"):
+        return pa.list_(_arrow_type(sql_type[:-2]))
+    return {
+        "VARCHAR": pa.string(), "JSON": pa.string(), "INTEGER": pa.int32(), "DOUBLE": pa.float64(),
+        "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
+    }[sql_type]
+
+
+_ARROW_TYPES = [_arrow_type(c.type) for c in COLUMNS] if pa is not None else []
