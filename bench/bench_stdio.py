@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER = ["node", str(ROOT / "node_modules/@modelcontextprotocol/server-everything/dist/index.js"), "stdio"]
 
 
+def _compact(message: dict) -> bytes:
+    # As the MCP SDKs write messages (JSON.stringify, pydantic's model_dump_json): no spaces.
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
 class Peer:
     """A raw JSON-RPC client over a child's pipes (no SDK, so it adds little noise)."""
 
@@ -31,14 +36,14 @@ class Peer:
 
     def call(self, method: str, params: dict) -> dict:
         self.next_id += 1
-        self.proc.stdin.write(json.dumps({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}).encode() + b"\n")
+        self.proc.stdin.write(_compact({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}))
         while True:
             msg = json.loads(self.out.readline())
             if msg.get("id") == self.next_id:
                 return msg
 
     def notify(self, method: str) -> None:
-        self.proc.stdin.write(json.dumps({"jsonrpc": "2.0", "method": method}).encode() + b"\n")
+        self.proc.stdin.write(_compact({"jsonrpc": "2.0", "method": method}))
 
     def close(self) -> None:
         self.proc.stdin.close()
