@@ -306,3 +306,34 @@ def test_staging_stores_what_the_appender_stores(tmp_path: Path, monkeypatch: py
     with duckdb.connect(str(tmp_path / "a.duckdb"), read_only=True) as db:
         assert db.execute("SELECT * FROM decisions ORDER BY decision_id").fetchall() == expected
     store.close(checkpoint=False)
+
+
+def test_arrow_staging_hands_the_gil_over_between_slices_of_large_rows():
+    # Converting to Arrow holds the GIL (page faults of fresh buffers included): large rows
+    # are cut into slices of bounded text, and the relay threads get a turn after each.
+    rules = load_secret_rules()
+    rows = [to_stored_row({"decision_id": f"d{i}", "arguments": {"content": "x" * 20_000 + str(i)}}, rules) for i in range(300)]
+    rows += [to_stored_row({"decision_id": f"s{i}", "arguments": {"q": i}}, rules) for i in range(1500)]
+
+    class CountingYielder:
+        ticks = 0
+
+        def tick(self) -> None:
+            self.ticks += 1
+
+    yielder = CountingYielder()
+    slices = store_module._slices(rows, yielder)
+    assert slices[0][0] == 0 and slices[-1][1] == len(rows)
+    assert all(a[1] == b[0] for a, b in zip(slices, slices[1:]))
+    arguments = [c.name for c in COLUMNS].index("arguments")
+    for start, stop in slices:
+        assert stop - start <= store_module._ARROW_SLICE_ROWS
+        text = sum(len(row[arguments]) for row in rows[start:stop - 1])
+        assert text < store_module._ARROW_SLICE_BYTES  # the last row may pass the budget
+    assert len(slices) >= 300 * 20_000 // store_module._ARROW_SLICE_BYTES + 1500 // store_module._ARROW_SLICE_ROWS
+
+    yielder = CountingYielder()
+    table = store_module._arrow_table(rows, yielder)
+    assert table is not None and table.num_rows == len(rows)
+    assert yielder.ticks >= len(slices) * len(COLUMNS)
+    assert table.column("arguments").to_pylist() == [row[arguments] for row in rows]
