@@ -284,3 +284,28 @@ def test_removed_list_elements_never_reach_client(tmp_path, audit_db):
         client.close()
     assert names and "echo" not in names and "get-sum" not in names
     assert "get-env" in names
+
+
+# A server that answers every request with a large result, without waiting to be read.
+_BULKY_SERVER = r"""
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if "id" in msg:
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {"pad": "x" * 50000}}) + "\n")
+        sys.stdout.flush()
+"""
+
+
+def test_a_client_that_writes_everything_before_reading_does_not_deadlock(audit_db):
+    # 400 KB of requests and 10 MB of answers: more than the pipes hold both ways, so a
+    # relay that blocked on a full pipe would stall client, shim and server for good.
+    client = RawClient(shim_command(audit_db, server=[sys.executable, "-c", _BULKY_SERVER]))
+    try:
+        pad = "y" * 2000
+        for i in range(200):
+            client.send(json.dumps({"jsonrpc": "2.0", "id": i, "method": "ping", "params": {"_meta": {"pad": pad}}}).encode())
+        answered = [client.recv_json(timeout=60)["id"] for _ in range(200)]
+        assert answered == list(range(200))
+    finally:
+        client.close()
