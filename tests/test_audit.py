@@ -412,6 +412,22 @@ def test_pending_rows_are_flushed_at_interpreter_exit(db: Path) -> None:
     assert fetch(db, "SELECT count(*) FROM decisions") == [(41,)]
 
 
+def test_rows_of_large_messages_wake_the_writer_before_the_interval(db: Path) -> None:
+    # A waiting row holds its parsed message: a few large ones are written at once
+    # rather than held for the flush interval.
+    with AuditLog(db, flush_interval=60, batch_size=10_000) as audit:
+        for i in range(3):
+            audit.record({"decision_id": f"big{i}", "decision": "allow", "bytes": 3 << 20})
+        deadline = time.monotonic() + 10
+        while audit.stats.rows_written < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert audit.stats.rows_written == 3
+        audit.record({"decision_id": "small", "decision": "allow", "bytes": 100})
+        time.sleep(0.3)
+        assert audit.stats.rows_written == 3  # a small one waits for the interval
+    assert fetch(db, "SELECT count(*) FROM decisions") == [(4,)]
+
+
 def test_rows_from_two_threads_all_arrive(db: Path) -> None:
     per_thread = 2_000
     with AuditLog(db, batch_size=200) as audit:

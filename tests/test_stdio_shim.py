@@ -309,3 +309,50 @@ def test_a_client_that_writes_everything_before_reading_does_not_deadlock(audit_
         assert answered == list(range(200))
     finally:
         client.close()
+
+
+# A server that answers its first request, then offers 96 notifications of about
+# 0.5 MB (48 MB) and leaves a marker once the last is written.
+_FLOODING_SERVER = r"""
+import json, sys
+first = json.loads(sys.stdin.readline())
+sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": first["id"], "result": {}}) + "\n")
+sys.stdout.flush()
+blob = json.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": list(range(70000))}})
+for _ in range(96):
+    sys.stdout.write(blob + "\n")
+sys.stdout.flush()
+open(sys.argv[1], "w").close()
+sys.stdin.read()
+"""
+
+
+def _rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def test_a_client_that_does_not_read_holds_back_the_server_not_the_shims_memory(tmp_path, audit_db):
+    marker = tmp_path / "all-written"
+    client = RawClient(shim_command(audit_db, server=[sys.executable, "-c", _FLOODING_SERVER, str(marker)]))
+    try:
+        client.send(b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
+        assert client.recv_reply(1)["result"] == {}
+        # The client reads nothing for 7 s. The shim stops reading once 16 MiB wait for the
+        # client: the server is held back with most of its 48 MB unsent, and the shim's
+        # memory stops growing (what it holds is the backlog and the rows of the messages
+        # it relayed, parsed: several times their size, until the audit writer turns them
+        # into stored rows).
+        time.sleep(4)
+        held = _rss_mib(client.proc.pid)
+        time.sleep(3)
+        assert not marker.exists()
+        assert _rss_mib(client.proc.pid) - held < 40
+        got = [client.recv_json(timeout=60) for _ in range(96)]
+        assert all(m["method"] == "notifications/message" and len(m["params"]["data"]) == 70000 for m in got)
+        deadline = time.monotonic() + 10
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists()
+    finally:
+        client.close()

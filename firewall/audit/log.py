@@ -4,7 +4,8 @@ writer that batches rows into the DuckDB file.
 Design
 ------
 * ``record(row)`` appends the caller's dict to a deque (O(1), no lock, no
-  I/O) and, when ``batch_size`` rows are waiting, wakes the writer.
+  I/O) and, when ``batch_size`` rows are waiting, or rows for ``_WAKE_BYTES`` of
+  messages (a waiting row holds its parsed message), wakes the writer.
 * The writer thread wakes every ``flush_interval`` seconds (or earlier),
   converts the rows (args digest, secret redaction, types: see
   :mod:`firewall.audit.rows`) and writes them with
@@ -55,6 +56,7 @@ log = logging.getLogger("mcpfw.audit")
 OnFailure = Literal["block", "spill"]
 
 _MAX_ROWS_PER_CYCLE = 20_000
+_WAKE_BYTES = 8 << 20  # message bytes of waiting rows that wake the writer early
 _BACKLOG_PAUSE = 0.0005  # seconds record() pauses its caller while the writer is behind
 _SPILL_RECHECK_SECONDS = 5.0
 
@@ -118,6 +120,7 @@ class AuditLog:
         self._store.behind = self._behind
 
         self._pending: deque[dict[str, Any]] = deque()
+        self._pending_bytes = 0  # approximate (updated without a lock): only wakes the writer
         self._wake: queue.SimpleQueue[object] = queue.SimpleQueue()  # put() is reentrant
         self._wake_sent = False
         self._closing = False
@@ -151,8 +154,11 @@ class AuditLog:
             # close() has run or is running its final drain: write it now.
             self._drain_synchronously()
             return
+        size = row.get("bytes")
+        if type(size) is int:
+            self._pending_bytes += size
         waiting = len(self._pending)
-        if waiting >= self._batch_size and not self._wake_sent:
+        if (waiting >= self._batch_size or self._pending_bytes >= _WAKE_BYTES) and not self._wake_sent:
             self._wake_sent = True
             self._wake.put(None)
         if waiting > self._backlog_rows and self._healthy:
@@ -302,6 +308,7 @@ class AuditLog:
         self._held = []
         # Take what is queued now, not what keeps arriving, so batches stay bounded.
         taken = min(len(self._pending), _MAX_ROWS_PER_CYCLE)
+        self._pending_bytes = 0
         yielder = GilYielder(self._behind)
         for _ in range(taken):
             stored.append(self._convert(self._pending.popleft()))
