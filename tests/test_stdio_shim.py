@@ -356,3 +356,55 @@ def test_a_client_that_does_not_read_holds_back_the_server_not_the_shims_memory(
         assert marker.exists()
     finally:
         client.close()
+
+
+class _LineRecorder:
+    """An inspector that records the lines it is asked about and the refusals."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.refused: list[int] = []
+
+    def inspect(self, raw: bytes, direction: str, session: object, identity: object = None):
+        from firewall.pipeline import Outcome
+
+        self.lines.append(raw)
+        return Outcome(None, None)
+
+    def refuse_oversized(self, size: int, limit: int, direction: str, session: object) -> None:
+        self.refused.append(size)
+
+
+def test_lines_are_framed_alike_however_the_reads_split_them():
+    import random
+
+    from firewall.pipeline import C2S
+    from firewall.session import ServerIdentity, Session
+    from firewall.transports.stdio import StdioShim, _Input, _Output
+
+    rng = random.Random(7)
+    limit = 100
+    session = Session(ServerIdentity(name="t"), transport="stdio", cwd="/", resolve_symlinks=False)
+    read_end, write_end = os.pipe()
+    sink = _Output(write_end)
+    try:
+        for _ in range(300):
+            lines = [bytes(rng.choice(b"ab ") for _ in range(rng.choice((0, 1, 5, 99, 100, 101, 150, 250)))) for _ in range(rng.randint(1, 12))]
+            stream = b"\n".join(lines) + b"\n"
+            recorder = _LineRecorder()
+            with open(os.devnull, "rb") as devnull:
+                shim = StdioShim(["true"], recorder, session, max_message_bytes=limit, client_in=devnull, client_out_fd=os.dup(write_end))  # type: ignore[arg-type]
+            inp = _Input(-1, C2S, forward=sink, reply=sink)
+            at = 0
+            while at < len(stream):
+                step = rng.choice((1, 2, 7, 64, 101, 4096))
+                shim._take(inp, stream[at : at + step])
+                at += step
+            assert recorder.lines == [line + b"\n" for line in lines if len(line) <= limit and line.strip()]
+            assert recorder.refused == [len(line) + 1 for line in lines if len(line) > limit]
+            assert not inp.partial and not inp.skipping
+            os.close(shim._client_in)
+            shim._client_out.close()
+    finally:
+        sink.close()
+        os.close(read_end)

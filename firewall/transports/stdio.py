@@ -249,21 +249,40 @@ class StdioShim:
             self._refuse(inp)
 
     def _take(self, inp: _Input, data: bytes) -> None:
-        """Judge every complete line of what arrived; keep the partial one."""
-        if inp.partial:
-            data = bytes(inp.partial) + data
-            inp.partial.clear()
+        """Judge every complete line of what arrived; keep the partial one.
+
+        A line that spans reads grows in a bytearray (no copy of what came before), so
+        a large message costs one copy however many reads it takes.
+        """
         limit = self._limit
         start = 0
+        if inp.partial or inp.skipping:
+            end = data.find(b"\n")
+            if end < 0:
+                self._hold(inp, data)
+                return
+            if inp.skipping:
+                inp.skipped += end + 1
+                inp.tail = (inp.tail + data[max(0, end + 1 - 512) : end + 1])[-512:]
+                self._refuse(inp)
+            elif len(inp.partial) + end > limit:
+                inp.head = bytes(inp.partial[:512])
+                inp.tail = (bytes(inp.partial[-512:]) + data[: end + 1])[-512:]
+                inp.skipped = len(inp.partial) + end + 1
+                inp.partial.clear()
+                self._refuse(inp)
+            else:
+                inp.partial += memoryview(data)[: end + 1]
+                line = bytes(inp.partial)
+                inp.partial.clear()
+                if line.strip():
+                    self._judge(inp, line)
+            start = end + 1
         while not inp.ended:
             end = data.find(b"\n", start)
             if end < 0:
                 break
-            if inp.skipping:
-                inp.skipped += end + 1 - start
-                inp.tail = (inp.tail + data[max(start, end + 1 - 512) : end + 1])[-512:]
-                self._refuse(inp)
-            elif end - start > limit:
+            if end - start > limit:
                 inp.head = data[start : start + 512]
                 inp.tail = data[max(start, end + 1 - 512) : end + 1]
                 inp.skipped = end + 1 - start
@@ -273,18 +292,22 @@ class StdioShim:
                 if line.strip():
                     self._judge(inp, line)
             start = end + 1
-        if inp.ended or start == len(data):
-            return
+        if not inp.ended and start < len(data):
+            self._hold(inp, data[start:] if start else data)
+
+    def _hold(self, inp: _Input, data: bytes) -> None:
+        """Keep the start of a line, or count it as skipped once it passes the limit."""
         if inp.skipping:
-            inp.skipped += len(data) - start
+            inp.skipped += len(data)
             inp.tail = (inp.tail + data[-512:])[-512:]
-        elif len(data) - start > limit:
+            return
+        inp.partial += data
+        if len(inp.partial) > self._limit:
             inp.skipping = True
-            inp.head = data[start : start + 512]
-            inp.tail = data[-512:]
-            inp.skipped = len(data) - start
-        else:
-            inp.partial += memoryview(data)[start:]
+            inp.head = bytes(inp.partial[:512])
+            inp.tail = bytes(inp.partial[-512:])
+            inp.skipped = len(inp.partial)
+            inp.partial.clear()
 
     def _judge(self, inp: _Input, line: bytes) -> None:
         outcome = self._inspector.inspect(line, inp.direction, self._session)
