@@ -241,4 +241,10 @@ def from_spill_line(line: bytes) -> StoredRow:
 
 def to_db_values(stored: StoredRow) -> tuple[Any, ...]:
     """Values ready for the DuckDB appender (ts as an aware UTC datetime)."""
-    return (dt.datetime.fromtimestamp(stored[0], dt.UTC), *stored[1:])
+    return (ts_datetime(stored[0]), *stored[1:])
+
+
+def ts_datetime(epoch: float) -> dt.datetime:
+    """A stored ``ts`` (epoch seconds) as DuckDB receives it: an aware UTC datetime, rounded
+    to the microsecond the way every staging path rounds it."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)

@@ -19,7 +19,6 @@ third batch of a busy firewall, and the replay costs less than the checkpoints s
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import os
 import random
@@ -37,7 +36,7 @@ try:  # Arrow hands DuckDB a batch as typed columns, the cheapest way in (see _s
 except ImportError:  # pragma: no cover - a declared dependency; the JSON path still works
     pa = None
 
-from firewall.audit.rows import StoredRow, to_db_values
+from firewall.audit.rows import StoredRow, to_db_values, ts_datetime
 from firewall.audit.schema import COLUMNS, ensure_schema
 from firewall.audit.spill import SpillFile
 
@@ -394,7 +393,7 @@ def _arrow_table(rows: list[StoredRow], yielder: GilYielder) -> pa.Table | None:
             for start, stop in slices:
                 part = values[start:stop]
                 if column.name == "ts":
-                    part = [dt.datetime.fromtimestamp(v, dt.UTC) for v in part]
+                    part = list(map(ts_datetime, part))
                 chunks.append(pa.array(part, type=type_))
                 yielder.tick()
             arrays.append(pa.chunked_array(chunks, type=type_))
