@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .jsonwalk import string_leaves
+from .memo import MAX_TEXT, TextMemo
 from .secrets import SpanFinding
 from .normalize import normalize
 
@@ -171,6 +172,7 @@ class PiiScanner:
         self._rules = [r for r in rules if enabled is None or r.id in enabled]
         # One character-class search per distinct `needs` (digits, "@", "." ...) and text.
         self._needs = {r.needs: re.compile(f"[{re.escape(r.needs)}]") for r in self._rules if r.needs}
+        self._memo: TextMemo[str, tuple[tuple[int, int, str], ...]] = TextMemo()
 
     @property
     def rule_ids(self) -> list[str]:
@@ -184,6 +186,15 @@ class PiiScanner:
         """
         if len(text) < _MIN_LENGTH:
             return []
+        if len(text) > MAX_TEXT:
+            return self._scan_text(text)
+        known = self._memo.get(text)
+        if known is None:
+            known = tuple(self._scan_text(text))
+            self._memo.put(text, known)
+        return list(known)
+
+    def _scan_text(self, text: str) -> list[tuple[int, int, str]]:
         norm = normalize(text)
         body = norm.text
         spans: list[tuple[int, int, str]] = []

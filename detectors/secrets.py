@@ -12,6 +12,7 @@ from typing import Any
 from firewall.audit.redact import SecretRules, load_secret_rules
 
 from .jsonwalk import string_leaves
+from .memo import MAX_TEXT, TextMemo
 
 _MIN_LENGTH = 6  # no rule of the file matches anything shorter
 MIN_LENGTH = _MIN_LENGTH
@@ -37,11 +38,21 @@ class SecretScanner:
 
     def __init__(self, rules: SecretRules | None = None) -> None:
         self._rules = rules if rules is not None else load_secret_rules()
+        self._memo: TextMemo[str, tuple[tuple[int, int, str], ...]] = TextMemo()
 
     def scan_text(self, text: str) -> list[tuple[int, int, str]]:
         """Non-overlapping ``(start, end, rule)`` spans of the secrets in ``text``."""
         if len(text) < _MIN_LENGTH:
             return []
+        if len(text) > MAX_TEXT:
+            return self._scan_text(text)
+        known = self._memo.get(text)
+        if known is None:
+            known = tuple(self._scan_text(text))
+            self._memo.put(text, known)
+        return list(known)
+
+    def _scan_text(self, text: str) -> list[tuple[int, int, str]]:
         spans: list[tuple[int, int, str]] = []
         for rule in self._rules.candidates(text.lower()):
             for start, end in rule.spans(text):

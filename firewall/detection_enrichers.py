@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from detectors.normalize import decoded_segments, normalize
 from detectors.pii import PiiScanner
+from detectors.memo import MAX_TEXT, TextMemo
 from detectors.poisoning import PoisoningScanner, list_items
 
 from .config import DetectorsConfig
@@ -291,6 +292,12 @@ def _resource_targets(item: Any, where: str, kind: str) -> Iterator[ScanTarget]:
         yield ScanTarget(f"{where}/blob", kind, text)
 
 
+# One classifier verdict on a string or a decoded segment of it, without its place:
+# (score, label, threshold, start, end, windows, decoded encoding or None). A plain tuple:
+# one is made per scored string on the relay path.
+_Assessed = tuple[float, str, float, int, int, int, "str | None"]
+
+
 class InjectionDetector:
     """Scores strings with the classifier, including their decoded (base64/hex/URL) segments."""
 
@@ -299,6 +306,7 @@ class InjectionDetector:
         self._min_chars = self.min_chars = min_chars
         self._max_chars = max_chars
         self._decode = decode
+        self._memo: TextMemo[tuple[str, str], tuple[_Assessed, ...]] = TextMemo()
 
     def scan(self, targets: Iterator[ScanTarget] | list[ScanTarget]) -> dict[str, Any] | None:
         """``findings.injection`` for these strings, or None when none was worth scoring."""
@@ -315,17 +323,15 @@ class InjectionDetector:
             text = target.text[:budget]
             truncated = truncated or len(text) < len(target.text)
             budget -= len(text)
-            norm = normalize(text)  # free for ASCII text
-            # An instruction needs words: a string without whitespace (a path, URL, id or
-            # encoded blob) is not scored itself; what it decodes to is, below.
-            if _WHITESPACE.search(norm.text):
+            for score, label, threshold, start, end, windows, decoded in self._assess(target.kind, text):
                 scanned += 1
-                items.append(self._score(target, text))
-            if self._decode:
-                for seg in decoded_segments(norm.text):
-                    span = norm.to_original(seg.start, seg.end)
-                    scanned += 1
-                    items.append(self._score(target, seg.text, span=span, decoded=seg.encoding))
+                item = {
+                    "pointer": target.pointer, "kind": target.kind, "score": score, "label": label,
+                    "threshold": threshold, "start": start, "end": end, "windows": windows,
+                }
+                if decoded:
+                    item["decoded"] = decoded
+                items.append(item)
         if not items:
             return None
         items.sort(key=lambda i: -i["score"])
@@ -337,17 +343,33 @@ class InjectionDetector:
             "scanned": scanned, "truncated": truncated,
         }
 
-    def _score(self, target: ScanTarget, text: str, span: tuple[int, int] | None = None, decoded: str | None = None) -> dict[str, Any]:
-        res = self.classifier.score(text, target.kind)  # type: ignore[arg-type]
+    def _assess(self, kind: str, text: str) -> tuple[_Assessed, ...]:
+        """What the classifier says of ``text`` and of the segments it decodes to (memoised:
+        the answer depends on the text alone)."""
+        memo = len(text) <= MAX_TEXT
+        if memo:
+            known = self._memo.get((kind, text))
+            if known is not None:
+                return known
+        found: list[_Assessed] = []
+        norm = normalize(text)  # free for ASCII text
+        # An instruction needs words: a string without whitespace (a path, URL, id or
+        # encoded blob) is not scored itself; what it decodes to is, below.
+        if _WHITESPACE.search(norm.text):
+            found.append(self._score(kind, text))
+        if self._decode:
+            for seg in decoded_segments(norm.text):
+                found.append(self._score(kind, seg.text, span=norm.to_original(seg.start, seg.end), decoded=seg.encoding))
+        result = tuple(found)
+        if memo:
+            self._memo.put((kind, text), result)
+        return result
+
+    def _score(self, kind: str, text: str, span: tuple[int, int] | None = None, decoded: str | None = None) -> _Assessed:
+        res = self.classifier.score(text, kind)  # type: ignore[arg-type]
         start, end = span if span is not None else res.span
         score, threshold = reported_score(float(res.score), float(res.threshold))
-        item = {
-            "pointer": target.pointer, "kind": target.kind, "score": score, "label": res.label,
-            "threshold": threshold, "start": start, "end": end, "windows": res.window_count,
-        }
-        if decoded:
-            item["decoded"] = decoded
-        return item
+        return (score, res.label, threshold, start, end, res.window_count, decoded)
 
 
 class InjectionEnricher:

@@ -233,3 +233,21 @@ def test_reported_items_compare_like_the_label(detectors):
     found = detectors.injection.scan([ScanTarget("/x", "tool_output", INJECTION), ScanTarget("/y", "tool_output", FILLER * 3)])
     for item in found["items"]:
         assert (item["score"] >= item["threshold"]) == (item["label"] == "injection"), item
+
+
+def test_repeated_strings_get_the_same_findings_at_their_own_places(detectors):
+    from firewall.detection_enrichers import ScanTarget
+
+    blob = base64.b64encode(INJECTION.encode()).decode()
+    texts = [INJECTION, FILLER * 3, f"attachment: {blob}"]
+    detector = detectors.injection
+    first = detector.scan([ScanTarget(f"/x/{i}", "tool_output", t) for i, t in enumerate(texts)])
+    for _ in range(2):  # the second sight stores the answer, the third reads it
+        again = detector.scan([ScanTarget(f"/x/{i}", "tool_output", t) for i, t in enumerate(texts)])
+        assert again == first
+    moved = detector.scan([ScanTarget("/elsewhere", "tool_output", INJECTION)])
+    assert moved["pointer"] == "/elsewhere" and moved["score"] == first["items"][0]["score"]
+    # The kind is part of the key: the same text as a prompt is judged as a prompt.
+    as_prompt = detector.scan([ScanTarget("/p", "prompt", INJECTION)])
+    assert as_prompt["kind"] == "prompt" and as_prompt["threshold"] != first["threshold"]
+    assert any(i.get("decoded") == "base64" for i in again["items"])

@@ -337,3 +337,47 @@ def test_arrow_staging_hands_the_gil_over_between_slices_of_large_rows():
     assert table is not None and table.num_rows == len(rows)
     assert yielder.ticks >= len(slices) * len(COLUMNS)
     assert table.column("arguments").to_pylist() == [row[arguments] for row in rows]
+
+
+# -- detector memos ---------------------------------------------------------------------------
+
+
+def test_text_memo_keeps_repeated_keys_only_and_stays_bounded():
+    from detectors.memo import TextMemo
+
+    memo: TextMemo[str, tuple[int, ...]] = TextMemo(entries=8)
+    memo.put("once", (1,))
+    assert memo.get("once") is None  # offered once: not kept
+    memo.put("once", (1,))
+    assert memo.get("once") == (1,)  # offered again: kept
+    for i in range(50):
+        memo.put(f"k{i}", (i,))
+        memo.put(f"k{i}", (i,))
+    assert len(memo) == 8
+    assert memo.get("k49") == (49,) and memo.get("k41") is None  # oldest forgotten first
+    assert memo.get("once") is None
+
+
+@pytest.mark.parametrize("scanner_name", ["secrets", "pii"])
+def test_span_scanners_answer_repeated_texts_as_the_first_time(scanner_name: str):
+    from detectors.pii import PiiScanner
+    from detectors.secrets import SecretScanner
+
+    scanner = SecretScanner() if scanner_name == "secrets" else PiiScanner()
+    texts = [
+        f"token {GITHUB_TOKEN} and mail alice@example.com, call +1 415 555 0100",
+        "no findings in this ordinary sentence at all",
+        f"card 4111 1111 1111 1111, {GITHUB_TOKEN} " + "x " * 2500,  # longer than the memo keeps
+    ]
+    fresh = [scanner._scan_text(t) for t in texts]
+    assert fresh[0] and not fresh[1] and fresh[2]
+    for _ in range(3):  # first sight, second (now kept), third (answered from the memo)
+        assert [scanner.scan_text(t) for t in texts] == fresh
+    assert scanner._memo.hits == 2 and len(scanner._memo) == 2  # the long text is never kept
+    answered = scanner.scan_text(texts[0])
+    answered.clear()  # a caller changing its list must not change the memo's
+    assert scanner.scan_text(texts[0]) == fresh[0]
+    # Leaves at other places get their own pointers from the same memo entry.
+    leaves = [("/a", texts[0]), ("/b/0", texts[0])]
+    pointers = {f.pointer for f in scanner.scan_leaves(leaves, part="arguments")}
+    assert pointers == {"/a", "/b/0"}
