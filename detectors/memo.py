@@ -9,10 +9,12 @@ immutable (tuples), since every caller shares them.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
+T = TypeVar("T")
 
 MAX_TEXT = 4096  # longer texts repeat less and their scan dwarfs the lookup anyway
 ENTRIES = 4096  # at most ENTRIES * MAX_TEXT characters of keys (16 MiB of ASCII), mostly far less
@@ -65,3 +67,14 @@ class TextMemo(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def memoised_scan(memo: TextMemo[str, tuple[T, ...]], text: str, scan: Callable[[str], list[T]]) -> list[T]:
+    """``scan(text)``, answered from ``memo`` for a text seen before (a new list each time)."""
+    if len(text) > MAX_TEXT:
+        return scan(text)
+    known = memo.get(text)
+    if known is None:
+        known = tuple(scan(text))
+        memo.put(text, known)
+    return list(known)

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from .jsonwalk import string_leaves
-from .memo import MAX_TEXT, TextMemo
+from .memo import TextMemo, memoised_scan
 from .secrets import SpanFinding
 from .normalize import normalize
 
@@ -186,13 +186,7 @@ class PiiScanner:
         """
         if len(text) < _MIN_LENGTH:
             return []
-        if len(text) > MAX_TEXT:
-            return self._scan_text(text)
-        known = self._memo.get(text)
-        if known is None:
-            known = tuple(self._scan_text(text))
-            self._memo.put(text, known)
-        return list(known)
+        return memoised_scan(self._memo, text, self._scan_text)
 
     def _scan_text(self, text: str) -> list[tuple[int, int, str]]:
         norm = normalize(text)

@@ -12,7 +12,7 @@ from typing import Any
 from firewall.audit.redact import SecretRules, load_secret_rules
 
 from .jsonwalk import string_leaves
-from .memo import MAX_TEXT, TextMemo
+from .memo import TextMemo, memoised_scan
 
 _MIN_LENGTH = 6  # no rule of the file matches anything shorter
 MIN_LENGTH = _MIN_LENGTH
@@ -44,13 +44,7 @@ class SecretScanner:
         """Non-overlapping ``(start, end, rule)`` spans of the secrets in ``text``."""
         if len(text) < _MIN_LENGTH:
             return []
-        if len(text) > MAX_TEXT:
-            return self._scan_text(text)
-        known = self._memo.get(text)
-        if known is None:
-            known = tuple(self._scan_text(text))
-            self._memo.put(text, known)
-        return list(known)
+        return memoised_scan(self._memo, text, self._scan_text)
 
     def _scan_text(self, text: str) -> list[tuple[int, int, str]]:
         spans: list[tuple[int, int, str]] = []
