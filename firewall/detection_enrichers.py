@@ -8,6 +8,7 @@ first, cheaply, whether a message concerns it, so that other messages pay nothin
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import threading
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from detectors.normalize import decoded_segments, normalize
 from detectors.pii import PiiScanner
-from detectors.memo import MAX_TEXT, TextMemo
+from detectors.memo import TextMemo, memoised_scan
 from detectors.poisoning import PoisoningScanner, list_items
 
 from .config import DetectorsConfig
@@ -306,7 +307,7 @@ class InjectionDetector:
         self._min_chars = self.min_chars = min_chars
         self._max_chars = max_chars
         self._decode = decode
-        self._memo: TextMemo[tuple[str, str], tuple[_Assessed, ...]] = TextMemo()
+        self._memos: dict[str, TextMemo[str, tuple[_Assessed, ...]]] = {}  # one per kind of text
 
     def scan(self, targets: Iterator[ScanTarget] | list[ScanTarget]) -> dict[str, Any] | None:
         """``findings.injection`` for these strings, or None when none was worth scoring."""
@@ -343,14 +344,15 @@ class InjectionDetector:
             "scanned": scanned, "truncated": truncated,
         }
 
-    def _assess(self, kind: str, text: str) -> tuple[_Assessed, ...]:
+    def _assess(self, kind: str, text: str) -> list[_Assessed]:
         """What the classifier says of ``text`` and of the segments it decodes to (memoised:
-        the answer depends on the text alone)."""
-        memo = len(text) <= MAX_TEXT
-        if memo:
-            known = self._memo.get((kind, text))
-            if known is not None:
-                return known
+        the answer depends on the text and its kind alone)."""
+        memo = self._memos.get(kind)
+        if memo is None:
+            memo = self._memos[kind] = TextMemo()
+        return memoised_scan(memo, text, functools.partial(self._score_all, kind))
+
+    def _score_all(self, kind: str, text: str) -> list[_Assessed]:
         found: list[_Assessed] = []
         norm = normalize(text)  # free for ASCII text
         # An instruction needs words: a string without whitespace (a path, URL, id or
@@ -360,10 +362,7 @@ class InjectionDetector:
         if self._decode:
             for seg in decoded_segments(norm.text):
                 found.append(self._score(kind, seg.text, span=norm.to_original(seg.start, seg.end), decoded=seg.encoding))
-        result = tuple(found)
-        if memo:
-            self._memo.put((kind, text), result)
-        return result
+        return found
 
     def _score(self, kind: str, text: str, span: tuple[int, int] | None = None, decoded: str | None = None) -> _Assessed:
         res = self.classifier.score(text, kind)  # type: ignore[arg-type]
