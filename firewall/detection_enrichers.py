@@ -54,6 +54,11 @@ class _PerSession:
                 state = self._data[session] = self._factory()
             return state
 
+    def peek(self, session: Session) -> Any | None:
+        """The session's state if it has any (creates none: a stateless HTTP request is a
+        session of its own, and most never need state)."""
+        return self._data.get(session)
+
 
 def _response_to(ctx: MessageContext, *methods: str) -> bool:
     return ctx.message.kind is Kind.RESPONSE and ctx.direction == S2C and ctx.method in methods
@@ -167,8 +172,8 @@ class PoisoningEnricher:
             return
         if not isinstance(key, str):
             return
-        session: _Definitions = self._seen.get(ctx.session)
-        names = session.tables.get(table)
+        session: _Definitions | None = self._seen.peek(ctx.session)
+        names = session.tables.get(table) if session is not None else None
         if names is None:  # this session saw no such list: trust what the server showed others
             names = self._server_state(ctx).tables.get(table, {})
         entry = names.get(key)
@@ -491,7 +496,8 @@ class IntentEnricher:
         meta_intent = _meta_intent(ctx.params)
         if meta_intent:
             return meta_intent, "meta"
-        session_intent = self._sessions.get(ctx.session).intent
+        state = self._sessions.peek(ctx.session)
+        session_intent = state.intent if state is not None else None
         if session_intent:
             return session_intent, "meta"
         client, key_id = ctx.session.client_name, (ctx.identity or {}).get("key_id")
