@@ -17,7 +17,12 @@ compare). CPU per request is the firewall processes' own (supervisor and workers
 /proc), the upstream's and the load generator's, over every request of a load run.
 Prints one JSON document. Usage: python bench/bench_http.py [--seconds S] [--repeat R]
 [--workers 1,2] [--scenarios instant,everything,mitmproxy] [--bundles trivial,default]
-[--baseline DIR]
+[--baseline DIR] [--vary]
+
+``--vary`` makes every request's argument different ("hello from the load generator,
+connection 3, request 1234"): the decision cache and the detectors' memos then never answer,
+and the argument is long enough for the detectors to read it, as in real traffic. Without
+it the argument is the one word "hello", as the issue's benchmark asks.
 
 ``--baseline DIR`` adds, in every round, the same firewall run from another source tree:
 changes are then compared in one run, against the same upstream, with the same load
@@ -118,8 +123,15 @@ class Counter:
         self.all = 0
 
 
+def _varied_call(connection: int, n: int) -> bytes:
+    """A tools/call whose argument differs every time (``--vary``): no cache can answer it, and
+    it is long enough for the detectors to read."""
+    return (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":'
+            b'{"message":"hello from the load generator, connection %d, request %d"}}}' % (connection, n))
+
+
 async def _connection(host: str, port: int, path: str, session: bool, deadline: float, warmup: float,
-                      latencies: list[float], counter: Counter) -> None:
+                      latencies: list[float], counter: Counter, vary: int | None = None) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     extra = b""
     if session:
@@ -131,7 +143,11 @@ async def _connection(host: str, port: int, path: str, session: bool, deadline: 
         await _response(reader)
         counter.all += 2
     request = _request(f"{host}:{port}", path, CALL, extra)
+    n = 0
     while (now := time.perf_counter()) < deadline:
+        if vary is not None:
+            n += 1
+            request = _request(f"{host}:{port}", path, _varied_call(vary, n), extra)
         writer.write(request)
         head, body = await _response(reader)
         if not head.startswith(b"HTTP/1.1 200") or b'"result"' not in body:
@@ -142,7 +158,7 @@ async def _connection(host: str, port: int, path: str, session: bool, deadline: 
     writer.close()
 
 
-async def load(url: str, concurrency: int, seconds: float, session: bool) -> dict[str, float]:
+async def load(url: str, concurrency: int, seconds: float, session: bool, vary: bool = False) -> dict[str, float]:
     host_port, _, path = url.removeprefix("http://").partition("/")
     host, _, port = host_port.partition(":")
     latencies: list[float] = []
@@ -151,8 +167,9 @@ async def load(url: str, concurrency: int, seconds: float, session: bool) -> dic
     start = time.perf_counter()
     warmup = start + min(1.0, seconds / 4)
     deadline = warmup + seconds
-    await asyncio.gather(*(_connection(host, int(port), "/" + path, session, deadline, warmup, latencies, counter)
-                           for _ in range(concurrency)))
+    await asyncio.gather(*(_connection(host, int(port), "/" + path, session, deadline, warmup, latencies, counter,
+                                       k if vary else None)
+                           for k in range(concurrency)))
     latencies.sort()
     return {
         "requests": len(latencies),
@@ -164,13 +181,15 @@ async def load(url: str, concurrency: int, seconds: float, session: bool) -> dic
     }
 
 
-def run_load(url: str, concurrency: int, seconds: float, session: bool, cpu_of: dict[str, list[int]]) -> dict[str, float]:
+def run_load(url: str, concurrency: int, seconds: float, session: bool, cpu_of: dict[str, list[int]],
+             vary: bool = False) -> dict[str, float]:
     """The load generator in its own process (its CPU is not the firewall's).
 
     ``cpu_of`` names processes whose CPU per request is reported (process and children).
     """
     before = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in cpu_of.items()}
-    done = subprocess.run([sys.executable, __file__, "--load", url, str(concurrency), str(seconds), str(int(session))],
+    done = subprocess.run([sys.executable, __file__, "--load", url, str(concurrency), str(seconds), str(int(session)),
+                           str(int(vary))],
                           capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
         raise RuntimeError(done.stderr)
@@ -267,7 +286,8 @@ def _summary(runs: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str, f
 
 def measure(upstream: str, upstream_pid: int, *, session: bool, bundles: dict[str, Path | None], workers: tuple[int, ...],
             seconds: float, repeat: int, tmp: Path, concurrencies: tuple[int, ...],
-            listener: str = "lean", baseline: Path | None = None, config: Path | None = None) -> list[dict[str, object]]:
+            listener: str = "lean", baseline: Path | None = None, config: Path | None = None,
+            vary: bool = False) -> list[dict[str, object]]:
     """Direct and through each firewall (bundle x worker count, and the baseline tree's),
     interleaved in every round; medians over the rounds."""
     firewalls: dict[tuple[str, int, str], tuple[subprocess.Popen[bytes], str]] = {}
@@ -282,10 +302,10 @@ def measure(upstream: str, upstream_pid: int, *, session: bool, bundles: dict[st
             (*setup, c): [] for setup in setups for c in concurrencies}
         for _ in range(repeat):
             for c in concurrencies:
-                direct[c].append(run_load(upstream, c, seconds, session, {"upstream": [upstream_pid]}))
+                direct[c].append(run_load(upstream, c, seconds, session, {"upstream": [upstream_pid]}, vary))
                 for setup, (proc, url) in firewalls.items():
                     through[(*setup, c)].append(
-                        run_load(url, c, seconds, session, {"firewall": [proc.pid], "upstream": [upstream_pid]}))
+                        run_load(url, c, seconds, session, {"firewall": [proc.pid], "upstream": [upstream_pid]}, vary))
     finally:
         for proc, _ in firewalls.values():
             stop(proc)
@@ -335,6 +355,9 @@ def main() -> int:
     parser.add_argument("--baseline", type=Path, default=None,
                         help="another source tree whose firewall is measured in the same rounds (lean scenarios)")
     parser.add_argument("--config", type=Path, default=None, help="mcpfw configuration file for every firewall run")
+    parser.add_argument("--vary", action="store_true",
+                        help="a different tools/call argument on every request, long enough for the detectors "
+                             "(no decision or detector cache answers; closer to real traffic)")
     args = parser.parse_args()
     workers = tuple(int(w) for w in str(args.workers).split(","))
     tmp = Path(tempfile.mkdtemp(prefix="mcpfw-bench-http-"))
@@ -345,11 +368,11 @@ def main() -> int:
     bundles = {name: known[name] if name in known else Path(name) for name in args.bundles.split(",")}
     report: dict[str, object] = {
         "cores": cores, "workers": list(workers), "seconds": args.seconds, "repeat": args.repeat,
-        "load_average_at_start": os.getloadavg()[0], "scenarios": {},
+        "load_average_at_start": os.getloadavg()[0], "messages": "varied" if args.vary else "repeated", "scenarios": {},
     }
     scenarios: dict[str, list[dict[str, object]]] = {}
     common = {"bundles": bundles, "seconds": args.seconds, "repeat": args.repeat, "tmp": tmp, "concurrencies": (1, 32),
-              "config": args.config.resolve() if args.config else None}
+              "config": args.config.resolve() if args.config else None, "vary": args.vary}
     baseline = args.baseline.resolve() if args.baseline else None
     if "instant" in args.scenarios:
         port = free_port()
@@ -418,6 +441,7 @@ if __name__ == "__main__":
         _run(serve_instant(int(sys.argv[2])))
     elif len(sys.argv) > 1 and sys.argv[1] == "--load":
         url, concurrency, seconds, session = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "1"
-        print(json.dumps(_run(load(url, concurrency, seconds, session))))
+        vary = len(sys.argv) > 6 and sys.argv[6] == "1"
+        print(json.dumps(_run(load(url, concurrency, seconds, session, vary))))
     else:
         sys.exit(main())
