@@ -172,7 +172,7 @@ class PiiScanner:
         self._rules = [r for r in rules if enabled is None or r.id in enabled]
         # One character-class search per distinct `needs` (digits, "@", "." ...) and text.
         self._needs = {r.needs: re.compile(f"[{re.escape(r.needs)}]") for r in self._rules if r.needs}
-        self._memo: TextMemo[str, tuple[tuple[int, int, str], ...]] = TextMemo()
+        self._memo: TextMemo[tuple[tuple[int, int, str], ...]] = TextMemo()
 
     @property
     def rule_ids(self) -> list[str]:

@@ -38,7 +38,7 @@ class SecretScanner:
 
     def __init__(self, rules: SecretRules | None = None) -> None:
         self._rules = rules if rules is not None else load_secret_rules()
-        self._memo: TextMemo[str, tuple[tuple[int, int, str], ...]] = TextMemo()
+        self._memo: TextMemo[tuple[tuple[int, int, str], ...]] = TextMemo()
 
     def scan_text(self, text: str) -> list[tuple[int, int, str]]:
         """Non-overlapping ``(start, end, rule)`` spans of the secrets in ``text``."""

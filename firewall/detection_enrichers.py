@@ -312,7 +312,7 @@ class InjectionDetector:
         self._min_chars = self.min_chars = min_chars
         self._max_chars = max_chars
         self._decode = decode
-        self._memos: dict[str, TextMemo[str, tuple[_Assessed, ...]]] = {}  # one per kind of text
+        self._memos: dict[str, TextMemo[tuple[_Assessed, ...]]] = {}  # one per kind of text
 
     def scan(self, targets: Iterator[ScanTarget] | list[ScanTarget]) -> dict[str, Any] | None:
         """``findings.injection`` for these strings, or None when none was worth scoring."""

@@ -345,7 +345,7 @@ def test_arrow_staging_hands_the_gil_over_between_slices_of_large_rows():
 def test_text_memo_keeps_repeated_keys_only_and_stays_bounded():
     from detectors.memo import TextMemo
 
-    memo: TextMemo[str, tuple[int, ...]] = TextMemo(entries=8)
+    memo: TextMemo[tuple[int, ...]] = TextMemo(entries=8, max_chars=1000)
     memo.put("once", (1,))
     assert memo.get("once") is None  # offered once: not kept
     memo.put("once", (1,))
@@ -356,6 +356,16 @@ def test_text_memo_keeps_repeated_keys_only_and_stays_bounded():
     assert len(memo) == 8
     assert memo.get("k49") == (49,) and memo.get("k41") is None  # oldest forgotten first
     assert memo.get("once") is None
+    # Bounded by characters too: long texts push out old ones, and one over the budget is never kept.
+    for i in range(3):
+        text = f"{i}" * 400
+        memo.put(text, (i,))
+        memo.put(text, (i,))
+    assert memo.chars <= 1000 and memo.get("2" * 400) == (2,) and memo.get("0" * 400) is None
+    assert memo.chars == sum(len(t) for t in memo._entries)
+    memo.put("x" * 1001, (9,))
+    memo.put("x" * 1001, (9,))
+    assert memo.get("x" * 1001) is None
 
 
 @pytest.mark.parametrize("scanner_name", ["secrets", "pii"])
@@ -367,7 +377,7 @@ def test_span_scanners_answer_repeated_texts_as_the_first_time(scanner_name: str
     texts = [
         f"token {GITHUB_TOKEN} and mail alice@example.com, call +1 415 555 0100",
         "no findings in this ordinary sentence at all",
-        f"card 4111 1111 1111 1111, {GITHUB_TOKEN} " + "x " * 2500,  # longer than the memo keeps
+        f"card 4111 1111 1111 1111, {GITHUB_TOKEN} " + "x " * 150_000,  # longer than the memo keeps
     ]
     fresh = [scanner._scan_text(t) for t in texts]
     assert fresh[0] and not fresh[1] and fresh[2]
