@@ -68,9 +68,15 @@ decision := {
 		input.findings.injection.items[0]
 		effect := data.mcpfw.rules.injection.effects(settings.detectors.injection)
 	} | {effect |
-		# RBAC: a tools/call request, or a tools/list result for an identified caller.
-		input.method in {"tools/call", "tools/list"}
-		input.kind in {"request", "response"}
+		# RBAC: a tools/call request (anonymous ones too: enforce "always" refuses them) ...
+		input.method == "tools/call"
+		input.kind == "request"
+		effect := data.mcpfw.rules.rbac.effects(settings.rbac)
+	} | {effect |
+		# ... and a tools/list result for an identified caller (tools it may not call are removed).
+		input.method == "tools/list"
+		input.kind == "response"
+		is_object(input.identity)
 		effect := data.mcpfw.rules.rbac.effects(settings.rbac)
 	} | {effect |
 		input.findings.pii[0]
