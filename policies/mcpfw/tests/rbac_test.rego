@@ -77,3 +77,16 @@ test_listing_hides_what_the_caller_may_not_call if {
 test_anonymous_listing_untouched if {
 	count(object.get(di.decide(listing(null)), "remove", [])) == 0
 }
+
+# The call was judged on its way in; its result is not held to the roles again (even
+# with enforce "always"), so a result never reaches RBAC.
+test_results_of_calls_are_not_judged_again if {
+	result := object.union(di.response("tools/call", {"content": [{"type": "text", "text": "done"}]}, {}), {
+		"identity": who("acme", [], []),
+		"tool": {"name": "write_file", "arguments": {}},
+	})
+	di.decide(result).allow == true
+	anonymous := object.union(result, {"identity": null})
+	d := data.mcpfw.decision with input as anonymous with data.mcpfw.config.rbac.enforce as "always"
+	d.allow == true
+}
