@@ -30,7 +30,7 @@ class TextMemo(Generic[V]):
     against 0.3). Lookups take no lock (one call into C); inserts do.
     """
 
-    __slots__ = ("_entries", "_max", "_max_chars", "_chars", "_seen", "_lock", "hits", "misses")
+    __slots__ = ("_entries", "_max", "_max_chars", "_chars", "_seen", "_lock", "hits")
 
     def __init__(self, entries: int = ENTRIES, max_chars: int = MAX_CHARS) -> None:
         self._entries: OrderedDict[str, V] = OrderedDict()
@@ -41,14 +41,11 @@ class TextMemo(Generic[V]):
         # traffic that never repeats costs a set insert, not an entry (and its memory).
         self._seen: set[int] = set()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self.hits = 0  # lookups answered
 
     def get(self, text: str) -> V | None:
         value = self._entries.get(text)
-        if value is None:
-            self.misses += 1
-        else:
+        if value is not None:
             self.hits += 1
         return value
 
