@@ -156,6 +156,19 @@ class Inspector:
         self._cache_lock = threading.Lock()
         self._cache_reads = plan.reads
 
+    def prepare(self) -> None:
+        """Make the calling thread ready to inspect: its own policy engine is built now rather
+        than on its first message (for regorus, a compile of the whole bundle). A transport
+        calls this on each thread that will inspect, before the first frame arrives. An
+        engine that cannot be built is left for the first message, which then fails closed
+        with the error in its audit record."""
+        try:
+            self._thread_engine().prepare()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except _PASSTHROUGH:
+            pass
+
     def _thread_engine(self) -> PolicyEngine:
         engine = getattr(self._local, "engine", None)
         if engine is None:

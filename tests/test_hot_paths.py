@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import threading
 from pathlib import Path
 
 import duckdb
@@ -173,6 +174,50 @@ def test_responses_share_cached_decisions_too():
         response = orjson.dumps({"jsonrpc": "2.0", "id": i, "result": {"content": []}})
         assert inspector.inspect(response, S2C, session).forward == response
     assert _Counting.calls == 2
+
+
+# -- engines ready before the first message ----------------------------------------------------
+
+
+def _on_a_thread(work):
+    result: dict = {}
+
+    def run() -> None:
+        result["value"] = work()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return result["value"]
+
+
+def test_prepare_builds_the_calling_threads_engine_without_evaluating():
+    inspector, _sink, session = _inspector()
+    _Counting.calls = 0
+
+    def prepared():
+        inspector.prepare()
+        engine = inspector._thread_engine()
+        built = engine._engine is not None
+        return built, inspector.inspect(_call(1, "rm"), C2S, session).denied
+
+    assert _on_a_thread(prepared) == (True, True)
+    assert _Counting.calls == 1  # the message's evaluation only
+    # Another thread's engine is its own, and is not built until that thread asks.
+    assert _on_a_thread(lambda: inspector._thread_engine()._engine is None)
+
+
+def test_an_engine_that_cannot_be_made_ready_leaves_the_first_message_to_fail_closed():
+    inspector, sink, session = _inspector()
+
+    def broken():
+        inspector._thread_engine().close()
+        inspector.prepare()  # must not raise: the relay thread calls it before anything else
+        return inspector.inspect(_call(1, "echo"), C2S, session)
+
+    outcome = _on_a_thread(broken)
+    assert outcome.denied
+    assert sink.rows[-1]["decision"] == "deny" and "policy_error" in sink.rows[-1]["reason_codes"]
 
 
 # -- audit redaction screen -------------------------------------------------------------------

@@ -51,6 +51,14 @@ class PolicyEngine(Protocol):
         """Return an independent engine with the same policies for another thread."""
         ...
 
+    def prepare(self) -> None:
+        """Do now, on the calling thread, the set-up that would otherwise delay this thread's
+        first evaluation (a forked regorus engine compiles its policies on first use).
+
+        Raises PolicyEvaluationError when the engine cannot be made ready.
+        """
+        ...
+
     def close(self) -> None:
         """Release native resources; the engine must not be used afterwards."""
         ...

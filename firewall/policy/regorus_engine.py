@@ -172,6 +172,11 @@ class RegorusEngine:
                 return bindings[_QUERY_VAR]
         return UNDEFINED
 
+    def prepare(self) -> None:
+        """Build this (forked) engine on the calling thread now, not on its first evaluation:
+        compiling the default bundle takes 10-30 ms."""
+        self._local()
+
     def fork(self) -> RegorusEngine:
         """An independent engine, built on first use by whichever thread uses it."""
         forked = RegorusEngine.__new__(RegorusEngine)

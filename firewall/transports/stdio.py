@@ -187,6 +187,8 @@ class StdioShim:
     # -- relaying ------------------------------------------------------------------
 
     def _relay(self, inputs: list[_Input], outputs: list[_Output]) -> None:
+        # Ready before the client's first message (the child server is still starting).
+        self._inspector.prepare()
         poller = select.poll()
         watched: dict[int, int] = {}
         by_fd = {inp.fd: inp for inp in inputs}

@@ -344,6 +344,7 @@ async def serve_mitmproxy(config: Config, listen: Listen, *, on_ready: Any = Non
         inspection = build_inspection(
             firewall, reverse=reverse, poster=UpstreamPoster(lambda: held, config.proxy.upstream_timeout_seconds)
         )
+        inspection.inspector.prepare()  # the addons' hooks run on this thread (the event loop)
         router = build_router(config) if reverse else None
         install_error_replies()
         opts = options.Options()

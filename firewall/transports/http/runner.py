@@ -61,6 +61,7 @@ async def serve_lean(
     affinity = None
     try:
         core = build_inspection(firewall, reverse=True, poster=None)
+        core.inspector.prepare()  # this thread (the event loop) inspects every message
         if worker_count > 1:
             from .workers import SessionAffinity
 
