@@ -53,6 +53,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_audit import thread_cpu  # noqa: E402
+from firewall.config import load_config  # noqa: E402  (MCPFW_HOME is read when used, not here)
+from firewall.runtime import build_firewall  # noqa: E402
+from firewall.session import ServerIdentity, Session  # noqa: E402
 
 DETECTORS = ("injection", "pii", "secrets", "intent", "poisoning")
 INIT = (b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
@@ -70,20 +76,10 @@ def pair(n: int, varied: bool) -> tuple[bytes, bytes]:
     return request, result
 
 
-def thread_cpu(native_id: int) -> float:
-    """CPU seconds of one thread of this process."""
-    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class Subject:
     """One firewall (the defaults with some detectors off) and its session."""
 
     def __init__(self, name: str, off: tuple[str, ...], home: Path) -> None:
-        from firewall.config import load_config
-        from firewall.runtime import build_firewall
-        from firewall.session import ServerIdentity, Session
-
         cfg = load_config(None)
         detectors = cfg.detectors.model_copy(
             update={d: getattr(cfg.detectors, d).model_copy(update={"enabled": False}) for d in off})
