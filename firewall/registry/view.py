@@ -195,7 +195,9 @@ class RegistryView:
         return UNLISTED, None
 
     def shadows(self, tenant: str, server: str, kind: str, name: str, mode: str) -> list[str]:
-        """Other servers of the tenant that offered ``name`` before this server did."""
+        """Other servers of the tenant that offered ``name`` before this server did.
+
+        Servers that offered it at the same instant shadow each other: none was first."""
         offers = self._offers.get((tenant, kind, name))
         if not offers or (len(offers) == 1 and server in offers):
             return []
