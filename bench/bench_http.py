@@ -6,12 +6,16 @@ trivial one that allows everything):
 * ``instant``: an upstream that answers at once with a fixed JSON result, the firewall's
   own ceiling - throughput at concurrency 32 and median latency at concurrency 1;
 * ``everything``: server-everything (streamableHttp, SSE answers, one MCP session per
-  connection) - throughput at concurrency 32 and latency at concurrency 1;
+  connection, ended with DELETE as the SDK clients do) - throughput at concurrency 32 and
+  latency at concurrency 1. The server keeps every event of a session in memory until the
+  session ends, so sessions left open would grow its heap by about 100 MB per 5-second run
+  and slow every run after; ``upstream_rss_mb_at_start`` shows that it stays flat;
 * ``instant_mitmproxy``: the instant upstream behind the mitmproxy engine (reverse mode),
   to show why reverse mode defaults to the lean listener.
 
 The load generator is a separate process: keep-alive connections, one request in flight
-per connection. Each round runs direct and then through every firewall, and the report
+per connection. Each round runs direct and then through every firewall (every other round
+the other way round, so a drift of the host or the upstream hits both alike), and the report
 gives medians over the rounds (the machine is shared, so only figures from one run
 compare). CPU per request is the firewall processes' own (supervisor and workers, from
 /proc), the upstream's and the load generator's, over every request of a load run.
@@ -155,6 +159,14 @@ async def _connection(host: str, port: int, path: str, session: bool, deadline: 
         counter.all += 1
         if now >= warmup:
             latencies.append(time.perf_counter() - now)
+    if session:
+        # End the session as the SDK clients do on exit: server-everything keeps every event
+        # of a session in memory until then (100 MB more per 5-second run without this, and
+        # every later run, direct or not, paid for the bigger heap).
+        writer.write(b"DELETE %s HTTP/1.1\r\nhost: %s:%d\r\n%scontent-length: 0\r\n\r\n"
+                     % (path.encode(), host.encode(), port, extra))
+        await _response(reader)
+        counter.all += 1
     writer.close()
 
 
@@ -258,6 +270,17 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (an upstream whose heap grows gets slower for every run after)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
 def firewall(upstream: str, bundle: Path | None, workers: int, audit: Path, listener: str,
              src: Path | None = None, config: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
@@ -300,17 +323,23 @@ def measure(upstream: str, upstream_pid: int, *, session: bool, bundles: dict[st
         direct: dict[int, list[dict[str, float]]] = {c: [] for c in concurrencies}
         through: dict[tuple[str, int, str, int], list[dict[str, float]]] = {
             (*setup, c): [] for setup in setups for c in concurrencies}
-        for _ in range(repeat):
+        for round_ in range(repeat):
             for c in concurrencies:
-                direct[c].append(run_load(upstream, c, seconds, session, {"upstream": [upstream_pid]}, vary))
-                for setup, (proc, url) in firewalls.items():
-                    through[(*setup, c)].append(
-                        run_load(url, c, seconds, session, {"firewall": [proc.pid], "upstream": [upstream_pid]}, vary))
+                runs: list[tuple[Any, str, dict[str, list[int]]]] = [(None, upstream, {"upstream": [upstream_pid]})]
+                runs += [(setup, url, {"firewall": [proc.pid], "upstream": [upstream_pid]})
+                         for setup, (proc, url) in firewalls.items()]
+                if round_ % 2:  # every other round the other way round: drift of the host hits both alike
+                    runs.reverse()
+                for setup, url, cpu_of in runs:
+                    rss = rss_mb(upstream_pid)
+                    result = run_load(url, c, seconds, session, cpu_of, vary)
+                    result["upstream_rss_mb_at_start"] = rss
+                    (direct[c] if setup is None else through[(*setup, c)]).append(result)
     finally:
         for proc, _ in firewalls.values():
             stop(proc)
     keys = ("throughput_rps", "median_ms", "p99_ms", "firewall_cpu_ms_per_request", "upstream_cpu_ms_per_request",
-            "client_cpu_ms_per_request")
+            "client_cpu_ms_per_request", "upstream_rss_mb_at_start")
     out: list[dict[str, object]] = []
     for name, w, tree in setups:
         for c in concurrencies:
