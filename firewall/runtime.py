@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import gc
 from dataclasses import dataclass
 
 from .audit.log import AuditLog
@@ -72,3 +73,12 @@ def build_firewall(config: Config) -> Firewall:
         engine, audit, bundle_digest=bundle.digest, limits=config.limits, enrichers=enrichers, approvals=approvals
     )
     return Firewall(config, bundle, engine, audit, inspector, detectors)
+
+
+def settle_heap() -> None:
+    """Move everything built at start (modules, the compiled policy, detector tables: over
+    50,000 objects) out of the cyclic collector's sight; call once when a serving process
+    is ready. None of it is ever garbage, yet every full collection walked all of it again,
+    holding up every message in flight (one took 76 ms on a proxy worker under load)."""
+    gc.collect()
+    gc.freeze()

@@ -27,6 +27,7 @@ import threading
 from typing import BinaryIO
 
 from ..pipeline import C2S, S2C, Inspector
+from ..runtime import settle_heap
 from ..session import Session
 
 _READ_CHUNK = 1 << 16
@@ -189,6 +190,7 @@ class StdioShim:
     def _relay(self, inputs: list[_Input], outputs: list[_Output]) -> None:
         # Ready before the client's first message (the child server is still starting).
         self._inspector.prepare()
+        settle_heap()
         poller = select.poll()
         watched: dict[int, int] = {}
         by_fd = {inp.fd: inp for inp in inputs}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...config import Config
-from ...runtime import build_firewall
+from ...runtime import build_firewall, settle_heap
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,7 @@ async def serve_lean(
         if affinity is not None:
             await affinity.start(listener)
             await affinity.wait_for_peers()
+        settle_heap()
         port = await listener.listen(listen.host, listen.port, reuse_port=worker_count > 1)
         if on_ready is not None:
             on_ready(port)
