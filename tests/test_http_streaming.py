@@ -91,18 +91,19 @@ class AppServer:
         self._thread.join(10)
 
 
-def protected_upstream() -> tuple[web.Application, list[str]]:
+def protected_upstream() -> tuple[web.Application, list[str], dict[str, str]]:
     """A resource server that wants a token, as the MCP authorization spec describes."""
     hosts: list[str] = []
+    served: dict[str, str] = {}  # "origin": host:port, known once the server listens
     app = web.Application()
 
     async def metadata(request: web.Request) -> web.Response:
-        origin = f"http://{request.app['origin']}"
+        origin = f"http://{served['origin']}"
         return web.json_response({"resource": f"{origin}/mcp", "authorization_servers": ["https://auth.example"]})
 
     async def mcp(request: web.Request) -> web.Response:
         hosts.append(request.headers.get("host", ""))
-        origin = f"http://{request.app['origin']}"
+        origin = f"http://{served['origin']}"
         return web.json_response(
             {"error": "invalid_token"}, status=401,
             headers={"WWW-Authenticate": f'Bearer resource_metadata="{origin}/.well-known/oauth-protected-resource/mcp"'},
@@ -110,14 +111,14 @@ def protected_upstream() -> tuple[web.Application, list[str]]:
 
     app.router.add_get("/.well-known/oauth-protected-resource/mcp", metadata)
     app.router.add_post("/mcp", mcp)
-    return app, hosts
+    return app, hosts, served
 
 
 @pytest.mark.parametrize("prefix", ["", "/team"])
 def test_oauth_metadata_and_host(tmp_path, prefix):
-    app, hosts = protected_upstream()
+    app, hosts, served = protected_upstream()
     with AppServer(app) as upstream:
-        app["origin"] = f"127.0.0.1:{upstream.port}"
+        served["origin"] = f"127.0.0.1:{upstream.port}"
         config = make_config(tmp_path, [{"url": f"http://127.0.0.1:{upstream.port}/mcp", "path_prefix": prefix}])
         with InProcessFirewall(config) as fw:
             public = f"http://localhost:{fw.port}"
