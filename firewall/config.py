@@ -209,6 +209,11 @@ class DetectorsConfig(_Strict):
     poisoning: PoisoningDetectorConfig = Field(default_factory=PoisoningDetectorConfig)
     injection: InjectionDetectorConfig = Field(default_factory=InjectionDetectorConfig)
     intent: IntentDetectorConfig = Field(default_factory=IntentDetectorConfig)
+    run_unread: bool = Field(
+        default=False,
+        description="also run enabled detectors whose findings no rule of the policy bundle reads "
+        "(input.findings.<name>), for their findings in the audit log; by default such a detector is not run",
+    )
 
 
 class JwtConfig(_Strict):

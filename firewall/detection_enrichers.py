@@ -561,23 +561,31 @@ class Detectors:
     otherwise; with injection and intent both off, onnxruntime is never imported.
     """
 
-    def __init__(self, config: DetectorsConfig) -> None:
+    def __init__(self, config: DetectorsConfig, *, skip: frozenset[str] = frozenset()) -> None:
+        """``skip``: enabled detectors not to build or run here (the proxy leaves out those
+        whose findings its policy never reads); the others behave as configured."""
         self.config = config
+        self.skip = skip
         self._classifier: InjectionClassifier | None = None
         self._lock = threading.Lock()
-        self.pii = PiiScanner(enabled=set(config.pii.rules) if config.pii.rules is not None else None) if config.pii.enabled else None
+        self.pii = (
+            PiiScanner(enabled=set(config.pii.rules) if config.pii.rules is not None else None)
+            if config.pii.enabled and "pii" not in skip else None
+        )
         self.injection = (
             InjectionDetector(
                 self.classifier(), min_chars=config.injection.min_chars,
                 max_chars=config.injection.max_chars, decode=config.injection.decode,
             )
-            if config.injection.enabled else None
+            if config.injection.enabled and "injection" not in skip else None
         )
-        scorer = None
-        if config.poisoning.classifier and config.injection.enabled:
-            clf = self.classifier()
-            scorer = lambda text: float(clf.score(text, "tool_description").score)  # noqa: E731
-        self.poisoning = PoisoningScanner(scorer=scorer) if config.poisoning.enabled else None
+        self.poisoning: PoisoningScanner | None = None
+        if config.poisoning.enabled and "poisoning" not in skip:
+            scorer = None
+            if config.poisoning.classifier and config.injection.enabled:
+                clf = self.classifier()
+                scorer = lambda text: float(clf.score(text, "tool_description").score)  # noqa: E731
+            self.poisoning = PoisoningScanner(scorer=scorer)
         self._intent_scorer: IntentScorer | None = None
 
     def classifier(self) -> InjectionClassifier:
@@ -605,7 +613,7 @@ class Detectors:
         if self.injection is not None:
             out.append(InjectionEnricher(self.injection))
         intent = self.config.intent
-        if intent.enabled:
+        if intent.enabled and "intent" not in self.skip:
             purposes = tuple(Purpose(p.purpose, p.client, p.key_id, p.server) for p in intent.purposes)
             out.append(IntentEnricher(
                 self.intent_scorer, purposes=purposes, history=intent.history,

@@ -15,7 +15,7 @@ from .pipeline import Enricher, Inspector
 from .ratelimit import RateEnricher
 from .registry import build_registry_enricher
 from .policy.bundle import Bundle, load_bundle
-from .policy.engine import PolicyEngine, create_engine
+from .policy.engine import PolicyEngine, create_engine, decision_cache_plan, engine_modules, findings_read
 
 
 @dataclass
@@ -54,14 +54,16 @@ def build_firewall(config: Config) -> Firewall:
         spill_path=audit_cfg.spill_path,
     )
     atexit.register(audit.close)
+    registry = build_registry_enricher(config)
+    skip = unread_detectors(engine, config, registry_on=registry is not None)
     # Detectors load their rules and model here, once, before the first message.
-    detectors = Detectors(config.detectors)
-    secrets: tuple[Enricher, ...] = (SecretsEnricher(),) if config.detectors.secrets.enabled else ()
+    detectors = Detectors(config.detectors, skip=skip)
+    secrets_on = config.detectors.secrets.enabled and "secrets" not in skip
+    secrets: tuple[Enricher, ...] = (SecretsEnricher(),) if secrets_on else ()
     # First, so that a request is counted whatever the enrichers after it do.
     rate: tuple[Enricher, ...] = (RateEnricher(config.rate_limits),) if config.rate_limits.rules else ()
     enrichers: tuple[Enricher, ...] = rate + secrets + detectors.enrichers()
     # Last, so that it sees the detectors' findings (poisoning) on the same list.
-    registry = build_registry_enricher(config)
     if registry is not None:
         enrichers += (registry,)
     from .approvals import ApprovalGate, ApprovalStore, default_approval_store
@@ -73,6 +75,28 @@ def build_firewall(config: Config) -> Firewall:
         engine, audit, bundle_digest=bundle.digest, limits=config.limits, enrichers=enrichers, approvals=approvals
     )
     return Firewall(config, bundle, engine, audit, inspector, detectors)
+
+
+DETECTOR_NAMES = ("secrets", "pii", "poisoning", "injection", "intent")
+
+
+def unread_detectors(engine: PolicyEngine, config: Config, *, registry_on: bool) -> frozenset[str]:
+    """Detectors to leave out because no rule of the bundle reads their findings: a call whose
+    policy does not need a detector does not pay for it (``detectors.run_unread`` keeps them
+    all, for the audit log). The tool registry marks drifted definitions with the poisoning
+    detector's findings, so a bundle that reads ``input.registry`` keeps that one."""
+    if config.detectors.run_unread:
+        return frozenset()
+    modules = engine_modules(engine)
+    read = findings_read(modules)
+    if read is None:
+        return frozenset()
+    skip = frozenset(DETECTOR_NAMES) - read
+    if "poisoning" in skip and registry_on:
+        reads = decision_cache_plan(modules).reads
+        if reads is None or "registry" in reads:
+            skip -= {"poisoning"}
+    return skip
 
 
 def settle_heap() -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "create_engine",
     "DecisionCachePlan",
     "decision_cache_plan",
+    "findings_read",
 ]
 
 
@@ -80,6 +81,9 @@ _WHOLE_INPUT = re.compile(r"\binput\b(?!\s*\.\s*[A-Za-z_])")
 # does not read it, so it must not make the whole document count as read.
 _INPUT_MOCK = re.compile(r"\bwith\s+input\b(?:\s*\.\s*[A-Za-z_][\w.]*)?\s+as\b")
 _FIELD_READ = re.compile(r"\binput\s*\.\s*([A-Za-z_]\w*)")
+# `input.findings.<detector>`, and `input.findings` used any other way (all of it may be read).
+_FINDING_READ = re.compile(r"\binput\s*\.\s*findings\s*\.\s*([A-Za-z_]\w*)")
+_WHOLE_FINDINGS = re.compile(r"\binput\s*\.\s*findings\b(?!\s*\.\s*[A-Za-z_])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +132,28 @@ def decision_cache_plan(modules: Mapping[str, str] | None) -> DecisionCachePlan:
     return DecisionCachePlan(True, frozenset(f for text in code for f in _FIELD_READ.findall(text)))
 
 
-def engine_cache_plan(engine: Any) -> DecisionCachePlan:
-    """:func:`decision_cache_plan` for an engine built by :func:`create_engine` (either adapter
-    keeps its modules); an engine of unknown make gets no cache."""
+def findings_read(modules: Mapping[str, str] | None) -> frozenset[str] | None:
+    """The detectors (``input.findings.<name>``) whose findings a bundle's rules read;
+    ``None`` when any may be read (``input`` or ``input.findings`` used as a whole, or
+    modules that cannot be analysed). Same conservative text analysis as
+    :func:`decision_cache_plan`; test modules' mocks read nothing."""
+    if not modules:
+        return None
+    code = [_INPUT_MOCK.sub("with __mock__ as", _code_only(source)) for source in modules.values()]
+    if any(_WHOLE_INPUT.search(text) or _WHOLE_FINDINGS.search(text) for text in code):
+        return None
+    return frozenset(name for text in code for name in _FINDING_READ.findall(text))
+
+
+def engine_modules(engine: Any) -> Mapping[str, str] | None:
+    """The Rego modules an engine built by :func:`create_engine` was compiled from."""
     modules = getattr(engine, "_modules", None)
     if isinstance(modules, tuple):  # the regorus adapter keeps (path, source) pairs
         modules = dict(modules)
-    return decision_cache_plan(modules if isinstance(modules, Mapping) else None)
+    return modules if isinstance(modules, Mapping) else None
+
+
+def engine_cache_plan(engine: Any) -> DecisionCachePlan:
+    """:func:`decision_cache_plan` for an engine built by :func:`create_engine` (either adapter
+    keeps its modules); an engine of unknown make gets no cache."""
+    return decision_cache_plan(engine_modules(engine))
