@@ -591,6 +591,9 @@ def test_secret_key_names(key: str, secret: bool) -> None:
         ("psql --password=" + PASSWORD, "cli-secret-flag", "psql --password="),
         ('{"password": "two words"}', "password-assignment", '{"password": "'),
         ("API_KEY=8f7d6a5c4b3a2918f7e6d5c4", "generic-secret-assignment", "API_KEY="),
+        ("PGPASSWORD=hunter2 psql -h db", "password-assignment", "PGPASSWORD="),
+        ("password: hunter2\n", "password-assignment", "password: "),
+        ('auth_token = "a8Fk2LmQ9zXw4RtY7uVb"', "generic-secret-assignment", 'auth_token = "'),
     ],
 )
 def test_credential_patterns(text: str, rule: str, kept: str) -> None:
@@ -606,6 +609,16 @@ def test_credential_patterns(text: str, rule: str, kept: str) -> None:
         "task-assessment-framework-version-2 and desk-lamp",
         "token: aaaaaaaaaaaaaaaaaaaaaaaa",  # long but not random: low entropy
         "sha256:" + "0" * 64,
+        # Source code read through a filesystem server: names, calls and types, not secrets.
+        "stored_tokens = get_stored_tokens()",
+        "tokenizer.pre_tokenizer = BertPreTokenizer()",
+        'ssl = {"keyfile_password": self.cfg.ssl_options.get("password")}',
+        "def hash(self, password: str | bytes, salt: bytes) -> str:",
+        "    Args:\n        password: Password to hash.",
+        "headers.authorization = withAuthorizationPrefix(token);",
+        "const login = {user: options.user, password: options.password};",
+        "connect(keyfile=keyfile, password=password)",
+        '"pbkdf2-password": "1.2.1",',
     ],
 )
 def test_benign_text_is_kept(text: str) -> None:
