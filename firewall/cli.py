@@ -257,6 +257,13 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         print(f"{args.file}: policy.bundle: {exc}", file=sys.stderr)
         return 2
     print(f"{args.file}: OK (policy bundle {config.policy.bundle}, {len(bundle.modules)} modules, engine {config.policy.engine}; audit {config.audit.path})")
+    from .registry import registry_modes
+    from .runtime import serving_modules, unread_detectors
+
+    skipped = unread_detectors(serving_modules(bundle), config, registry_on=registry_modes(config).any_active())
+    if skipped:
+        print(f"{args.file}: detectors not run, no rule of the bundle reads their findings: {', '.join(sorted(skipped))} "
+              "(detectors.run_unread: true runs them for the audit log)")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import gc
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .audit.log import AuditLog
@@ -40,10 +41,7 @@ class Firewall:
 def build_firewall(config: Config) -> Firewall:
     """Load and compile the policy once, open the audit log, and wire the inspector."""
     bundle = load_bundle(config.policy.bundle)
-    # A bundle's test modules never decide; loaded, they only slow every data lookup.
-    serving = dataclasses.replace(
-        bundle, modules={path: src for path, src in bundle.modules.items() if not path.endswith("_test.rego")}
-    )
+    serving = dataclasses.replace(bundle, modules=serving_modules(bundle))
     engine = create_engine(config.policy.engine, serving, config.policy.data or None)
     audit_cfg = config.audit
     audit = AuditLog(
@@ -55,7 +53,7 @@ def build_firewall(config: Config) -> Firewall:
     )
     atexit.register(audit.close)
     registry = build_registry_enricher(config)
-    skip = unread_detectors(engine, config, registry_on=registry is not None)
+    skip = unread_detectors(engine_modules(engine), config, registry_on=registry is not None)
     # Detectors load their rules and model here, once, before the first message.
     detectors = Detectors(config.detectors, skip=skip)
     secrets_on = config.detectors.secrets.enabled and "secrets" not in skip
@@ -77,21 +75,28 @@ def build_firewall(config: Config) -> Firewall:
     return Firewall(config, bundle, engine, audit, inspector, detectors)
 
 
+def serving_modules(bundle: Bundle) -> dict[str, str]:
+    """The modules that decide: a bundle's test modules never do, and loaded they would only
+    slow every data lookup."""
+    return {path: src for path, src in bundle.modules.items() if not path.endswith("_test.rego")}
+
+
 DETECTOR_NAMES = ("secrets", "pii", "poisoning", "injection", "intent")
 
 
-def unread_detectors(engine: PolicyEngine, config: Config, *, registry_on: bool) -> frozenset[str]:
-    """Detectors to leave out because no rule of the bundle reads their findings: a call whose
-    policy does not need a detector does not pay for it (``detectors.run_unread`` keeps them
-    all, for the audit log). The tool registry marks drifted definitions with the poisoning
-    detector's findings, so a bundle that reads ``input.registry`` keeps that one."""
+def unread_detectors(modules: Mapping[str, str] | None, config: Config, *, registry_on: bool) -> frozenset[str]:
+    """Enabled detectors to leave out because no rule of the bundle (its serving ``modules``)
+    reads their findings: a call whose policy does not need a detector does not pay for it
+    (``detectors.run_unread`` keeps them all, for the audit log). The tool registry marks
+    drifted definitions with the poisoning detector's findings, so a bundle that reads
+    ``input.registry`` keeps that one."""
     if config.detectors.run_unread:
         return frozenset()
-    modules = engine_modules(engine)
     read = findings_read(modules)
     if read is None:
         return frozenset()
-    skip = frozenset(DETECTOR_NAMES) - read
+    enabled = {name for name in DETECTOR_NAMES if getattr(config.detectors, name).enabled}
+    skip = frozenset(enabled) - read
     if "poisoning" in skip and registry_on:
         reads = decision_cache_plan(modules).reads
         if reads is None or "registry" in reads:

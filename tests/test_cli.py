@@ -51,6 +51,29 @@ def test_config_errors_name_the_bad_key(tmp_path, text, fragment):
     assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_config_check_names_the_detectors_the_bundle_does_not_read(tmp_path):
+    bundle = tmp_path / "b"
+    (bundle / "mcpfw").mkdir(parents=True)
+    (bundle / "mcpfw" / "decision.rego").write_text(
+        "package mcpfw\n\nimport rego.v1\n\ndefault decision := {\"allow\": true}\n\n"
+        "decision := {\"allow\": false} if input.findings.injection.label == \"injection\"\n")
+    cfg = tmp_path / "fw.yaml"
+    cfg.write_text(f"policy:\n  bundle: {bundle}\ndetectors:\n  pii: {{enabled: false}}\n")
+    proc = mcpfw("config", "check", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    # pii is off anyway; injection is read; the registry (on by default) does not keep poisoning here.
+    assert "detectors not run, no rule of the bundle reads their findings: intent, poisoning, secrets" in proc.stdout
+    cfg.write_text(f"policy:\n  bundle: {bundle}\ndetectors:\n  run_unread: true\n")
+    assert "detectors not run" not in mcpfw("config", "check", str(cfg)).stdout
+    assert "detectors not run" not in mcpfw("config", "check", str(_default_config(tmp_path))).stdout
+
+
+def _default_config(tmp_path):
+    cfg = tmp_path / "default.yaml"
+    cfg.write_text("version: 1\n")
+    return cfg
+
+
 def test_config_check_reports_a_broken_bundle(tmp_path):
     bundle = tmp_path / "b"
     bundle.mkdir()
