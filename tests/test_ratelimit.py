@@ -285,10 +285,43 @@ def test_redis_unreachable_raises_counter_error_and_fails_fast():
     counter = RedisCounter(f"redis://127.0.0.1:{closed_port()}/0", timeout_ms=200, cooldown=5.0)
     with pytest.raises(CounterError, match="ConnectionError"):
         counter.hit([Op("requests", "x", window=60)])
-    started = time.perf_counter()
     with pytest.raises(CounterError, match="ConnectionError"):
-        counter.hit([Op("requests", "x", window=60)])  # inside the cooldown: no connection attempt
-    assert time.perf_counter() - started < 0.005
+        counter.hit([Op("requests", "x", window=60)])  # inside the cooldown: answered at once
+
+
+def test_redis_down_is_not_dialled_again_inside_the_cooldown():
+    # A "Redis" that hangs up on every connection, counting them.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[int] = []
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        counter = RedisCounter(f"redis://127.0.0.1:{listener.getsockname()[1]}/0", timeout_ms=200, cooldown=5.0)
+        with pytest.raises(CounterError):
+            counter.hit([Op("requests", "x", window=60)])
+        deadline = time.monotonic() + 2
+        while not accepted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        dialled = len(accepted)
+        assert dialled >= 1
+        for _ in range(3):
+            with pytest.raises(CounterError):
+                counter.hit([Op("requests", "x", window=60)])
+        time.sleep(0.2)
+        assert len(accepted) == dialled, "inside the cooldown the counter must not connect again"
+    finally:
+        listener.close()
 
 
 def test_redis_timeout_is_bounded_by_timeout_ms(redis_prefix):
