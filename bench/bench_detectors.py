@@ -77,7 +77,6 @@ def in_process(n_texts: int, cpu: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     from firewall.config import DetectorsConfig
     from firewall.detection_enrichers import Detectors
-    from firewall.enrichers import SecretsEnricher
     from firewall.jsonrpc import Kind, Message
     from firewall.pipeline import S2C, MessageContext
     from firewall.session import PendingRequest, ServerIdentity, Session
@@ -86,7 +85,7 @@ def in_process(n_texts: int, cpu: int) -> dict[str, Any]:
     t1 = time.perf_counter()
     detectors = Detectors(DetectorsConfig())
     t_load = time.perf_counter() - t1
-    enrichers = (SecretsEnricher(), *detectors.enrichers())
+    enrichers = detectors.enrichers()
     session = Session(ServerIdentity("bench"), transport="stdio", cwd="/", resolve_symlinks=False)
 
     def run(text: str) -> float:

@@ -22,7 +22,6 @@ import orjson
 
 from .config import Config
 from .detection_enrichers import INTENT_META_KEY, Detectors
-from .enrichers import SecretsEnricher
 from .jsonrpc import Kind, Message
 from .pipeline import C2S, S2C, MessageContext
 from .session import PendingRequest, ServerIdentity, Session
@@ -36,8 +35,7 @@ class DetectRunner:
 
     def __init__(self, config: Config) -> None:
         self.detectors = Detectors(config.detectors)
-        secrets = (SecretsEnricher(),) if config.detectors.secrets.enabled else ()
-        self.enrichers = secrets + self.detectors.enrichers()
+        self.enrichers = self.detectors.enrichers()
         self.session = Session(ServerIdentity(name="detect"), transport="stdio", cwd="/", resolve_symlinks=False)
 
     def run(self, item: Any) -> dict[str, Any]:

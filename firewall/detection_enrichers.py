@@ -23,7 +23,7 @@ from detectors.memo import TextMemo, memoised_scan
 from detectors.poisoning import PoisoningScanner, list_items
 
 from .config import DetectorsConfig
-from .enrichers import SPAN_MIN_LENGTH, SpanFindingsEnricher
+from .enrichers import SPAN_MIN_LENGTH, SecretsEnricher, SpanFindingsEnricher
 from .jsonrpc import Kind
 from .pipeline import C2S, S2C, MessageContext
 from .policy.decision import Decision
@@ -604,8 +604,10 @@ class Detectors:
         return self._intent_scorer
 
     def enrichers(self) -> tuple[Any, ...]:
-        """The enrichers for the pipeline, in a fixed order (after the secrets enricher)."""
+        """The enrichers for the pipeline, in a fixed order."""
         out: list[Any] = []
+        if self.config.secrets.enabled and "secrets" not in self.skip:
+            out.append(SecretsEnricher())
         if self.pii is not None:
             out.append(PiiEnricher(self.pii))
         if self.poisoning is not None:

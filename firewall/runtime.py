@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from .audit.log import AuditLog
 from .config import Config
 from .detection_enrichers import Detectors
-from .enrichers import SecretsEnricher
 from .pipeline import Enricher, Inspector
 from .ratelimit import RateEnricher
 from .registry import build_registry_enricher
@@ -56,11 +55,9 @@ def build_firewall(config: Config) -> Firewall:
     skip = unread_detectors(engine_modules(engine), config, registry_on=registry is not None)
     # Detectors load their rules and model here, once, before the first message.
     detectors = Detectors(config.detectors, skip=skip)
-    secrets_on = config.detectors.secrets.enabled and "secrets" not in skip
-    secrets: tuple[Enricher, ...] = (SecretsEnricher(),) if secrets_on else ()
     # First, so that a request is counted whatever the enrichers after it do.
     rate: tuple[Enricher, ...] = (RateEnricher(config.rate_limits),) if config.rate_limits.rules else ()
-    enrichers: tuple[Enricher, ...] = rate + secrets + detectors.enrichers()
+    enrichers: tuple[Enricher, ...] = rate + detectors.enrichers()
     # Last, so that it sees the detectors' findings (poisoning) on the same list.
     if registry is not None:
         enrichers += (registry,)
