@@ -22,8 +22,8 @@ _PATH_KEYS = frozenset(
         "repository", "location", "output", "output_path", "input_path", "uri",
     }
 )
-_MAX_REFS = 256
-_MAX_LEN = 4096
+_MAX_REFS = 1024  # more than this in one message: the message is refused as unchecked (``truncated``)
+_MAX_LEN = 4096  # PATH_MAX: longer strings are canonicalised without asking the file system
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
 
 
@@ -40,8 +40,9 @@ def _decode(text: str) -> str:
 def canonical_path(raw: str, *, cwd: str, resolve_symlinks: bool) -> str:
     """Absolute, decoded, normalised path; symlinks resolved when the files are on this host."""
     text = raw
-    if text.lower().startswith("file://"):
-        text = urlsplit(text).path
+    if text[:5].lower() == "file:":
+        # file:///p, file://host/p and the one-slash form file:/p all name /p.
+        text = urlsplit(text).path or "/"
     text = _decode(text)
     if text.startswith("~"):
         text = os.path.expanduser(text)
@@ -50,7 +51,9 @@ def canonical_path(raw: str, *, cwd: str, resolve_symlinks: bool) -> str:
     text = posixpath.normpath(text)
     if text.startswith("//"):
         text = "/" + text.lstrip("/")
-    if resolve_symlinks and "\x00" not in text:
+    # Longer than PATH_MAX no system call can open it, and a server that shortens it (as
+    # this normalisation did) opens what is checked here: no symlink walk over it.
+    if resolve_symlinks and "\x00" not in text and len(text) <= _MAX_LEN:
         try:
             text = os.path.realpath(text)
         except (OSError, ValueError):
@@ -92,19 +95,31 @@ def canonical_url(raw: str) -> dict[str, Any] | None:
 
 
 def _looks_like_path(key: str | None, value: str) -> bool:
-    if value.startswith(("/", "~/", "./", "../", "~")) or value in (".", ".."):
+    if key is not None and key.lower() in _PATH_KEYS and value != "":
         return True
-    return key is not None and key.lower() in _PATH_KEYS and value != ""
+    # Under any other key, a single line that starts like a path. Text of several lines
+    # (file contents such as "/* licence */\n...") is content, not a file argument.
+    starts = value.startswith(("/", "~/", "./", "../", "~")) or value in (".", "..") or value[:5].lower() == "file:"
+    return starts and "\n" not in value and "\r" not in value
 
 
 def extract_resources(
     arguments: Any, *, base_pointer: str, cwd: str, resolve_symlinks: bool
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every string leaf of ``arguments`` that names a path or URL, canonicalised."""
+    """Every string leaf of ``arguments`` that names a path or URL, canonicalised.
+
+    Past ``_MAX_REFS`` references the walk stops and the result carries ``"truncated":
+    True``, which the default policy refuses: a reference the policy never saw must not
+    pass as checked.
+    """
     paths: list[dict[str, Any]] = []
     urls: list[dict[str, Any]] = []
     stack: list[tuple[str, str | None, Any]] = [(base_pointer, None, arguments)]
-    while stack and len(paths) + len(urls) < _MAX_REFS:
+    while stack:
+        if len(paths) + len(urls) >= _MAX_REFS:
+            paths.reverse()
+            urls.reverse()
+            return {"paths": paths, "urls": urls, "truncated": True}
         pointer, key, node = stack.pop()
         if isinstance(node, dict):
             for k, v in node.items():
@@ -114,7 +129,7 @@ def extract_resources(
             for i, v in enumerate(node):
                 if isinstance(v, (dict, list, str)):
                     stack.append((f"{pointer}/{i}", key, v))
-        elif isinstance(node, str) and len(node) <= _MAX_LEN:
+        elif isinstance(node, str):
             if _URL.match(node):
                 url = canonical_url(node)
                 if url is not None:

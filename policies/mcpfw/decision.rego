@@ -50,8 +50,9 @@ decision := {
 	# What each applicable topic contributes: objects with deny, redact,
 	# obligations and remove sets (any of them may be missing).
 	effects := {effect |
-		# Filesystem: a request naming files. effects() checks the rest.
-		input.resources.paths[0]
+		# Filesystem: a request naming files (or more than the firewall
+		# could check). effects() checks the rest.
+		names_files
 		input.kind == "request"
 		effect := data.mcpfw.rules.filesystem.effects(settings.filesystem)
 	} | {effect |
@@ -124,6 +125,10 @@ decision := {
 
 # Most tools/call traffic uses a definition the registry trusts and the client
 # saw: mcpfw.rules.registry has nothing to add then, and is not evaluated.
+names_files if input.resources.paths[0]
+
+names_files if input.resources.truncated == true
+
 registry_quiet_use if {
 	input.registry.event == "use"
 	target := input.registry.target

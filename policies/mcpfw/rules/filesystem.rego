@@ -2,7 +2,9 @@
 # and away from well-known credential files.
 #
 # It checks the file arguments the firewall extracted from a client request
-# (input.resources.paths) and only ever their canonical form: absolute,
+# (input.resources.paths; input.resources.truncated when there were more than
+# it extracts, which is refused as paths_unchecked) and only ever their
+# canonical form: absolute,
 # %-escapes decoded, "." and ".." resolved, symlinks resolved for local
 # servers. Tricks such as "/data/../etc/shadow" or "%2e%2e" in the raw
 # argument therefore cannot get around it. Responses are never checked.
@@ -41,7 +43,6 @@
 package mcpfw.rules.filesystem
 
 deny contains reason if {
-	input.resources.paths[0]
 	some reason in effects(data.mcpfw.config.filesystem).deny
 }
 
@@ -53,6 +54,11 @@ effects(config) := {"deny": reasons} if {
 	input.method in config.methods
 	paths := input.resources.paths
 	reasons := {reason |
+		# The firewall stopped extracting: arguments it never canonicalised
+		# must not pass as checked.
+		input.resources.truncated == true
+		reason := {"code": "paths_unchecked", "message": "the request names more files and URLs than the firewall checks; refused unchecked"}
+	} | {reason |
 		some ref in paths
 		not is_string(object.get(ref, "canonical", null))
 		reason := {"code": "path_unresolved", "message": sprintf("file argument %v has no canonical path", [object.get(ref, "pointer", "?")])}

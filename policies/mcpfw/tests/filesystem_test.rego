@@ -255,3 +255,18 @@ test_directories_end_with_slash if {
 		endswith(directory, "/")
 	}
 }
+
+# -- more references than the firewall extracts ------------------------------
+
+test_truncated_reference_list_refused_unchecked if {
+	inp := object.union(inputs.file_call("/data/a.txt", "/data/a.txt", ["/data"]), {"resources": {"truncated": true}})
+	denials(inp) == {"paths_unchecked"}
+}
+
+test_truncated_without_paths_still_reaches_the_filesystem_topic if {
+	base := inputs.file_call("/data/a.txt", "/data/a.txt", ["/data"])
+	inp := object.union(base, {"resources": {"paths": [], "urls": [], "truncated": true}})
+	decision := data.mcpfw.decision with input as inp
+	not decision.allow
+	[reason.code | some reason in decision.reasons] == ["paths_unchecked"]
+}
