@@ -292,6 +292,12 @@ class Inspector:
         if not self._audit.accepting:
             decision = deny_decision("audit_unavailable", "the audit log cannot record decisions; failing closed")
             error_code = errors.AUDIT_UNAVAILABLE
+        elif pending is None and direction == S2C and kind is not Kind.REQUEST and kind is not Kind.NOTIFICATION \
+                and body.get("id") is not None:
+            # An answer to nothing the client asked (through this firewall): the checks that
+            # depend on the request (tool results, listings) cannot apply, so it is not passed.
+            decision = _UNSOLICITED
+            error_code = errors.INVALID_REQUEST
         else:
             decision = self._decide(ctx)
             if decision.approvals and decision.allow:
@@ -316,7 +322,9 @@ class Inspector:
                 decision = deny_decision("policy_error", f"redaction failed: {exc}", error=str(exc))
                 error_code = errors.POLICY_ERROR
                 action = "deny"
-        if action == "deny":
+        if decision is _UNSOLICITED:
+            forward, forwarded = None, None  # dropped: no one waits for it (audited below)
+        elif action == "deny":
             forwarded = None
             retry_after = _retry_after(ctx) if error_code == errors.RATE_LIMITED else None
             extra = {"approval_id": approval_id} if error_code == errors.APPROVAL_REQUIRED and approval_id else None
@@ -477,6 +485,9 @@ class Inspector:
 
 
 _UNCHANGED: Any = object()
+_UNSOLICITED = deny_decision(
+    "unsolicited_response", "the server answered an id the client has no request open for; dropped"
+)
 _RATE_REASONS = frozenset({"rate_limited", "quota_exceeded"})
 _CACHE_ENTRIES = 1024  # remembered decisions (oldest forgotten first)
 _CACHE_MAX_KEY = 8 * 1024  # inputs longer than this (characters of JSON) are not remembered

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ _META_CLIENT = "io.modelcontextprotocol/clientInfo"
 _META_CAPS = "io.modelcontextprotocol/clientCapabilities"
 _META_SERVER = "io.modelcontextprotocol/serverInfo"
 _MAX_PENDING = 10_000
+_MAX_ANSWERED = 1_024
 
 
 @dataclass(slots=True)
@@ -77,6 +79,12 @@ class Session:
         # shim's API key, or the HTTP caller that opened the session (it stays bound to it).
         self.identity: dict[str, Any] | None = None
         self._pending: dict[str, OrderedDict[Any, PendingRequest]] = {
+            "client_to_server": OrderedDict(),
+            "server_to_client": OrderedDict(),
+        }
+        # Requests already answered, so that a replayed answer (an SSE stream resumed with
+        # Last-Event-ID) is judged as an answer to its request again, not as unsolicited.
+        self._answered: dict[str, OrderedDict[Any, PendingRequest]] = {
             "client_to_server": OrderedDict(),
             "server_to_client": OrderedDict(),
         }
@@ -152,13 +160,54 @@ class Session:
                 table.popitem(last=False)
 
     def pop_pending(self, request_direction: str, msg_id: Any) -> PendingRequest | None:
-        """The request a response answers, removed from the table (None if unknown)."""
+        """The request a response answers, removed from the table (None if unknown).
+
+        The id must match exactly, or as the peers' SDKs match it: they take a string id
+        that reads as a number ("2", " 2", "2.0", "0x2") for that number and a number for
+        its text, so a server that re-types the id must not escape the checks an answer to
+        that request gets (tool results, listings) while the client still accepts it. An
+        answer repeated later (a replay) finds its request among the last ``_MAX_ANSWERED``
+        answered ones.
+        """
+        table = self._pending[request_direction]
+        answered = self._answered[request_direction]
+        exact = (type(msg_id).__name__, msg_id)
         with self._lock:
-            return self._pending[request_direction].pop((type(msg_id).__name__, msg_id), None)
+            found = table.pop(exact, None)
+            if found is not None:
+                key = exact
+            else:
+                keys = _coerced_keys(msg_id)
+                key = next((k for k in keys if k in table), None)
+                if key is None:  # a replay, or unsolicited
+                    return next((answered[k] for k in (exact, *keys) if k in answered), None)
+                found = table.pop(key)
+            answered[key] = found
+            if len(answered) > _MAX_ANSWERED:
+                answered.popitem(last=False)
+            return found
 
     def forget_pending(self, request_direction: str, msg_id: Any) -> None:
         with self._lock:
             self._pending[request_direction].pop((type(msg_id).__name__, msg_id), None)
+
+
+def _coerced_keys(msg_id: Any) -> list[tuple[str, Any]]:
+    """Pending-table keys another spelling of ``msg_id`` stands for: the number a string id
+    reads as (JavaScript's ``Number()``, Python's ``int()``/``float()``), or a number's text."""
+    if isinstance(msg_id, str):
+        text = msg_id.strip()
+        numbers: list[float | int] = []
+        with contextlib.suppress(ValueError, OverflowError):
+            numbers.append(int(text, 0))  # "2", "+2", "0x2", "0o2", "0b10"
+        with contextlib.suppress(ValueError, OverflowError):
+            value = float(text)  # "2.0", "2e0", "2_0"
+            if value.is_integer():
+                numbers.append(int(value))
+        return [("int", n) for n in dict.fromkeys(numbers)]
+    if isinstance(msg_id, int) and not isinstance(msg_id, bool):
+        return [("str", str(msg_id))]
+    return []
 
 
 def now() -> float:

@@ -55,6 +55,9 @@ def test_typescript_websocket_client(ws_upstream, tmp_path, engine):
     assert all(c["arguments"].get("message") != "forbidden" for c in map(json.loads, calls.read_text().splitlines()))
     rows = audit_rows(tmp_path / "audit.duckdb", "decision = 'deny'")
     assert {r["transport"] for r in rows} == {"websocket"} and len(rows) == 2
+    # The firewall's own error for the denied call is not judged again as if the server sent it
+    # (with mitmproxy it comes back through the message hook as an injected message).
+    assert audit_rows(tmp_path / "audit.duckdb", "direction = 'server_to_client' AND kind = 'error_response'") == []
 
 
 def test_malformed_message_is_answered_on_the_socket(ws_upstream, tmp_path):

@@ -292,6 +292,8 @@ class McpWebSocket:
         if inspection is None:
             return
         message = flow.websocket.messages[-1]
+        if message.injected:  # the firewall's own answer to a denied message, already judged
+            return
         judge = inspection.from_client if message.from_client else inspection.from_server
         relay = judge(message.content)
         if relay.forward is None:
