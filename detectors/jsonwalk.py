@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-MAX_STRINGS = 10_000  # a message with more strings is scanned partially (the caller is told)
+MAX_STRINGS: int | None = None
+"""No limit: a detector that stopped early would pass what it did not read. A message's
+strings are bounded by the message size limit: at the default 4 MiB, a tool result of 380,000
+short strings is read by every detector in about 1 s, measured."""
 
 
 def escape(token: str) -> str:
@@ -13,18 +16,21 @@ def escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
-def strings(value: Any, pointer: str, *, limit: int = MAX_STRINGS) -> Iterator[tuple[str, str]]:
-    """``(pointer, string)`` for every string leaf of ``value``, depth first, at most ``limit``."""
+def strings(value: Any, pointer: str, *, limit: int | None = MAX_STRINGS) -> Iterator[tuple[str, str]]:
+    """``(pointer, string)`` for every string leaf of ``value``, depth first, at most ``limit``
+    (None: all)."""
     yield from string_leaves(value, pointer, limit=limit)
 
 
-def string_leaves(value: Any, pointer: str, *, min_len: int = 0, limit: int = MAX_STRINGS) -> list[tuple[str, str]]:
+def string_leaves(
+    value: Any, pointer: str, *, min_len: int = 0, limit: int | None = MAX_STRINGS
+) -> list[tuple[str, str]]:
     """:func:`strings` as a list, leaving out strings shorter than ``min_len`` (they still
     count toward ``limit``, so the strings kept are the same as the walk's).
 
     Pointers are only built for what is kept or descended into.
     """
-    limit = max(limit, 1)  # the walk always reads its first string
+    limit = -1 if limit is None else max(limit, 1)  # the walk always reads its first string
     if isinstance(value, str):
         return [(pointer, value)] if len(value) >= min_len else []
     out: list[tuple[str, str]] = []
@@ -42,7 +48,7 @@ def string_leaves(value: Any, pointer: str, *, min_len: int = 0, limit: int = MA
                 if type(token) is str:
                     token = token.replace("~", "~0").replace("/", "~1") if "~" in token or "/" in token else token
                 out.append((f"{parent}/{token}", node))
-            if seen >= limit:
+            if seen == limit:
                 return out
             continue
         where = parent if token is None else f"{parent}/{escape(token) if type(token) is str else token}"

@@ -1,8 +1,9 @@
-"""A response is paired with its request the way the peers' SDKs pair them.
+"""Ways a hostile peer could get a message past checks that would catch it plainly.
 
-The MCP SDK clients take a string id that reads as a number ("2", "2.0", "0x2") for that
-number. A server that answers request 2 under "2" must therefore get the checks an answer to
-request 2 gets, not those of an answer to nothing.
+* Pairing: the MCP SDK clients take a string id that reads as a number ("2", "2.0", "0x2")
+  for that number. A server that answers request 2 under "2" must get the checks an answer to
+  request 2 gets, not those of an answer to nothing; an answer to nothing is dropped.
+* Padding: a credential behind thousands of harmless strings is still found.
 """
 
 from __future__ import annotations
@@ -73,3 +74,19 @@ def test_an_answer_to_no_request_is_dropped_and_audited(firewall, tmp_path):
     rows = audit_rows(tmp_path / "a.duckdb", "message_id = '7'")
     assert [(r["direction"], r["decision"], r["reason_codes"]) for r in rows] == [
         ("server_to_client", "deny", ["unsolicited_response"])]
+
+
+@pytest.mark.parametrize("direction", ["client_to_server", "server_to_client"])
+def test_a_secret_behind_thousands_of_strings_is_still_found(firewall, tmp_path, direction):
+    session = _session(tmp_path)
+    padded = {"pad": ["x"] * 20_000 + ["aws_access_key_id = AKIAIOSFODNN7EXAMPLE"]}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "put", "arguments": {"n": 1}}}
+    if direction == "client_to_server":
+        call["params"]["arguments"] = padded
+        out = firewall.inspector.inspect(orjson.dumps(call), direction, session)
+    else:
+        firewall.inspector.inspect(orjson.dumps(call), "client_to_server", session)
+        result = {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "ok"}], "structuredContent": padded}}
+        out = firewall.inspector.inspect(orjson.dumps(result), direction, session)
+    assert out.verdicts[0].decision.action in ("deny", "redact")
+    assert b"AKIAIOSFODNN7EXAMPLE" not in (out.forward or b"")
