@@ -96,6 +96,27 @@ def _is_json(content_type: str | None) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+_LEADING = re.compile(rb"[\xef\xbb\xbf \t\r\n]*")  # what JSON parsers skip before a document
+
+
+def _may_be_jsonrpc(body: bytes) -> bool:
+    """Whether a body could be read as JSON-RPC by a server: JSON with a "jsonrpc" member
+    (however its key is escaped), in an object or a batch, or JSON-like text that does not
+    parse here (a more lenient parser might read it; the pipeline then refuses it)."""
+    start = _LEADING.match(body).end()  # type: ignore[union-attr]
+    head = body[start:start + 64]
+    if not head:
+        return False
+    if head[:1] not in (b"{", b"[") and b"\x00" not in head:  # (NULs: UTF-16 or UTF-32 text)
+        return False
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return True
+    items = document if isinstance(document, list) else [document]
+    return any(isinstance(item, dict) and "jsonrpc" in item for item in items)
+
+
 def _is_sse(content_type: str | None) -> bool:
     return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"  # type: ignore[union-attr]
 
@@ -169,6 +190,12 @@ class HttpInspection:
                 ex.kind = "stream"  # decided by the response: only an event stream is inspected
         elif method == "DELETE" and headers.get(SESSION_ID):
             ex.kind = "delete"
+        if method != "POST" and req.body and _may_be_jsonrpc(req.body):
+            # JSON-RPC travels in POST bodies only; one elsewhere would reach the server unjudged.
+            return self.refuse(
+                route, code=errors.INVALID_REQUEST, reason="jsonrpc_outside_post", status=400,
+                message=f"a JSON-RPC body is accepted in a POST only (this was a {method} request)", size=len(req.body),
+            )
         if not self.reverse and self.non_mcp == "deny" and not self._looks_mcp(ex, req):
             return plain(403, "mcpfw: only MCP traffic may pass this proxy\n")
         if self.auth is not None:
@@ -195,14 +222,17 @@ class HttpInspection:
         return self._inspect_request(ex, req)
 
     def _is_jsonrpc_post(self, req: Request, route: Route) -> bool:
-        if req.upstream_path.split("?", 1)[0] == route.endpoint_path:
+        path = req.upstream_path.split("?", 1)[0]
+        # Servers route leniently (Express ignores case and a trailing slash by default).
+        if path == route.endpoint_path or path.lower().rstrip("/") == route.endpoint_path.lower().rstrip("/"):
             return True
         headers = req.headers
         if headers.get(SESSION_ID) or headers.get(mcp_headers.METHOD) or headers.get(mcp_headers.VERSION):
             return True
         # Elsewhere on the origin (a legacy message endpoint, a co-hosted OAuth server): a
-        # JSON body naming "jsonrpc" is MCP, a form or a plain JSON document is not.
-        return _is_json(headers.get("content-type")) and b"jsonrpc" in req.body
+        # body that is JSON-RPC is MCP whatever its path or Content-Type claim; a form or a
+        # plain JSON document is not.
+        return _may_be_jsonrpc(req.body)
 
     @staticmethod
     def _looks_mcp(ex: Exchange, req: Request) -> bool:
@@ -468,21 +498,35 @@ class HttpInspection:
             self.sessions.drop(route, session_key(ex.client_headers[SESSION_ID]))
         content_type = headers.get("content-type")
         if _is_sse(content_type):
-            return "sse", changes
-        if ex.kind == "mcp" and _is_json(content_type):
-            return "json", changes
-        if ex.kind == "mcp" and status == 202 and ex.extra is not None:
-            return "json", changes  # the server took the rest of a partly denied batch
-        return "pass", changes
+            plan = "sse"
+        elif ex.kind == "mcp" and (200 <= status < 300 or _is_json(content_type) or "json" in (content_type or "").lower()):
+            # Every successful answer to a JSON-RPC POST is read as JSON, whatever its
+            # Content-Type claims (clients accept "application/json-seq" and the like as
+            # JSON): one passed unread could carry anything. An empty one passes (json_body).
+            plan = "json"
+        else:
+            return "pass", changes
+        encoding = (headers.get("content-encoding") or "").strip().lower()
+        if encoding not in ("", "identity"):
+            return "encoded", changes  # asked for identity; an encoded body is not inspected, so refused
+        return plan, changes
+
+    def encoded_refusal(self, ex: Exchange, encoding: str | None) -> Reply:
+        """The answer to a response body the server sent encoded (gzip, ...) although the
+        firewall asked for none: it cannot be inspected as it is, so it is refused."""
+        return self.upstream_failed(
+            ex, f"the server sent its answer with Content-Encoding {encoding!r}; the firewall asks for "
+            "identity and does not pass bodies it cannot read",
+        )
 
     def json_body(self, ex: Exchange, status: int, body: bytes) -> tuple[int, bytes]:
         """Inspect a JSON response body; return the status and body to send on."""
-        if status == 202 and not body:
-            if ex.extra is None:
-                return status, body
+        if status == 202 and ex.extra is not None and not body.strip():
             return 200, ex.extra
-        if status >= 400 and b"jsonrpc" not in body:
-            return status, body  # an HTTP-level error page, not a JSON-RPC message
+        if not _may_be_jsonrpc(body):
+            # Nothing a client could take for JSON-RPC: an empty 202, the legacy transport's
+            # "Accepted", an HTTP error page. Passed as it is.
+            return status, body
         session = ex.session
         assert session is not None
         outcome = self.inspector.inspect(body, S2C, session, ex.identity)
@@ -572,6 +616,7 @@ class SseFilter:
         self._ex = ex
         self._parser = SseParser(core.max_message_bytes + _SSE_SLACK)
         self._prefix = format_event(ex.extra) if ex.extra is not None else b""
+        self._dropped = False  # an event was dropped that may have been an answer
 
     def feed(self, chunk: bytes) -> bytes:
         out = [self._prefix] if self._prefix else []
@@ -583,9 +628,19 @@ class SseFilter:
         return b"".join(out)
 
     def finish(self) -> bytes:
-        """End of the upstream stream: an unfinished block is dropped, as a client would."""
-        self._core._learn(self._ex)
-        return self._prefix
+        """End of the upstream stream: an unfinished block is dropped, as a client would.
+
+        When the firewall dropped an event it could not read (invalid, or too large to name
+        its request) and requests of this POST are still unanswered, they get an error
+        event: the answer may have been the dropped event, and the client would wait for it
+        forever. (A stream that ends with requests open and nothing dropped is left alone:
+        the server may answer on a resumed stream.)"""
+        core, ex = self._core, self._ex
+        core._learn(ex)
+        tail = self._prefix
+        if self._dropped and ex.kind == "mcp" and ex.open_ids:
+            tail += core.stream_failed(ex, "the stream ended after an event the firewall could not pass")
+        return tail
 
     def _block(self, block: SseEvent | OversizedEvent) -> bytes:
         core, ex = self._core, self._ex
@@ -595,7 +650,10 @@ class SseFilter:
             return self._oversized(block)
         data = block.data
         if data is None or not data.strip():
-            return block.raw  # comments, keep-alives, priming events, retry hints
+            if not block.odd:
+                return block.raw  # comments, keep-alives, priming events, retry hints
+            # Only what the spec reads of it: a field a client might read otherwise is dropped.
+            return format_id_only(block.id) if block.id is not None else b""
         if block.event == "endpoint":
             return self._endpoint(block)
         raw = data.encode("utf-8")
@@ -611,9 +669,10 @@ class SseFilter:
         forward = outcome.forward
         if forward is not None and ex.first_method == "tools/list":
             core.learn_tools(ex, forward)
-        if forward is raw:
+        if forward is raw and not block.odd:
             return block.raw
         if forward is None:
+            self._dropped = True
             return format_id_only(block.id) if block.id is not None else b""
         return format_event(forward, event=block.event, event_id=block.id, retry=block.retry)
 
@@ -658,6 +717,7 @@ class SseFilter:
         reply = self._core.inspector.refuse_oversized(block.size, limit, S2C, session)
         msg_id = _recover_id(block.head, block.tail)
         if reply is None or msg_id is None:
+            self._dropped = True
             return b""
         if msg_id in ex.open_ids:
             ex.open_ids.remove(msg_id)

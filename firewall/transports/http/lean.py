@@ -232,7 +232,9 @@ class LeanListener:
             plan, changes = core.response_head(ex, upstream.status, upstream.headers)
             if ex.new_session_id is not None and self.affinity is not None and ex.channel is not None:
                 await self.affinity.adopt(route, ex.new_session_id, ex.channel)
-            if plan == "sse":
+            if plan == "encoded":
+                conn.reply(core.encoded_refusal(ex, upstream.headers.get("content-encoding")))
+            elif plan == "sse":
                 await self._stream_events(conn, ex, upstream, changes)
             elif plan in ("json", "metadata"):
                 await self._whole_body(conn, ex, upstream, changes, plan)

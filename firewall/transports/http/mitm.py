@@ -167,15 +167,21 @@ class McpHttp:
         flow.metadata[_KEY + ".plan"] = plan
         if plan == "sse":
             response.stream = _SseStream(self.core.sse(ex))
+            # The events sent on need not add up to the server's length (one dropped or redacted).
+            response.headers.pop("content-length", None)
         elif plan == "pass":
             response.stream = True  # nothing to inspect: do not hold it in memory
 
     def response(self, flow: Any) -> None:
         ex: Exchange | None = flow.metadata.get(_KEY)
         plan = flow.metadata.get(_KEY + ".plan")
-        if ex is None or plan not in ("json", "metadata"):
+        if ex is None or plan not in ("json", "metadata", "encoded"):
             return
         response = flow.response
+        if plan == "encoded":
+            reply = self.core.encoded_refusal(ex, response.headers.get("content-encoding"))
+            flow.response = _make_response(reply)
+            return
         body = response.get_content(strict=False) or b""
         if plan == "metadata":
             response.content = self.core.metadata_body(ex, body)

@@ -186,8 +186,13 @@ class ServerConnection(asyncio.Protocol):
         self._grow_head(len(part))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw.append((name, value))
         self._grow_head(len(name) + len(value))
+        if self._parsing is not None:
+            # A trailer field of a chunked body (llhttp reports them here, after the head):
+            # dropped. Merged into the head it would reach the server unseen by the checks,
+            # which read the head before the body.
+            return
+        self._raw.append((name, value))
         if len(self._raw) > self._settings.max_headers:
             self._refuse(_HEAD_TOO_LARGE)
 

@@ -25,6 +25,10 @@ class SseEvent:
     event: str | None = None
     id: str | None = None
     retry: int | None = None
+    # A line with a field name the spec ignores ("\ufeffdata" after the stream's start,
+    # "Data"): a client might read it otherwise (a BOM is stripped at the start of *its*
+    # stream, which need not be the upstream's), so such a block is never passed as received.
+    odd: bool = False
 
 
 @dataclass(slots=True)
@@ -57,6 +61,7 @@ class SseParser:
         self._event: str | None = None
         self._id: str | None = None
         self._retry: int | None = None
+        self._odd = False
 
     @property
     def pending_bytes(self) -> int:
@@ -137,10 +142,12 @@ class SseParser:
         elif name == b"retry":
             if value.isdigit():
                 self._retry = int(value)
+        else:
+            self._odd = True
 
     def _dispatch(self, raw: bytes) -> SseEvent:
         data = "\n".join(self._data) if self._data is not None else None
-        event = SseEvent(raw, data, self._event, self._id, self._retry)
+        event = SseEvent(raw, data, self._event, self._id, self._retry, self._odd)
         self._clear_fields()
         return event
 

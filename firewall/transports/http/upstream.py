@@ -298,7 +298,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._response.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._response is not None:
+        # After the head, llhttp reports a chunked body's trailer fields here: they are
+        # dropped, never merged into the head that is relayed (the checks saw the head only).
+        if self._response is not None and not self._response._head.done():
             self._response.raw.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -1,0 +1,166 @@
+"""HTTP tricks that would carry a message past the inspection: each is refused or inspected.
+
+A hostile client: trailer fields that would reach the server as headers, a JSON-RPC POST to a
+path the server routes leniently with its "jsonrpc" key escaped, a JSON-RPC body in a GET.
+A hostile server: an encoded body the firewall asked not to get, an answer under a media
+type clients still parse as JSON, an event stream that hides an event behind a byte-order
+mark after an event the firewall drops.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+
+import pytest
+
+from firewall import errors
+from peers.http_harness import InProcessFirewall, http, make_config
+from support import audit_rows
+from test_http_failures import RawServer, read_request
+
+SECRET = "AKIAIOSFODNN7EXAMPLE"
+DENIED = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+          "params": {"name": "read_file", "arguments": {"path": "/home/user/.ssh/id_rsa"}}}
+CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "hi"}}}
+HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+class Recorder:
+    """An upstream that records each request's bytes and answers with ``reply(body)``."""
+
+    def __init__(self, reply) -> None:
+        self.requests: list[bytes] = []
+        self.reply = reply
+        self.lock = threading.Lock()
+
+    def __call__(self, conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            body += conn.recv(65536)
+        with self.lock:
+            self.requests.append(data)
+        conn.sendall(self.reply(body))
+
+
+def json_answer(body: bytes, *, content_type: bytes = b"application/json", extra: bytes = b"") -> bytes:
+    msg = json.loads(body) if body else {"id": None}
+    out = json.dumps({"jsonrpc": "2.0", "id": msg.get("id"), "result": {"content": [{"type": "text", "text": SECRET}]}}).encode()
+    return b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\n%scontent-length: %d\r\nconnection: close\r\n\r\n%s" % (
+        content_type, extra, len(out), out)
+
+
+@pytest.fixture(params=["lean", "mitmproxy"])
+def engine(request) -> str:
+    return request.param
+
+
+def firewall(tmp_path, port: int, engine: str, **limits) -> InProcessFirewall:
+    config = make_config(tmp_path, [{"url": f"http://127.0.0.1:{port}/mcp", "name": "up"}],
+                         upstream_timeout_seconds=2, client_timeout_seconds=2, limits=limits or None)
+    return InProcessFirewall(config, engine=engine)
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        out = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def test_trailer_fields_never_reach_the_server(tmp_path, engine):
+    upstream = Recorder(json_answer)
+    body = json.dumps(CALL).encode()
+    request = (b"POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+               b"accept: application/json, text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+               b"%x\r\n%s\r\n0\r\nmcp-session-id: smuggled\r\nmcp-method: tools/list\r\n\r\n" % (len(body), body))
+    with RawServer(upstream) as server, firewall(tmp_path, server.port, engine) as fw:
+        answer = raw_exchange(fw.port, request)
+    # The lean listener drops trailer fields; mitmproxy refuses such a request outright.
+    assert answer.startswith(b"HTTP/1.1 200") or (engine == "mitmproxy" and upstream.requests == [])
+    assert all(b"smuggled" not in seen and b"mcp-method" not in seen.lower() for seen in upstream.requests)
+
+
+@pytest.mark.parametrize("path", ["/MCP", "/mcp/", "/other"])
+def test_a_jsonrpc_post_is_judged_whatever_its_path_and_spelling(tmp_path, path, engine):
+    upstream = Recorder(json_answer)
+    body = json.dumps(DENIED).encode().replace(b'"jsonrpc"', b'"\\u006asonrpc"')
+    request = (b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+               b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+    with RawServer(upstream) as server, firewall(tmp_path, server.port, engine) as fw:
+        answer = raw_exchange(fw.port, request)
+    assert b'"code":%d' % errors.POLICY_DENIED in answer
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_a_jsonrpc_body_outside_a_post_is_refused_and_audited(tmp_path, method, engine):
+    upstream = Recorder(json_answer)
+    body = json.dumps(DENIED).encode()
+    request = (b"%s /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nconnection: close\r\n"
+               b"content-length: %d\r\n\r\n%s" % (method.encode(), len(body), body))
+    with RawServer(upstream) as server, firewall(tmp_path, server.port, engine) as fw:
+        answer = raw_exchange(fw.port, request)
+    assert answer.startswith(b"HTTP/1.1 400") and upstream.requests == []
+    assert [r["reason_codes"] for r in audit_rows(tmp_path / "audit.duckdb")] == [["jsonrpc_outside_post"]]
+
+
+def test_an_encoded_answer_is_refused_not_passed(tmp_path, engine):
+    def gzipped_events(body: bytes) -> bytes:
+        msg = json.loads(body)
+        event = b"data: " + json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {"content": [{"type": "text", "text": SECRET}]}}).encode() + b"\n\n"
+        out = gzip.compress(event)
+        return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(out), out))
+
+    with RawServer(Recorder(gzipped_events)) as server, firewall(tmp_path, server.port, engine) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+    assert r.status_code == 502 and "content-encoding" not in {k.lower() for k in r.headers}
+    answer = r.json()
+    assert answer["id"] == 7 and answer["error"]["code"] == errors.UPSTREAM_UNAVAILABLE
+    assert "gzip" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize("content_type", [b"application/json-seq", b"text/plain", b"application/x-ndjson"])
+def test_an_answer_under_another_media_type_is_still_inspected(tmp_path, content_type, engine):
+    with RawServer(Recorder(lambda body: json_answer(body, content_type=content_type))) as server, \
+            firewall(tmp_path, server.port, engine) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+    assert r.status_code == 200
+    assert SECRET not in r.text and "REDACTED" in r.text
+
+
+def test_an_event_hidden_behind_a_byte_order_mark_is_not_passed(tmp_path, engine):
+    """The firewall drops a first event too large to read; a client would take the next
+    block's leading BOM for the start of its stream and read "\\ufeffdata" as data."""
+
+    def bom_events(body: bytes) -> bytes:
+        msg = json.loads(body)
+        hidden = json.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {"content": [{"type": "text", "text": SECRET}]}}).encode()
+        out = b"data: " + b"A" * 70_000 + b"\n\n" + b"\xef\xbb\xbfdata: " + hidden + b"\n\n"
+        return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (len(out), out))
+
+    with RawServer(Recorder(bom_events)) as server, firewall(tmp_path, server.port, engine, max_message_bytes=16_384) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+    assert SECRET not in r.text and "\ufeff" not in r.text
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    # The request is not left waiting: it gets an error for its id.
+    assert [(e["id"], e["error"]["code"]) for e in events] == [(7, errors.UPSTREAM_UNAVAILABLE)]
