@@ -14,6 +14,8 @@ values from the same bytes:
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -83,7 +85,18 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decoder = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    # 1e999 reads as infinity here, and orjson would then write it as null: the policy would
+    # see null where the server reads Infinity. A number out of range is refused instead.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:24]}{'...' if len(text) > 24 else ''} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_constant=_reject_constant, parse_float=_finite_float
+)
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
@@ -120,6 +133,8 @@ def parse_frame(raw: bytes, *, max_bytes: int, max_depth: int, max_batch: int) -
         return Frame([Invalid(errors.INVALID_REQUEST, f"nesting deeper than {max_depth} levels")], False)
     except ValueError as exc:
         return Frame([Invalid(errors.PARSE_ERROR, f"malformed JSON: {exc}")], False)
+    if _depth_exceeds(value, max_depth):  # (before orjson, which stops at 255 levels with its own error)
+        return Frame([Invalid(errors.INVALID_REQUEST, f"nesting deeper than {max_depth} levels")], False)
     try:
         # Lone surrogates (\ud800) and integers beyond 64 bits parse in Python, but the
         # policy engines and servers would each read them differently: refuse them.
@@ -216,3 +231,19 @@ def error_response(msg_id: Any, code: int, message: str, data: Any = None) -> di
 def encode(value: Any) -> bytes:
     """Compact JSON encoding used for every message the firewall writes itself."""
     return orjson.dumps(value)
+
+
+_ID_FIELD = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,256}")')
+
+
+def recover_id(raw: bytes) -> Any:
+    """The id of a message that could not be parsed, when one sits near either end (where
+    serialisers put it); None otherwise. For naming the request a broken answer was for."""
+    for text in (raw[-600:], raw[:600]):
+        match = _ID_FIELD.search(text)
+        if match:
+            try:
+                return orjson.loads(match.group(1))
+            except orjson.JSONDecodeError:
+                return None
+    return None

@@ -19,7 +19,7 @@ import orjson
 from detectors.jsonwalk import string_leaves as _string_leaves
 
 from . import errors
-from .jsonrpc import Frame, Invalid, Kind, Message, encode, error_response, parse_frame
+from .jsonrpc import Frame, Invalid, Kind, Message, encode, error_response, parse_frame, recover_id
 from .canonical import extract_resources
 from .config import LimitsConfig
 from .policy.decision import Decision, apply_redactions, apply_removals, deny_decision, normalize_decision
@@ -196,14 +196,14 @@ class Inspector:
                 if forward is _UNCHANGED:
                     forward = raw
                 return Outcome(forward, reply, [verdict])
-            reply, verdict = self._refuse(item, direction, session, len(raw))
-            return Outcome(None, reply, [verdict])
+            forward, reply, verdict = self._refuse(item, direction, session, len(raw), raw)
+            return Outcome(forward, reply, [verdict])
         return self._inspect_batch(frame, raw, direction, session, identity)
 
     def refuse_oversized(self, size: int, limit: int, direction: str, session: Session) -> bytes | None:
         """Record and answer a frame that a transport cut off for exceeding the size limit."""
         item = Invalid(errors.MESSAGE_TOO_LARGE, f"message of at least {size} bytes exceeds the {limit}-byte limit")
-        reply, _ = self._refuse(item, direction, session, size)
+        _, reply, _ = self._refuse(item, direction, session, size)
         return reply
 
     def record_transport_error(
@@ -241,7 +241,9 @@ class Inspector:
                         forwards.append(orjson.loads(forward))
             else:
                 unchanged = False
-                reply, verdict = self._refuse(item, direction, session, 0)
+                forward, reply, verdict = self._refuse(item, direction, session, 0)
+                if forward is not None:
+                    forwards.append(orjson.loads(forward))
             if reply is not None:
                 replies.append(orjson.loads(reply))
             verdicts.append(verdict)
@@ -250,22 +252,36 @@ class Inspector:
 
     # -- one message -----------------------------------------------------------------
 
-    def _refuse(self, item: Invalid, direction: str, session: Session, size: int) -> tuple[bytes | None, Verdict]:
-        """A message that is not valid JSON-RPC: never forwarded, answered when it could be a request."""
+    def _refuse(
+        self, item: Invalid, direction: str, session: Session, size: int, raw: bytes | None = None
+    ) -> tuple[bytes | None, bytes | None, Verdict]:
+        """A message that is not valid JSON-RPC: never forwarded as it is; answered when it
+        could be a request. ``(forward, reply, verdict)``: when the server's broken message
+        names a request the client is waiting on, the client gets an error for it instead
+        (or it would wait forever)."""
         decision = deny_decision("invalid_message", item.reason)
         decision_id = new_decision_id()
         body = item.body if isinstance(item.body, dict) else None
         method = body.get("method") if body and isinstance(body.get("method"), str) else None
+        data = {"decision_id": decision_id, "firewall": "mcpfw"}
+        forward = reply = None
+        msg_id = item.id
+        if direction == S2C and (body is None or "result" in body or "error" in body):
+            if msg_id is None and raw is not None:
+                msg_id = recover_id(raw)
+            pending = session.pop_pending(C2S, msg_id) if msg_id is not None else None
+            if pending is not None:
+                method = pending.method
+                forward = encode(error_response(msg_id, item.code, f"mcpfw: the server's answer was refused: {item.reason}", data))
         self._record(
             session, direction, decision, decision_id,
-            kind=None, method=method, tool=None, msg_id=item.id, arguments=None,
+            kind=None, method=method, tool=None, msg_id=msg_id, arguments=None,
             digest_of=None, size=size, eval_ms=0.0, error_code=item.code, error=item.reason,
         )
-        reply = None
         # Answer whoever sent it, unless it was itself a response (answering those loops).
-        if body is None or "result" not in body and "error" not in body:
-            reply = encode(error_response(item.id, item.code, item.reason, {"decision_id": decision_id, "firewall": "mcpfw"}))
-        return reply, Verdict(decision, decision_id, None, method, item.code)
+        if forward is None and (body is None or "result" not in body and "error" not in body):
+            reply = encode(error_response(item.id, item.code, item.reason, data))
+        return forward, reply, Verdict(decision, decision_id, None, method, item.code)
 
     def _judge(
         self, msg: Message, direction: str, session: Session, size: int, identity: dict[str, Any] | None

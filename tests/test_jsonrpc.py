@@ -43,6 +43,10 @@ def test_valid_messages(raw, kind):
         (b'\xef\xbb\xbf{"jsonrpc":"2.0","id":1,"method":"ping"}', errors.PARSE_ERROR, "byte order mark"),
         (b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"s":"\\ud800"}}', errors.PARSE_ERROR, "faithful"),
         (b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"n":123456789012345678901234567890}}', errors.PARSE_ERROR, "faithful"),
+        # Out of range: the policy would read null, the server Infinity.
+        (b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"amount":1e999}}', errors.PARSE_ERROR, "out of range"),
+        (b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"amount":-1E400}}', errors.PARSE_ERROR, "out of range"),
+        (b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"amount":1' + b"0" * 400 + b'.5}}', errors.PARSE_ERROR, "out of range"),
         (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"ping"}', errors.INVALID_REQUEST, "duplicate key 'method'"),
         (b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":{"p":"/ok","p":"/etc"}}}', errors.INVALID_REQUEST, "duplicate key 'p'"),
         (b"42", errors.INVALID_REQUEST, "must be an object"),
@@ -85,6 +89,10 @@ def test_depth_limit_and_deep_bombs():
     nested = b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":' + b"[" * 80 + b"]" * 80 + b"}}"
     item = only(nested, max_depth=64)
     assert isinstance(item, Invalid) and "nesting" in item.reason
+    for levels in (255, 256, 300, 900):  # orjson's own limit (255) must not change the answer
+        deep = b'{"jsonrpc":"2.0","id":1,"method":"x","params":{"a":' + b'{"b":' * levels + b"1" + b"}" * levels + b"}}"
+        item = only(deep, max_depth=64)
+        assert isinstance(item, Invalid) and item.code == errors.INVALID_REQUEST and "nesting" in item.reason
     bomb = b"[" * 200_000 + b"]" * 200_000
     item = only(bomb, max_bytes=1 << 20)
     assert isinstance(item, Invalid) and item.code == errors.INVALID_REQUEST

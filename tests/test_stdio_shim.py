@@ -400,11 +400,41 @@ def test_lines_are_framed_alike_however_the_reads_split_them():
                 step = rng.choice((1, 2, 7, 64, 101, 4096))
                 shim._take(inp, stream[at : at + step])
                 at += step
-            assert recorder.lines == [line + b"\n" for line in lines if len(line) <= limit and line.strip()]
-            assert recorder.refused == [len(line) + 1 for line in lines if len(line) > limit]
+            # The limit counts the newline, as the parser does: a line of exactly ``limit``
+            # bytes is refused here, where its id can still be recovered for the reply.
+            assert recorder.lines == [line + b"\n" for line in lines if len(line) + 1 <= limit and line.strip()]
+            assert recorder.refused == [len(line) + 1 for line in lines if len(line) + 1 > limit]
             assert not inp.partial and not inp.skipping
             os.close(shim._client_in)
             shim._client_out.close()
     finally:
         sink.close()
         os.close(read_end)
+
+
+BROKEN_ANSWERS = r"""
+import sys
+for line in sys.stdin:
+    if '"method":"tools/call"' in line:
+        n = line.split('"id":')[1].split(",")[0].split("}")[0]
+        if n == "1":  # an error whose code is not an integer
+            sys.stdout.write('{"jsonrpc":"2.0","id":1,"error":{"code":"E","message":"bad"}}\n')
+        else:  # a result with a duplicate key
+            sys.stdout.write('{"jsonrpc":"2.0","id":%s,"result":{"content":[],"content":[]}}\n' % n)
+        sys.stdout.flush()
+"""
+
+
+def test_a_broken_answer_reaches_the_client_as_an_error_for_its_request(tmp_path, audit_db):
+    """The firewall cannot pass the server's malformed answer; the client must not wait for it forever."""
+    server = tmp_path / "broken.py"
+    server.write_text(BROKEN_ANSWERS)
+    client = RawClient(shim_command(audit_db, server=[sys.executable, str(server)]))
+    try:
+        for n in (1, 2):
+            client.send(b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"t","arguments":{}}}' % n)
+            reply = client.recv_json()
+            assert reply["id"] == n and reply["error"]["code"] == errors.INVALID_REQUEST
+            assert "answer was refused" in reply["error"]["message"]
+    finally:
+        client.close()

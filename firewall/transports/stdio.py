@@ -269,7 +269,7 @@ class StdioShim:
                 inp.skipped += end + 1
                 inp.tail = (inp.tail + data[max(0, end + 1 - 512) : end + 1])[-512:]
                 self._refuse(inp)
-            elif len(inp.partial) + end > limit:
+            elif len(inp.partial) + end + 1 > limit:  # (the line with its newline, as the parser counts it)
                 inp.head = bytes(inp.partial[:512])
                 inp.tail = (bytes(inp.partial[-512:]) + data[: end + 1])[-512:]
                 inp.skipped = len(inp.partial) + end + 1
@@ -286,7 +286,7 @@ class StdioShim:
             end = data.find(b"\n", start)
             if end < 0:
                 break
-            if end - start > limit:
+            if end + 1 - start > limit:
                 inp.head = data[start : start + 512]
                 inp.tail = data[max(start, end + 1 - 512) : end + 1]
                 inp.skipped = end + 1 - start
