@@ -90,3 +90,17 @@ def test_a_secret_behind_thousands_of_strings_is_still_found(firewall, tmp_path,
         out = firewall.inspector.inspect(orjson.dumps(result), direction, session)
     assert out.verdicts[0].decision.action in ("deny", "redact")
     assert b"AKIAIOSFODNN7EXAMPLE" not in (out.forward or b"")
+
+
+def test_a_result_longer_than_the_injection_detector_reads_is_refused(firewall, tmp_path):
+    """An injection placed after the detector's budget (200,000 characters) is never read, so the
+    result is not passed (default policy: unscanned_results_action "deny")."""
+    session = _session(tmp_path)
+    call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "fetch", "arguments": {"url": "x"}}}
+    firewall.inspector.inspect(orjson.dumps(call), "client_to_server", session)
+    padding = "The quarterly report lists revenue by region and product line. " * 3_200  # > 200,000 characters
+    result = {"jsonrpc": "2.0", "id": 3, "result": {"content": [{"type": "text", "text": padding + INJECTION}]}}
+    out = firewall.inspector.inspect(orjson.dumps(result), "server_to_client", session)
+    verdict = out.verdicts[0]
+    assert [r["code"] for r in verdict.decision.reasons] == ["injection_scan_incomplete"]
+    assert b"IGNORE ALL PREVIOUS" not in (out.forward or b"")

@@ -69,6 +69,10 @@ decision := {
 		input.findings.injection.items[0]
 		effect := data.mcpfw.rules.injection.effects(settings.detectors.injection)
 	} | {effect |
+		# ... and a message longer than the detector reads.
+		input.findings.injection.truncated == true
+		effect := data.mcpfw.rules.injection.unscanned(settings.detectors.injection)
+	} | {effect |
 		# RBAC: a tools/call request (anonymous ones too: enforce "always" refuses them) ...
 		input.method == "tools/call"
 		input.kind == "request"

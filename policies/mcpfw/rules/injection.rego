@@ -23,6 +23,13 @@
 #   arguments_action  the same for tools/call arguments, and "approve": the
 #                     call waits for a person's approval (mcpfw approvals)
 #   replacement       the text a redacted string becomes
+#   unscanned_results_action
+#                     a result holding more text than the detector reads
+#                     (detectors.injection.max_chars in the firewall's
+#                     configuration, 200,000 characters by default; findings
+#                     say truncated: true): "deny" (the default: what was not
+#                     read could hold the injection), anything else: tag only
+#                     ("injection_scan_incomplete"). Arguments are tagged.
 #
 # Flagged messages are tagged "prompt_injection". The decision calls
 # effects(config) only when the detector listed items; `deny`, `redact` and
@@ -42,6 +49,27 @@ redact contains entry if {
 obligations contains obligation if {
 	input.findings.injection.items[0]
 	some obligation in effects(data.mcpfw.config.detectors.injection).obligations
+}
+
+deny contains reason if {
+	input.findings.injection.truncated == true
+	some reason in unscanned(data.mcpfw.config.detectors.injection).deny
+}
+
+obligations contains obligation if {
+	input.findings.injection.truncated == true
+	some obligation in unscanned(data.mcpfw.config.detectors.injection).obligations
+}
+
+# unscanned(config) is what a message the detector did not read to its end
+# calls for (the decision calls it when findings.injection.truncated).
+unscanned(config) := {
+	"deny": {reason |
+		input.direction == "server_to_client"
+		object.get(config, "unscanned_results_action", "deny") == "deny"
+		reason := {"code": "injection_scan_incomplete", "message": "the result holds more text than the prompt-injection detector reads (detectors.injection.max_chars); what it did not read could hold an injection"}
+	},
+	"obligations": {{"type": "tag", "tag": "injection_scan_incomplete"}},
 }
 
 # effects(config) is what the flagged items of this message call for.

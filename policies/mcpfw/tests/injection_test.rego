@@ -126,3 +126,32 @@ test_no_findings_no_effect if {
 	d.allow == true
 	d.redact == []
 }
+
+# -- results longer than the detector reads --------------------------------------
+
+truncated(items) := {"injection": object.union(finding(items).injection, {"truncated": true})}
+
+test_result_read_only_in_part_is_denied_by_default if {
+	inp := di.tool_result("fetch", result, truncated([item("/result/content/0/text", "tool_output", 0.1)]))
+	d := di.decide(inp)
+	d.allow == false
+	[r.code | some r in d.reasons] == ["injection_scan_incomplete"]
+	"injection_scan_incomplete" in di.tags(inp)
+}
+
+test_result_read_only_in_part_is_denied_even_without_items if {
+	inp := di.tool_result("fetch", result, {"injection": object.union(finding([item("/result/content/0/text", "tool_output", 0.1)]).injection, {"items": [], "truncated": true})})
+	not di.decide(inp).allow
+}
+
+test_result_read_only_in_part_can_be_let_through_tagged if {
+	inp := di.tool_result("fetch", result, truncated([item("/result/content/0/text", "tool_output", 0.1)]))
+	d := di.decide(inp) with data.mcpfw.config.detectors.injection.unscanned_results_action as "tag"
+	d.allow == true
+}
+
+test_arguments_read_only_in_part_are_tagged_not_denied if {
+	inp := di.tool_call("fetch", {"url": "x"}, truncated([item("/params/arguments/url", "prompt", 0.1)]))
+	di.decide(inp).allow == true
+	"injection_scan_incomplete" in di.tags(inp)
+}
