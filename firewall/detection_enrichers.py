@@ -241,6 +241,14 @@ def injection_targets(ctx: MessageContext, min_len: int = 0) -> Iterator[ScanTar
         for pointer, text in ctx.string_leaves(ctx.tool.get("arguments"), "/params/arguments", min_len):
             yield ScanTarget(pointer, "tool_output", text)
         return
+    if ctx.method == "sampling/createMessage" and ctx.direction == S2C and ctx.message.kind is Kind.REQUEST:
+        # The server asks the client's model to complete these messages: text planted in them
+        # (from a document the server fetched, say) speaks to that model directly.
+        params = ctx.params if isinstance(ctx.params, dict) else {}
+        if isinstance(params.get("systemPrompt"), str):
+            yield ScanTarget("/params/systemPrompt", "prompt", params["systemPrompt"])
+        yield from _message_targets(params.get("messages"), "/params/messages")
+        return
     if ctx.message.kind is not Kind.RESPONSE or ctx.direction != S2C:
         return
     result = ctx.message.body.get("result")
@@ -253,21 +261,26 @@ def injection_targets(ctx: MessageContext, min_len: int = 0) -> Iterator[ScanTar
     elif ctx.method == "prompts/get":
         if isinstance(result.get("description"), str):
             yield ScanTarget("/result/description", "tool_description", result["description"])
-        messages = result.get("messages")
-        if isinstance(messages, list):
-            for i, message in enumerate(messages):
-                if isinstance(message, dict):
-                    content = message.get("content")
-                    blocks = content if isinstance(content, list) else [content]
-                    base = f"/result/messages/{i}/content"
-                    for j, block in enumerate(blocks):
-                        where = f"{base}/{j}" if isinstance(content, list) else base
-                        yield from _block_targets(block, where, "prompt")
+        yield from _message_targets(result.get("messages"), "/result/messages")
     elif ctx.method == "resources/read":
         contents = result.get("contents")
         if isinstance(contents, list):
             for i, item in enumerate(contents):
                 yield from _resource_targets(item, f"/result/contents/{i}", "tool_output")
+
+
+def _message_targets(messages: Any, base: str) -> Iterator[ScanTarget]:
+    """The text of chat messages (prompts/get results, sampling requests): a content block,
+    or a list of them, per message."""
+    if not isinstance(messages, list):
+        return
+    for i, message in enumerate(messages):
+        if isinstance(message, dict):
+            content = message.get("content")
+            blocks = content if isinstance(content, list) else [content]
+            where = f"{base}/{i}/content"
+            for j, block in enumerate(blocks):
+                yield from _block_targets(block, f"{where}/{j}" if isinstance(content, list) else where, "prompt")
 
 
 def _content_targets(content: Any, base: str, kind: str) -> Iterator[ScanTarget]:
@@ -386,9 +399,9 @@ class InjectionEnricher:
 
     def enrich(self, ctx: MessageContext) -> None:
         kind = ctx.message.kind
-        # Cheap guard first: only tools/call requests and a few responses concern us.
+        # Cheap guard first: only tools/call and sampling requests and a few responses concern us.
         if kind is Kind.REQUEST:
-            if not _tool_call_request(ctx):
+            if not _tool_call_request(ctx) and ctx.method != "sampling/createMessage":
                 return
         elif not _response_to(ctx, "tools/call", "prompts/get", "resources/read"):
             return

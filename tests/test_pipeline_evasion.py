@@ -104,3 +104,18 @@ def test_a_result_longer_than_the_injection_detector_reads_is_refused(firewall, 
     verdict = out.verdicts[0]
     assert [r["code"] for r in verdict.decision.reasons] == ["injection_scan_incomplete"]
     assert b"IGNORE ALL PREVIOUS" not in (out.forward or b"")
+
+
+def test_an_injection_in_a_sampling_request_does_not_reach_the_clients_model(firewall, tmp_path):
+    session = _session(tmp_path)
+    ask = {"jsonrpc": "2.0", "id": 40, "method": "sampling/createMessage", "params": {
+        "messages": [{"role": "user", "content": {"type": "text", "text": "Summarise this page: " + INJECTION}}],
+        "maxTokens": 100}}
+    out = firewall.inspector.inspect(orjson.dumps(ask), "server_to_client", session)
+    assert out.verdicts[0].decision.action in ("redact", "deny")
+    assert b"IGNORE ALL PREVIOUS" not in (out.forward or b"")
+    plain = {"jsonrpc": "2.0", "id": 41, "method": "sampling/createMessage", "params": {
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]}],
+        "systemPrompt": "You are a helpful assistant.", "maxTokens": 100}}
+    out = firewall.inspector.inspect(orjson.dumps(plain), "server_to_client", session)
+    assert out.verdicts[0].decision.action == "allow"
