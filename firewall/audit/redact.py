@@ -273,11 +273,31 @@ def redact_text(text: str, rules: SecretRules | None = None, *, max_chars: int |
     if cut:
         text = text[: max_chars + _CUT_MARGIN]
     long_text = len(text) > _LONG_TEXT
+    # Every rule reads the original text (one rule's replacement must not hide what another
+    # keys on: a secret key found by the access key id written before it), then the spans
+    # are replaced together, overlapping ones as one.
+    found: list[tuple[int, int, str]] = []
     for rule in rules.candidates(text.lower()):
-        text = rule.redact(text)
+        for match in rule.pattern.finditer(text):
+            span = rule._secret_span(match)
+            if span is not None:
+                found.append((span[0], span[1], rule.id))
         if long_text:
             # `re` keeps the GIL for a whole scan: let relay threads run between rules.
             time.sleep(0)
+    if found:
+        found.sort()
+        parts: list[str] = []
+        at = 0
+        for start, end, rule_id in found:
+            if start < at:  # overlaps the span just replaced: widen it
+                if end > at:
+                    at = end
+                continue
+            parts += (text[at:start], f"[REDACTED:{rule_id}]")
+            at = end
+        parts.append(text[at:])
+        text = "".join(parts)
     if cut:
         text = f"{text[:max_chars]}…[truncated, {original} chars]"
     return text
