@@ -164,3 +164,17 @@ def test_an_event_hidden_behind_a_byte_order_mark_is_not_passed(tmp_path, engine
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
     # The request is not left waiting: it gets an error for its id.
     assert [(e["id"], e["error"]["code"]) for e in events] == [(7, errors.UPSTREAM_UNAVAILABLE)]
+
+
+def test_an_oversized_request_pipelined_behind_another_still_gets_its_413(tmp_path):
+    upstream = Recorder(json_answer)
+    first = json.dumps(CALL).encode()
+    big = json.dumps({**CALL, "id": 8, "params": {"name": "echo", "arguments": {"message": "x" * 20_000}}}).encode()
+    request = b"".join(
+        b"POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"accept: application/json, text/event-stream\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        for body in (first, big))
+    with RawServer(upstream) as server, firewall(tmp_path, server.port, "lean", max_message_bytes=4096) as fw:
+        answer = raw_exchange(fw.port, request)
+    assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 413" in answer
+    assert len(upstream.requests) == 1

@@ -93,6 +93,7 @@ class ServerConnection(asyncio.Protocol):
         self._body_size = 0
         self._in_message = False
         self._refused = False  # the rest of the input is ignored, the connection is closing
+        self._refusal: bytes | None = None  # its answer, sent once the responses before it are
         self._feeding = False
         self._deadline: asyncio.TimerHandle | None = None
         # requests handled one after the other
@@ -282,7 +283,9 @@ class ServerConnection(asyncio.Protocol):
         self._refused = True
         self._cancel_deadline()
         if self._active is not None:
-            self._must_close = True  # the response in flight ends the connection
+            # Pipelined behind a request still being answered: the refusal follows the
+            # answers to the requests before it, then the connection closes.
+            self._refusal = raw_response
         elif self.transport is not None and not self.closed:
             self.transport.write(raw_response)
             self.transport.close()
@@ -341,9 +344,14 @@ class ServerConnection(asyncio.Protocol):
             self._upgrade = None
             self._handler.upgrade(request, self, rest)
         elif self._queue:
-            if len(self._queue) == _MAX_QUEUED and self.transport is not None:
+            if len(self._queue) == _MAX_QUEUED and self.transport is not None and not self._refused:
                 self.transport.resume_reading()
             self._start(self._queue.popleft())
+        elif self._refusal is not None:
+            assert self.transport is not None
+            self.transport.write(self._refusal)
+            self._refusal = None
+            self.transport.close()
         elif self._in_message and self._deadline is None:
             self._deadline = self._loop.call_later(self._settings.client_timeout, self._expire)
 
