@@ -192,7 +192,10 @@ class RegistryEnricher:
         next_cursor = result.get("nextCursor")
         complete = cursor is None and not next_cursor
         list_key, entries = self._entries(spec, items)
-        continuation = cursor is not None and (tenant, server, kind, cursor) in self._tofu_cursors
+        # A cursor continues the first-use listing once: the server chose it, so a later
+        # listing that presents it again must not have its pages pinned unseen.
+        with self._lock:
+            continuation = cursor is not None and self._tofu_cursors.pop((tenant, server, kind, cursor), None) is not None
         view = self._store.view()
         first_use = mode == TOFU and view.first_use(tenant, server, kind)
         # A list seen before, under the same registry files, has nothing new to record and
@@ -203,6 +206,7 @@ class RegistryEnricher:
             observation = ListObservation(
                 tenant, server, kind, [(n, d, df) for _, n, d, df in entries],
                 complete=complete, may_pin=mode == TOFU, continuation=continuation,
+                unpinnable=_severely_poisoned(ctx) if first_use or continuation else frozenset(),
             )
             view = self._store.record(observation)
             verdict = self._judge_list(view, spec, tenant, server, mode, entries, complete)
@@ -435,6 +439,19 @@ def _tenant(ctx: MessageContext) -> str:
 
 def _protocol_view(record: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if record is None else {k: record.get(k) for k in PROTOCOL_FIELDS}
+
+
+def _severely_poisoned(ctx: MessageContext) -> frozenset[str]:
+    """Names of the definitions in this list with a high-severity poisoning finding."""
+    found = ctx.findings.get("poisoning")
+    items = found.get("items") if isinstance(found, dict) else None
+    if not isinstance(items, list):
+        return frozenset()
+    return frozenset(
+        item["name"] for item in items
+        if isinstance(item, dict) and isinstance(item.get("name"), str)
+        and any(isinstance(h, dict) and h.get("severity") == "high" for h in item.get("hits") or ())
+    )
 
 
 def _poisoned_pointers(ctx: MessageContext) -> dict[str, list[str]]:

@@ -33,6 +33,9 @@ class ListObservation:
     complete: bool  # the whole list (no pagination): names absent from it were removed
     may_pin: bool  # tofu: pin on first use
     continuation: bool = False  # a later page of the listing that made the first use
+    # Names never pinned on first use: definitions with high-severity poisoning evidence stay
+    # unapproved until a person approves them (as `mcpfw registry approve` requires --force).
+    unpinnable: frozenset[str] = frozenset()
     now: float = field(default_factory=time.time)
 
     def needed(self, view: RegistryView) -> bool:
@@ -72,7 +75,7 @@ class ListObservation:
             observed = srv["observed"][self.kind] = {}
             changed = True
         for name, digest, definition in self.items:
-            if pin_now and pins is not None and name not in pins:
+            if pin_now and pins is not None and name not in pins and name not in self.unpinnable:
                 pins[name] = {"digest": digest, "at": self.now}
                 definitions[digest] = definition
                 changed = True
