@@ -780,3 +780,13 @@ def test_database_files_are_not_left_open(db: Path) -> None:
         con.close()
         audit.record(make_row(2))
     assert fetch(db, "SELECT count(*) FROM decisions") == [(3,)]
+
+
+def test_a_credential_used_as_a_key_is_redacted_too() -> None:
+    token = "ghp_" + "b" * 36
+    value = {"headers": {f"Authorization: Bearer {token}": True, token: "x", "ghp_" + "c" * 36: "y"}}
+    stored = redact_for_audit(value, load_secret_rules())
+    assert "ghp_" not in orjson.dumps(stored).decode()
+    assert stored["headers"] == {
+        "Authorization: Bearer [REDACTED:authorization-header]": True,
+        "[REDACTED:github-token]": "x", "[REDACTED:github-token]#2": "y"}

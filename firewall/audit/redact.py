@@ -407,9 +407,18 @@ def _redact(value: Any, how: _Redaction, depth: int) -> Any:
         copy: dict[Any, Any] = {}
         for key, item in value.items():
             if how.keys and item is not None and not isinstance(item, bool) and is_secret_key(str(key)):
-                copy[key] = REDACTED
+                redacted = REDACTED
             else:
-                copy[key] = _redact(item, how, depth + 1)
+                redacted = _redact(item, how, depth + 1)
+            if isinstance(key, str) and len(key) >= _MIN_SCAN_LENGTH:
+                # A credential used as a key ({"ghp_...": true}) is a secret like any other.
+                clean = redact_text(key, how.rules, max_chars=how.max_chars)
+                if clean != key:
+                    key = clean
+                    n = 2
+                    while key in copy:  # two keys redacted alike must not overwrite each other
+                        key, n = f"{clean}#{n}", n + 1
+            copy[key] = redacted
         return copy
     if isinstance(value, (list, tuple)):
         return _redact_list(value, how, depth)
