@@ -446,8 +446,9 @@ _MAX_DESCRIPTIONS = 10_000  # per server
 class IntentEnricher:
     """``input.findings.intent``: how far a tools/call is from the task and from the client's habits.
 
-    The task is, in order: ``_meta["dev.mcpfw/intent"]`` on the call, the same key on the
-    session's initialize request, a purpose configured for the client / API key / server.
+    The task is, in order: a purpose configured for the client / API key / server (it binds
+    the client), ``_meta["dev.mcpfw/intent"]`` on the call, the same key on the session's
+    initialize request.
     History (when enabled) is per server and client (and API key), learnt from allowed calls
     that fitted. Scoring embeds only calls that have something to be compared with.
     """
@@ -505,7 +506,15 @@ class IntentEnricher:
         return self._descriptions.get(ctx.session.server.name, {}).get(name)
 
     def task_for(self, ctx: MessageContext) -> tuple[str | None, str]:
-        """The task text for a call and where it came from (``meta`` or ``purpose``)."""
+        """The task text for a call and where it came from (``purpose`` or ``meta``).
+
+        A purpose the operator configured for this client binds it: the client's own
+        ``_meta`` intent counts only where none is configured (otherwise a client would
+        escape its purpose by declaring another one)."""
+        client, key_id = ctx.session.client_name, (ctx.identity or {}).get("key_id")
+        for purpose in self._purposes:
+            if purpose.applies(client, key_id, ctx.session.server.name):
+                return purpose.purpose, "purpose"
         meta_intent = _meta_intent(ctx.params)
         if meta_intent:
             return meta_intent, "meta"
@@ -513,10 +522,6 @@ class IntentEnricher:
         session_intent = state.intent if state is not None else None
         if session_intent:
             return session_intent, "meta"
-        client, key_id = ctx.session.client_name, (ctx.identity or {}).get("key_id")
-        for purpose in self._purposes:
-            if purpose.applies(client, key_id, ctx.session.server.name):
-                return purpose.purpose, "purpose"
         return None, "purpose"
 
     def _history_key(self, ctx: MessageContext) -> tuple[str, str | None, str | None]:

@@ -73,6 +73,13 @@ def test_configured_purpose_matches_client_and_server(detectors):
     assert finding["source"] == "purpose" and finding["nearest"]["text"] == TASK
 
 
+def test_a_configured_purpose_is_not_overridden_by_the_clients_own_intent(detectors):
+    """The client cannot whitewash a call by declaring a task that fits it."""
+    harness, _ = _harness(detectors, purposes=(Purpose(TASK, server="srv"),))
+    _, finding = _call(harness, FAR[1], {INTENT_META_KEY: "Send money with transfer funds"}, FAR[0])
+    assert finding["source"] == "purpose" and finding["label"] == "mismatch"
+
+
 def test_no_task_means_no_embedding():
     def refuse():
         raise AssertionError("the model must not be needed")
