@@ -64,6 +64,12 @@ def _response_to(ctx: MessageContext, *methods: str) -> bool:
     return ctx.message.kind is Kind.RESPONSE and ctx.direction == S2C and ctx.method in methods
 
 
+def _error_from_server(ctx: MessageContext) -> bool:
+    """An error answer to a request that reads content (its message reaches the model too)."""
+    return (ctx.message.kind is Kind.ERROR_RESPONSE and ctx.direction == S2C
+            and ctx.method in ("tools/call", "prompts/get", "resources/read"))
+
+
 def _tool_call_request(ctx: MessageContext) -> bool:
     return ctx.message.kind is Kind.REQUEST and ctx.direction == C2S and ctx.tool is not None
 
@@ -249,6 +255,14 @@ def injection_targets(ctx: MessageContext, min_len: int = 0) -> Iterator[ScanTar
             yield ScanTarget("/params/systemPrompt", "prompt", params["systemPrompt"])
         yield from _message_targets(params.get("messages"), "/params/messages")
         return
+    if _error_from_server(ctx):
+        error = ctx.message.body.get("error")
+        if isinstance(error, dict):
+            if isinstance(error.get("message"), str):
+                yield ScanTarget("/error/message", "tool_output", error["message"])
+            for pointer, text in ctx.string_leaves(error.get("data"), "/error/data", min_len):
+                yield ScanTarget(pointer, "tool_output", text)
+        return
     if ctx.message.kind is not Kind.RESPONSE or ctx.direction != S2C:
         return
     result = ctx.message.body.get("result")
@@ -294,6 +308,8 @@ def _block_targets(block: Any, where: str, kind: str) -> Iterator[ScanTarget]:
         return
     if block.get("type") == "text" and isinstance(block.get("text"), str):
         yield ScanTarget(f"{where}/text", kind, block["text"])
+    elif block.get("type") == "resource_link" and isinstance(block.get("description"), str):
+        yield ScanTarget(f"{where}/description", kind, block["description"])
     elif block.get("type") == "resource":
         yield from _resource_targets(block.get("resource"), f"{where}/resource", kind)
 
@@ -403,7 +419,7 @@ class InjectionEnricher:
         if kind is Kind.REQUEST:
             if not _tool_call_request(ctx) and ctx.method != "sampling/createMessage":
                 return
-        elif not _response_to(ctx, "tools/call", "prompts/get", "resources/read"):
+        elif not _response_to(ctx, "tools/call", "prompts/get", "resources/read") and not _error_from_server(ctx):
             return
         # The span detectors walked the arguments already (strings of SPAN_MIN_LENGTH and up).
         min_len = SPAN_MIN_LENGTH if self._detector.min_chars >= SPAN_MIN_LENGTH else 0

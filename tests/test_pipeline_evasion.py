@@ -119,3 +119,17 @@ def test_an_injection_in_a_sampling_request_does_not_reach_the_clients_model(fir
         "systemPrompt": "You are a helpful assistant.", "maxTokens": 100}}
     out = firewall.inspector.inspect(orjson.dumps(plain), "server_to_client", session)
     assert out.verdicts[0].decision.action == "allow"
+
+
+@pytest.mark.parametrize("answer", [
+    {"result": {"content": [{"type": "resource_link", "uri": "file:///r.txt", "name": "r", "description": INJECTION}]}},
+    {"error": {"code": -32000, "message": INJECTION}},
+    {"error": {"code": -32000, "message": "failed", "data": {"detail": INJECTION}}},
+])
+def test_an_injection_in_a_link_description_or_an_error_is_read_too(firewall, tmp_path, answer):
+    session = _session(tmp_path)
+    call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "fetch", "arguments": {"url": "x"}}}
+    firewall.inspector.inspect(orjson.dumps(call), "client_to_server", session)
+    out = firewall.inspector.inspect(orjson.dumps({"jsonrpc": "2.0", "id": 5, **answer}), "server_to_client", session)
+    assert out.verdicts[0].decision.action in ("redact", "deny")
+    assert b"IGNORE ALL PREVIOUS" not in (out.forward or b"")
