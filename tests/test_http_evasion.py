@@ -178,3 +178,19 @@ def test_an_oversized_request_pipelined_behind_another_still_gets_its_413(tmp_pa
         answer = raw_exchange(fw.port, request)
     assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 413" in answer
     assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize("encoding", ["deflate", "gzip", "br"])
+def test_an_encoded_request_body_is_refused_and_audited(tmp_path, engine, encoding):
+    """A server that inflates the body (express.json() does) would run what was not judged."""
+    import zlib
+
+    upstream = Recorder(json_answer)
+    body = zlib.compress(json.dumps(DENIED).encode()) if encoding == "deflate" else gzip.compress(json.dumps(DENIED).encode())
+    request = (b"POST /message?sessionId=abc HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+               b"content-encoding: %s\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s" % (encoding.encode(), len(body), body))
+    with RawServer(upstream) as server, firewall(tmp_path, server.port, engine) as fw:
+        answer = raw_exchange(fw.port, request)
+    assert upstream.requests == []
+    assert answer.startswith(b"HTTP/1.1 415")
+    assert [r["reason_codes"] for r in audit_rows(tmp_path / "audit.duckdb")] == [["encoded_request_body"]]

@@ -180,6 +180,14 @@ class HttpInspection:
         ex = Exchange(route, "other", upstream_path=req.upstream_path)
         if self.reverse:
             ex.public_origin = self.public_url or f"{req.scheme}://{req.host or route.netloc}"
+        encoding = (headers.get("content-encoding") or "").strip().lower()
+        if req.body and encoding not in ("", "identity"):
+            # A server that inflates it would run what the firewall cannot read as it is.
+            return self.refuse(
+                route, code=errors.INVALID_REQUEST, reason="encoded_request_body", status=415,
+                message=f"request bodies must not be encoded (Content-Encoding {encoding!r}): the firewall inspects what it forwards",
+                size=len(req.body),
+            )
         if method == "POST" and self._is_jsonrpc_post(req, route):
             ex.kind = "mcp"
         elif method == "GET":
