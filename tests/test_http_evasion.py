@@ -194,3 +194,13 @@ def test_an_encoded_request_body_is_refused_and_audited(tmp_path, engine, encodi
     assert upstream.requests == []
     assert answer.startswith(b"HTTP/1.1 415")
     assert [r["reason_codes"] for r in audit_rows(tmp_path / "audit.duckdb")] == [["encoded_request_body"]]
+
+
+def test_a_legacy_session_is_named_by_its_parameter_however_the_query_is_spelled():
+    from firewall.transports.http.sessions import legacy_keys
+
+    announced = set(legacy_keys("/message?sessionId=abc"))
+    for variant in ("/message?sessionId=abc&x=1", "/message?x=1&sessionId=abc", "/MESSAGE/?sessionId=abc",
+                    "/message?session%49d=abc"):
+        assert announced & set(legacy_keys(variant)), variant
+    assert not announced & set(legacy_keys("/message?sessionId=abd"))

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import orjson
 
@@ -28,7 +28,7 @@ from . import mcp_headers
 from .oauth import rewrite_metadata, rewrite_www_authenticate
 from .replies import HEADER_MISMATCH, Reply, accepted, error_reply, jsonrpc_reply, plain, wants_sse_only
 from .routes import PRM_PATH, Route
-from .sessions import Channel, HttpSessions, legacy_key, session_key
+from .sessions import Channel, HttpSessions, legacy_keys, session_key
 from .sse import OversizedEvent, SseEvent, SseParser, format_event, format_id_only
 
 SESSION_ID = "mcp-session-id"
@@ -268,7 +268,17 @@ class HttpInspection:
             ex.channel, ex.session = channel, channel.session
             return None
         if ex.kind == "mcp" and "?" in req.upstream_path:
-            channel = self.sessions.get(route, legacy_key(req.upstream_path))
+            query = req.upstream_path.partition("?")[2]
+            names = [name for name, _ in parse_qsl(query, keep_blank_values=True)]
+            if len(names) != len(set(names)):
+                # Servers differ on which of two values they read: the session is ambiguous.
+                return self.refuse(route, code=errors.INVALID_REQUEST, reason="ambiguous_query", status=400,
+                                   message="a query parameter of the message endpoint is repeated")
+            found = {id(c): c for key in legacy_keys(req.upstream_path) if (c := self.sessions.get(route, key)) is not None}
+            if len(found) > 1:
+                return self.refuse(route, code=errors.INVALID_REQUEST, reason="ambiguous_query", status=400,
+                                   message="the query names more than one session")
+            channel = next(iter(found.values()), None)
             if channel is not None:
                 if self.auth is not None and channel.principal != ex.principal:
                     return self._foreign_session(ex, req)
@@ -746,7 +756,8 @@ class SseFilter:
         channel = Channel(ex.session, route, post_path, dict(ex.client_headers), legacy=True, principal=ex.principal)
         ex.session.transport = "sse"
         ex.channel = channel
-        core.sessions.add(legacy_key(post_path), channel)
+        for key in legacy_keys(post_path):
+            core.sessions.add(key, channel)
         public = route.public_path(parts.path) + (f"?{parts.query}" if parts.query else "")
         if public == block.data.strip():
             return block.raw

@@ -9,6 +9,8 @@ response. The table is bounded and forgets the least recently used session first
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, quote
+
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -109,7 +111,12 @@ def session_key(mcp_session_id: str) -> str:
     return "mcp:" + mcp_session_id
 
 
-def legacy_key(post_path: str) -> str:
-    return "legacy:" + post_path
+def legacy_keys(post_path: str) -> list[str]:
+    """Keys naming a legacy session: its message path with each query parameter, decoded as
+    servers decode them. A request names the session by any of them, however the client
+    orders its parameters or adds others (servers read just the one they handed out)."""
+    path, _, query = post_path.partition("?")
+    path = path.lower().rstrip("/")  # servers route leniently (Express: any case, a trailing slash)
+    return [f"legacy:{path}?{quote(name)}={quote(value)}" for name, value in parse_qsl(query, keep_blank_values=True)]
 
 
