@@ -170,3 +170,11 @@ def test_demo_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "demo OK" in proc.stdout
     assert "path_outside_roots" in proc.stdout and "secret_file" in proc.stdout
+
+
+def test_proxy_with_bearer_tokens_needs_to_know_its_own_url(tmp_path):
+    """Without a public URL, resource or audience the accepted `aud` would come from the
+    client's Host header: a token minted for another service would pass with its Host."""
+    done = mcpfw("proxy", "--upstream", "http://127.0.0.1:9/mcp", "--listen", "127.0.0.1:0",
+                 "--auth-issuer", "https://idp.example", "--audit", str(tmp_path / "a.duckdb"))
+    assert done.returncode == 2 and "public URL" in done.stderr

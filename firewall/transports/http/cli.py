@@ -118,6 +118,13 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     if listener == "lean" and proxy.mode != "reverse":
         print("mcpfw proxy: the lean listener serves reverse mode only; use --listener mitmproxy", file=sys.stderr)
         return 2
+    auth = config.auth
+    if auth.mode != "off" and auth.jwt is not None and not (auth.jwt.audience or auth.resource or proxy.public_url):
+        # Otherwise the accepted audience would be built from the client's Host header, and a
+        # token the issuer minted for another service would pass with that service's Host.
+        print("mcpfw proxy: bearer tokens need the firewall's public URL (--public-url / proxy.public_url), "
+              "auth.resource or an audience (--auth-audience / auth.jwt.audience)", file=sys.stderr)
+        return 2
     from .runner import parse_listen
 
     try:
