@@ -204,3 +204,15 @@ def test_a_legacy_session_is_named_by_its_parameter_however_the_query_is_spelled
                     "/message?session%49d=abc"):
         assert announced & set(legacy_keys(variant)), variant
     assert not announced & set(legacy_keys("/message?sessionId=abd"))
+
+
+@pytest.mark.parametrize("first", [b"", b"  "])
+def test_an_empty_routing_header_does_not_hide_a_second_one(tmp_path, engine, first):
+    upstream = Recorder(json_answer)
+    body = json.dumps(CALL).encode()
+    request = (b"POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+               b"accept: application/json, text/event-stream\r\nmcp-method:%s\r\nmcp-method: tools/list\r\n"
+               b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (first, len(body), body))
+    with RawServer(upstream) as server, firewall(tmp_path, server.port, engine) as fw:
+        answer = raw_exchange(fw.port, request)
+    assert answer.startswith(b"HTTP/1.1 400") and upstream.requests == []

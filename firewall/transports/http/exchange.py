@@ -379,7 +379,9 @@ class HttpInspection:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass  # the pipeline refuses it with the right error
-        if headers.get(mcp_headers.METHOD) or headers.get(mcp_headers.NAME) or _has_param_header(headers):
+        # (Present counts, not truthy: an empty first header must not hide a second one.)
+        if headers.get(mcp_headers.METHOD) is not None or headers.get(mcp_headers.NAME) is not None \
+                or _has_param_header(headers):
             routing, problem = mcp_headers.collect(headers.getall, headers.names())
             problem = problem or mcp_headers.mismatch(routing, parsed) or self._param_mismatch(ex, routing, parsed)
             if problem:
