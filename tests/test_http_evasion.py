@@ -216,3 +216,14 @@ def test_an_empty_routing_header_does_not_hide_a_second_one(tmp_path, engine, fi
     with RawServer(upstream) as server, firewall(tmp_path, server.port, engine) as fw:
         answer = raw_exchange(fw.port, request)
     assert answer.startswith(b"HTTP/1.1 400") and upstream.requests == []
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/x", "http://127.0.0.1:3201:80/x", "http://[::1/x"])
+def test_unparseable_oauth_urls_from_the_upstream_are_left_alone(url):
+    from firewall.transports.http.oauth import rewrite_metadata, rewrite_www_authenticate
+    from firewall.transports.http.routes import Route
+
+    route = Route("up", "http://127.0.0.1:3201/mcp", "http", "127.0.0.1:3201", "/mcp")
+    challenge = f'Bearer resource_metadata="{url}"'
+    assert rewrite_www_authenticate(challenge, route, "https://mcp.example") == challenge
+    assert rewrite_metadata(json.dumps({"resource": url}).encode(), route, "https://mcp.example") is None

@@ -20,12 +20,16 @@ _RESOURCE_METADATA = re.compile(r'(resource_metadata\s*=\s*)(?:"([^"]*)"|([^\s,]
 
 
 def _same_origin(url: str, route: Route) -> bool:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a bad port or bracket from the upstream: not ours to rewrite
+        return False
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return False
     default = 443 if parts.scheme == "https" else 80
     netloc = parts.netloc.lower()
-    if parts.port == default:
+    if port == default:
         netloc = netloc.rsplit(":", 1)[0]
     return parts.scheme == route.scheme and netloc == route.netloc.lower()
 
