@@ -76,3 +76,17 @@ def test_malformed_message_is_answered_on_the_socket(ws_upstream, tmp_path):
         duplicate, pong = anyio.run(scenario, fw.port)
     assert duplicate["error"]["code"] == errors.INVALID_REQUEST
     assert pong == {"jsonrpc": "2.0", "id": 3, "result": {}}
+
+
+def test_an_oversized_message_is_answered_for_its_id(ws_upstream, tmp_path):
+    config = make_config(tmp_path, [{"url": ws_upstream[0]}], limits={"max_message_bytes": 4096})
+
+    async def scenario(port: int):
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://127.0.0.1:{port}/mcp", protocols=("mcp",)) as ws:
+            big = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "x" * 6_000}}, "id": 17}
+            await ws.send_str(json.dumps(big))
+            return json.loads((await ws.receive()).data)
+
+    with InProcessFirewall(config) as fw:
+        answer = anyio.run(scenario, fw.port)
+    assert answer["id"] == 17 and answer["error"]["code"] == errors.MESSAGE_TOO_LARGE
