@@ -90,3 +90,21 @@ def test_an_oversized_message_is_answered_for_its_id(ws_upstream, tmp_path):
     with InProcessFirewall(config) as fw:
         answer = anyio.run(scenario, fw.port)
     assert answer["id"] == 17 and answer["error"]["code"] == errors.MESSAGE_TOO_LARGE
+
+
+@pytest.mark.parametrize("engine", ["lean", "mitmproxy"])
+def test_a_handshake_goes_to_the_upstream_of_the_route_it_matched(ws_upstream, tmp_path, engine):
+    """mitmproxy's own reverse target is the first upstream: the handshake must be retargeted."""
+    dead = f"ws://127.0.0.1:{free_port()}/mcp"
+    config = make_config(tmp_path, [{"url": dead, "name": "first"}, {"url": ws_upstream[0], "name": "by-host", "host": "a.example"}])
+
+    async def scenario(port: int):
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+                f"ws://127.0.0.1:{port}/mcp", protocols=("mcp",), headers={"host": "a.example"}) as ws:
+            await ws.send_str('{"jsonrpc": "2.0", "id": 3, "method": "ping"}')
+            return json.loads((await ws.receive()).data)
+
+    with InProcessFirewall(config, engine=engine) as fw:
+        pong = anyio.run(scenario, fw.port)
+    assert pong == {"jsonrpc": "2.0", "id": 3, "result": {}}
+    assert {r["server"] for r in audit_rows(tmp_path / "audit.duckdb", at_least=2)} == {"by-host"}

@@ -124,15 +124,21 @@ class McpHttp:
                 request.headers[name] = value
 
     def _upgrade(self, flow: Any) -> None:
-        """A WebSocket handshake: authenticated here, its messages judged by :class:`McpWebSocket`."""
-        if self.core.auth is None:
-            return
+        """A WebSocket handshake: routed and authenticated here, its messages judged by
+        :class:`McpWebSocket`."""
         match = self._route(flow)
         if match is None:
             flow.response = _make_response(Reply(404, b"mcpfw: no upstream is configured for this path\n"))
             return
         route, upstream_path = match
         request = flow.request
+        flow.metadata[_KEY + ".route"] = route
+        if self.router is not None:
+            # To the route's upstream, as every other request: mitmproxy's own reverse
+            # target is the first upstream, whatever route the handshake matched.
+            self._retarget(request, route, upstream_path)
+        if self.core.auth is None:
+            return
         ex = Exchange(route, "stream", upstream_path=upstream_path)
         ex.public_origin = self.core.public_url or f"{request.scheme}://{request.headers.get('host') or route.netloc}"
         refused = self.core.admit(ex, Headers(request.headers))
@@ -285,8 +291,9 @@ class McpWebSocket:
 
     def websocket_start(self, flow: Any) -> None:
         request = flow.request
-        match = self.router.match(request.headers.get("host"), request.path) if self.router else None
-        route = match[0] if match else Route(request.host, request.url, request.scheme, request.host, request.path)
+        route = flow.metadata.get(_KEY + ".route")  # matched before the handshake was retargeted
+        if route is None:
+            route = Route(request.host, request.url, request.scheme, request.host, request.path)
         session = self.core.sessions.new_session(route, "websocket")
         session.identity = flow.metadata.get(_KEY + ".identity")
         flow.metadata[_KEY + ".ws"] = WebSocketInspection(self.core.inspector, session, self.core.max_message_bytes)
