@@ -159,3 +159,71 @@ def test_transparent_mode_end_to_end(tmp_path, monkeypatch):
     rows = audit_rows(tmp_path / "audit.duckdb", "method = 'tools/call' AND direction = 'client_to_server'")
     # the first call carries the policy's (empty) redaction obligation
     assert [r["decision"] for r in rows] == ["redact", "deny"] and rows[0]["server"] == "127.0.0.1"
+
+
+def test_only_mcp_leaves_no_side_door(tmp_path):
+    """With non_mcp: deny, requests that merely look like MCP (an event-stream Accept header, a
+    session header on another method, a WebSocket upgrade without the mcp subprotocol) and raw
+    TCP tunnels are refused and audited."""
+    import socket
+    import threading
+
+    port = free_port()
+    echo = socket.socket()
+    echo.bind(("127.0.0.1", 0))
+    echo.listen(4)
+    echo_port = echo.getsockname()[1]
+
+    def serve_echo() -> None:
+        while True:
+            try:
+                conn, _ = echo.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"SSH-2.0-banner\r\n")
+
+    threading.Thread(target=serve_echo, daemon=True).start()
+
+    async def side_doors(proxy: str) -> dict[str, int]:
+        out = {}
+        async with aiohttp.ClientSession() as http:
+            target = f"http://127.0.0.1:{port}/not-mcp"
+            async with http.get(target, proxy=proxy, headers={"accept": "text/event-stream"}) as r:
+                out["sse-accept"] = r.status
+            async with http.put(target, proxy=proxy, headers={"mcp-session-id": "x"}, data=b"hi") as r:
+                out["put-session"] = r.status
+            async with http.delete(target, proxy=proxy, headers={"mcp-session-id": "unknown"}) as r:
+                out["delete-unknown-session"] = r.status
+            async with http.get(target, proxy=proxy, headers={
+                    "upgrade": "websocket", "connection": "upgrade", "sec-websocket-version": "13",
+                    "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="}) as r:
+                out["websocket-without-mcp"] = r.status
+        return out
+
+    def raw_tunnel(proxy_port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", proxy_port), timeout=5) as sock:
+            sock.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nhost: 127.0.0.1:%d\r\n\r\n" % (echo_port, echo_port))
+            sock.recv(4096)  # 200 Connection established
+            sock.sendall(b"SSH-2.0-client\r\n")  # neither TLS nor HTTP: a raw TCP stream
+            got = b""
+            try:
+                while chunk := sock.recv(4096):
+                    got += chunk
+                    if b"banner" in got:
+                        break
+            except (TimeoutError, ConnectionResetError):
+                pass
+            return got
+
+    try:
+        with conformance_server(port):
+            config = make_config(tmp_path, [], mode="regular", non_mcp="deny", confdir=str(tmp_path / "mitm"))
+            with InProcessFirewall(config, engine="mitmproxy") as fw:
+                statuses = anyio.run(side_doors, fw.url)
+                tunnelled = raw_tunnel(fw.port)
+    finally:
+        echo.close()
+    assert statuses == {name: 403 for name in statuses}, statuses
+    assert b"banner" not in tunnelled
+    assert len(audit_rows(tmp_path / "audit.duckdb", "'non_mcp_denied' = ANY(reason_codes)", at_least=5)) >= 5

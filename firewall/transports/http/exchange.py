@@ -204,8 +204,8 @@ class HttpInspection:
                 route, code=errors.INVALID_REQUEST, reason="jsonrpc_outside_post", status=400,
                 message=f"a JSON-RPC body is accepted in a POST only (this was a {method} request)", size=len(req.body),
             )
-        if not self.reverse and self.non_mcp == "deny" and not self._looks_mcp(ex, req):
-            return plain(403, "mcpfw: only MCP traffic may pass this proxy\n")
+        if self.only_mcp and not self._looks_mcp(ex, req):
+            return self.refuse_non_mcp(route, f"{method} {req.host or route.netloc}{req.path}")
         if self.auth is not None:
             if ex.kind == "metadata":
                 return self._own_metadata(ex)
@@ -242,14 +242,22 @@ class HttpInspection:
         # plain JSON document is not.
         return _may_be_jsonrpc(req.body)
 
-    @staticmethod
-    def _looks_mcp(ex: Exchange, req: Request) -> bool:
-        headers = req.headers
-        if ex.kind in ("mcp", "delete"):
+    def _looks_mcp(self, ex: Exchange, req: Request) -> bool:
+        """Whether a request in a forward proxy may be MCP (``non_mcp: deny``). A GET for an
+        event stream is decided again by its response (see :meth:`response_head`)."""
+        if ex.kind == "mcp":
             return True
-        if headers.get(SESSION_ID) or headers.get(mcp_headers.VERSION):
+        if ex.kind == "delete":  # ends a session this firewall saw begin, nothing else
+            return self.sessions.get(ex.route, session_key(req.headers.get(SESSION_ID) or "")) is not None
+        if req.method == "GET" and "text/event-stream" in (req.headers.get("accept") or ""):
+            ex.kind = "stream"  # so that its response is read, and refused unless it is an event stream
             return True
-        return req.method == "GET" and "text/event-stream" in (headers.get("accept") or "")
+        return False
+
+    @property
+    def only_mcp(self) -> bool:
+        """A forward proxy that lets nothing but MCP through (``proxy.non_mcp: deny``)."""
+        return not self.reverse and self.non_mcp == "deny"
 
     def _attach_session(self, ex: Exchange, req: Request) -> Reply | None:
         route = ex.route
@@ -517,6 +525,8 @@ class HttpInspection:
         elif status == 404 and ex.client_headers.get(SESSION_ID):
             self.sessions.drop(route, session_key(ex.client_headers[SESSION_ID]))
         content_type = headers.get("content-type")
+        if ex.kind == "stream" and self.only_mcp and not _is_sse(content_type):
+            return "not_mcp", changes  # a GET that asked for an event stream and got a page
         if _is_sse(content_type):
             plan = "sse"
         elif ex.kind == "mcp" and (200 <= status < 300 or _is_json(content_type) or "json" in (content_type or "").lower()):
@@ -530,6 +540,14 @@ class HttpInspection:
         if encoding not in ("", "identity"):
             return "encoded", changes  # asked for identity; an encoded body is not inspected, so refused
         return plan, changes
+
+    def refuse_non_mcp(self, route: Route, what: str) -> Reply:
+        """403 for traffic that is not MCP in a proxy that passes only MCP; audited."""
+        self.inspector.record_transport_error(
+            self.sessions.new_session(route, "http"), C2S, code=errors.POLICY_DENIED, reason_code="non_mcp_denied",
+            message=f"not MCP traffic ({what[:200]}); proxy.non_mcp is deny",
+        )
+        return plain(403, "mcpfw: only MCP traffic may pass this proxy\n")
 
     def encoded_refusal(self, ex: Exchange, encoding: str | None) -> Reply:
         """The answer to a response body the server sent encoded (gzip, ...) although the

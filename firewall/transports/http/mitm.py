@@ -132,6 +132,11 @@ class McpHttp:
             return
         route, upstream_path = match
         request = flow.request
+        offered = {p.strip().lower() for p in request.headers.get("sec-websocket-protocol", "").split(",")}
+        if self.core.only_mcp and "mcp" not in offered:
+            # MCP over WebSocket asks for the "mcp" subprotocol; anything else is not MCP.
+            flow.response = _make_response(self.core.refuse_non_mcp(route, f"WebSocket {request.url}"))
+            return
         flow.metadata[_KEY + ".route"] = route
         if self.router is not None:
             # To the route's upstream, as every other request: mitmproxy's own reverse
@@ -162,6 +167,21 @@ class McpHttp:
         if self.preserve_host and host_header is not None:
             request.headers["host"] = host_header  # the setters above rewrote it
 
+    def tcp_start(self, flow: Any) -> None:
+        """A CONNECT tunnel carrying neither TLS nor HTTP: raw TCP, never MCP over HTTP."""
+        if self.core.only_mcp:
+            address = flow.server_conn.address
+            route = Route(str(address), f"tcp://{address}", "tcp", str(address), "\x00")
+            self.core.refuse_non_mcp(route, f"raw TCP to {address}")
+            # mitmproxy's TCP layer does not heed flow.kill(): the connection to the server
+            # is refused instead (it is opened after this hook) ...
+            flow.server_conn.error = "mcpfw: only MCP traffic may pass this proxy"
+
+    def tcp_message(self, flow: Any) -> None:
+        """... and should it be open already, nothing is relayed either way."""
+        if self.core.only_mcp:
+            flow.messages[-1].content = b""
+
     def responseheaders(self, flow: Any) -> None:
         ex: Exchange | None = flow.metadata.get(_KEY)
         if ex is None:
@@ -181,9 +201,12 @@ class McpHttp:
     def response(self, flow: Any) -> None:
         ex: Exchange | None = flow.metadata.get(_KEY)
         plan = flow.metadata.get(_KEY + ".plan")
-        if ex is None or plan not in ("json", "metadata", "encoded"):
+        if ex is None or plan not in ("json", "metadata", "encoded", "not_mcp"):
             return
         response = flow.response
+        if plan == "not_mcp":
+            flow.response = _make_response(self.core.refuse_non_mcp(ex.route, f"{flow.request.method} {flow.request.url}"))
+            return
         if plan == "encoded":
             reply = self.core.encoded_refusal(ex, response.headers.get("content-encoding"))
             flow.response = _make_response(reply)
