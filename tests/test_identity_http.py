@@ -169,6 +169,16 @@ def test_a_stolen_session_id_gets_nothing(firewall, idp):
     assert rows[-1]["subject"] == "mallory"
 
 
+def test_a_session_id_the_firewall_does_not_know_gets_nothing(firewall, idp):
+    """Opened before a restart, or forgotten to make room: whose it is cannot be told, so it
+    is not handed to whoever presents it first (the client opens a new session)."""
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+    mallory = token(idp, firewall, sub="mallory")
+    answer = post(firewall, "acme", mallory, listing, **{"mcp-session-id": "0123456789abcdef", "mcp-protocol-version": "2025-11-25"})
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == errors.SESSION_NOT_FOUND
+    assert audit_rows(firewall.audit, "'session_unknown' IN reason_codes", at_least=1)
+
+
 # -- RBAC with the real SDK clients ------------------------------------------------------
 
 

@@ -265,6 +265,11 @@ class HttpInspection:
         sid = headers.get(SESSION_ID)
         if sid:
             channel = self.sessions.get(route, session_key(sid))
+            if channel is None and self.auth is not None:
+                # Whose it is cannot be known (opened before a restart, or forgotten to make
+                # room): handing it to whoever presents it first would let one caller into
+                # another's session. 404 makes the client open a new one.
+                return self._unknown_session(ex, req)
             if channel is None:
                 # Started before this process saw it (a restart): learn it from here on.
                 session = self.sessions.new_session(route, "http", headers.get(mcp_headers.VERSION))
@@ -364,6 +369,15 @@ class HttpInspection:
         if err.status in (401, 403):
             reply.headers["www-authenticate"] = self.auth.challenge(err, self._metadata_url(ex))
         return reply
+
+    def _unknown_session(self, ex: Exchange, req: Request) -> Reply:
+        session = self.sessions.new_session(ex.route, "http")
+        decision_id = self.inspector.record_transport_error(
+            session, C2S, code=errors.SESSION_NOT_FOUND, reason_code="session_unknown",
+            message="a session id this firewall does not know the owner of (opened before a restart, or forgotten)",
+            size=len(req.body), identity=ex.identity,
+        )
+        return error_reply(None, errors.SESSION_NOT_FOUND, "mcpfw: no such session", {"decision_id": decision_id}, status=404)
 
     def _foreign_session(self, ex: Exchange, req: Request) -> Reply:
         """A session id used by someone other than its owner: as unknown as a made-up one."""
