@@ -227,3 +227,18 @@ def test_unparseable_oauth_urls_from_the_upstream_are_left_alone(url):
     challenge = f'Bearer resource_metadata="{url}"'
     assert rewrite_www_authenticate(challenge, route, "https://mcp.example") == challenge
     assert rewrite_metadata(json.dumps({"resource": url}).encode(), route, "https://mcp.example") is None
+
+
+@pytest.mark.parametrize("endpoint", ["http://evil.example/message?sessionId=1", "//evil.example/message?sessionId=1",
+                                      "/\\evil.example/message?sessionId=1"])
+def test_a_legacy_endpoint_on_another_origin_is_not_passed(tmp_path, endpoint):
+    def announce(_body: bytes) -> bytes:
+        out = b"event: endpoint\ndata: " + endpoint.encode() + b"\n\n"
+        return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (len(out), out))
+
+    request = b"GET /sse HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\nconnection: close\r\n\r\n"
+    with RawServer(Recorder(announce)) as server, firewall(tmp_path, server.port, "lean") as fw:
+        answer = raw_exchange(fw.port, request)
+    assert b"evil.example" not in answer
+    assert [r["reason_codes"] for r in audit_rows(tmp_path / "audit.duckdb", at_least=1)] == [["foreign_endpoint"]]

@@ -782,10 +782,22 @@ class SseFilter:
         ex, core = self._ex, self._core
         route = ex.route
         assert block.data is not None and ex.session is not None
-        target = urljoin(f"{route.origin}{ex.upstream_path}", block.data.strip())
-        parts = urlsplit(target)
-        if f"{parts.scheme}://{parts.netloc}".lower() != route.origin.lower():
-            return block.raw
+        # Resolved as clients resolve it: the WHATWG URL standard reads a backslash as "/" in
+        # http(s) URLs, so "/", backslash, "evil.example/x" names another host.
+        named = block.data.strip().replace("\\", "/")
+        try:
+            parts = urlsplit(urljoin(f"{route.origin}{ex.upstream_path}", named))
+            foreign = f"{parts.scheme}://{parts.netloc}".lower() != route.origin.lower() or any(
+                ord(c) < 0x21 for c in named)
+        except ValueError:
+            foreign = True
+        if foreign:
+            # Clients would post their messages elsewhere, past the firewall: not passed.
+            core.inspector.record_transport_error(
+                ex.session, S2C, code=errors.INVALID_REQUEST, reason_code="foreign_endpoint",
+                message=f"the server named a message endpoint on another origin: {named[:200]!r}",
+            )
+            return b""
         post_path = parts.path + (f"?{parts.query}" if parts.query else "")
         channel = Channel(ex.session, route, post_path, dict(ex.client_headers), legacy=True, principal=ex.principal)
         ex.session.transport = "sse"
