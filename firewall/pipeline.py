@@ -371,11 +371,19 @@ class Inspector:
         if gate is None:
             return deny_decision("approval_required", f"{why} (no approval store is configured)"), None
         tool = ctx.tool
+        arguments = tool.get("arguments") if tool else ctx.params
+        if tool is not None and isinstance(ctx.params, dict):
+            # What else the call carries is part of what the reviewer approves (a grant must
+            # not cover a retry with fields nobody saw); _meta is left out: progress tokens
+            # differ on every retry.
+            other = {k: v for k, v in ctx.params.items() if k not in ("name", "arguments", "_meta")}
+            if other:
+                arguments = {"arguments": arguments, "other_params": other}
         settled = gate.settle(
             decision,
             is_request=ctx.message.kind is Kind.REQUEST and ctx.direction == C2S,
             server=ctx.session.server.name, method=ctx.method, tool=(tool or {}).get("name"),
-            arguments=tool.get("arguments") if tool else ctx.params, identity=ctx.identity, session_id=ctx.session.id,
+            arguments=arguments, identity=ctx.identity, session_id=ctx.session.id,
         )
         return settled if settled is not None else (decision, None)
 

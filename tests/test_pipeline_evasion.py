@@ -133,3 +133,35 @@ def test_an_injection_in_a_link_description_or_an_error_is_read_too(firewall, tm
     out = firewall.inspector.inspect(orjson.dumps({"jsonrpc": "2.0", "id": 5, **answer}), "server_to_client", session)
     assert out.verdicts[0].decision.action in ("redact", "deny")
     assert b"IGNORE ALL PREVIOUS" not in (out.forward or b"")
+
+
+def test_an_approval_covers_only_the_call_the_reviewer_saw(tmp_path, monkeypatch):
+    """A retry that adds params fields nobody reviewed is a different call (held again)."""
+    from firewall.approvals import ApprovalStore
+
+    monkeypatch.setenv("MCPFW_HOME", str(tmp_path / "home"))
+    bundle = tmp_path / "policy" / "mcpfw"
+    bundle.mkdir(parents=True)
+    (bundle / "decision.rego").write_text(
+        'package mcpfw\n\ndecision := {"allow": true, "obligations": [{"type": "require_approval", "message": "write"} |\n'
+        '\tinput.kind == "request"\n\tinput.tool.name == "write_file"\n]}\n')
+    store = tmp_path / "approvals.sqlite"
+    cfg = load_config(None).with_overrides(
+        policy={"bundle": tmp_path / "policy"}, approvals={"store": store}, audit={"path": str(tmp_path / "a.duckdb")},
+        registry={"mode": "off"})
+    fw = build_firewall(cfg)
+    try:
+        session = _session(tmp_path)
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "write_file", "arguments": {"path": "/srv/a.txt", "content": "x"}}}
+        held = fw.inspector.inspect(orjson.dumps(call), "client_to_server", session).verdicts[0]
+        assert held.decision.action == "deny"
+        (pending,) = ApprovalStore(store).list(status="pending")
+        ApprovalStore(store).decide(pending.approval_id, approve=True, by="test")
+        sneaky = {**call, "id": 2, "params": {**call["params"], "task": {"ttl": 1}}}
+        again = fw.inspector.inspect(orjson.dumps(sneaky), "client_to_server", session).verdicts[0]
+        assert again.decision.action == "deny"
+        same = {**call, "id": 3, "params": {**call["params"], "_meta": {"progressToken": 9}}}
+        assert fw.inspector.inspect(orjson.dumps(same), "client_to_server", session).verdicts[0].decision.action == "allow"
+    finally:
+        fw.close()
