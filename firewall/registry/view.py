@@ -7,6 +7,7 @@ dictionary lookup here; the index is rebuilt only when one of the two files chan
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,7 +127,7 @@ class RegistryView:
             for name, known in table.items():
                 since = _offered_since(known, TOFU)
                 if since is not None:
-                    self._offers.setdefault((tenant, kind, name), {})[server] = since
+                    self._offers.setdefault((tenant, kind, lookalike_key(name)), {})[server] = since
 
     def _slot(self, tenant: str, server: str, kind: str, name: str) -> Known:
         table = self._known.setdefault((tenant, server, kind), {})
@@ -195,10 +196,11 @@ class RegistryView:
         return UNLISTED, None
 
     def shadows(self, tenant: str, server: str, kind: str, name: str, mode: str) -> list[str]:
-        """Other servers of the tenant that offered ``name`` before this server did.
+        """Other servers of the tenant that offered ``name``, or a name a model would read as
+        the same (:func:`lookalike_key`), before this server did.
 
         Servers that offered it at the same instant shadow each other: none was first."""
-        offers = self._offers.get((tenant, kind, name))
+        offers = self._offers.get((tenant, kind, lookalike_key(name)))
         if not offers or (len(offers) == 1 and server in offers):
             return []
         known = self.known(tenant, server, kind, name)
@@ -209,6 +211,24 @@ class RegistryView:
     def protocol(self, tenant: str, server: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None]:
         """(approved, pinned, last observed) protocol records of a server."""
         return self._protocol.get((tenant, server), (None, None, None))
+
+
+# Letters of other scripts drawn like Latin ones, as they occur in spoofed identifiers.
+_LOOKALIKES = str.maketrans({
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
+    "ԁ": "d", "ԛ": "q", "ԝ": "w", "һ": "h", "ӏ": "l", "ο": "o", "ν": "v", "ι": "i", "κ": "k", "ρ": "p",
+    "α": "a", "τ": "t", "υ": "u", "ѡ": "w",
+})
+
+
+def lookalike_key(name: str) -> str:
+    """``name`` as a model would tell it apart: compatibility forms folded (NFKC), case and
+    surrounding space ignored, invisible format characters dropped and common Cyrillic and
+    Greek lookalikes of Latin letters read as those letters. Two servers offering names with
+    the same key shadow each other as if the names were equal."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    visible = "".join(c for c in folded if unicodedata.category(c) != "Cf")
+    return visible.translate(_LOOKALIKES).strip()
 
 
 def _offered_since(known: Known, mode: str) -> float | None:
