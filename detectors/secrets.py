@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from firewall.audit.redact import SecretRules, load_secret_rules
+from firewall.audit.redact import SecretRules, hidden_secret_spans, load_secret_rules, may_hide_secret
 
 from .jsonwalk import string_leaves
 from .memo import TextMemo, memoised_scan
@@ -47,10 +47,10 @@ class SecretScanner:
         return memoised_scan(self._memo, text, self._scan_text)
 
     def _scan_text(self, text: str) -> list[tuple[int, int, str]]:
-        spans: list[tuple[int, int, str]] = []
-        for rule in self._rules.candidates(text.lower()):
-            for start, end in rule.spans(text):
-                spans.append((start, end, rule.id))
+        spans = self._rule_spans(text)
+        # The same text as a reader may see it: folded, decoded, unescaped (see there).
+        if may_hide_secret(text):
+            spans += hidden_secret_spans(text, self._rules)
         if len(spans) < 2:
             return spans
         spans.sort()
@@ -62,6 +62,9 @@ class SecretScanner:
             else:
                 merged.append((start, end, rule))
         return merged
+
+    def _rule_spans(self, text: str) -> list[tuple[int, int, str]]:
+        return [(start, end, rule.id) for rule in self._rules.candidates(text.lower()) for start, end in rule.spans(text)]
 
     def scan(self, value: Any, *, pointer: str, part: str) -> list[SpanFinding]:
         """Findings for every string leaf of ``value``, located by RFC 6901 pointers."""

@@ -790,3 +790,17 @@ def test_a_credential_used_as_a_key_is_redacted_too() -> None:
     assert stored["headers"] == {
         "Authorization: Bearer [REDACTED:authorization-header]": True,
         "[REDACTED:github-token]": "x", "[REDACTED:github-token]#2": "y"}
+
+
+@pytest.mark.parametrize("spelling", [
+    "key=" + __import__("base64").b64encode(GITHUB_TOKEN.encode()).decode(),  # base64
+    "see " + GITHUB_TOKEN.replace("_", "%5F") + " ok",  # one %-escape
+    "\uff47\uff48\uff50" + GITHUB_TOKEN[3:],  # full-width letters
+    GITHUB_TOKEN[:8] + "\u200b" + GITHUB_TOKEN[8:],  # a zero-width space inside
+])
+def test_credentials_spelled_otherwise_are_found_and_redacted(spelling: str) -> None:
+    from detectors.secrets import SecretScanner
+
+    assert [rule for _, _, rule in SecretScanner().scan_text(spelling)] == ["github-token"]
+    stored = orjson.dumps(redact_for_audit({"a": spelling})).decode()
+    assert "[REDACTED:github-token]" in stored and GITHUB_TOKEN[8:20] not in stored

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 import yaml
@@ -257,6 +258,43 @@ def is_secret_key(name: str) -> bool:
     )
 
 
+_ESCAPED_TOKEN = re.compile(r"[^\s\"'<>]*%[0-9A-Fa-f]{2}[^\s\"'<>]*")
+_ENCODED_RUN = re.compile(r"[A-Za-z0-9+/_=-]{20,}|(?:\\x[0-9A-Fa-f]{2}){8,}")
+
+
+def may_hide_secret(text: str) -> bool:
+    """Whether ``text`` could spell a credential in a way the rules do not read as it is:
+    non-ASCII (full-width forms, invisible characters), %-escapes, or a long encoded run."""
+    return not text.isascii() or "%" in text or _ENCODED_RUN.search(text) is not None
+
+
+def hidden_secret_spans(text: str, rules: SecretRules) -> list[tuple[int, int, str]]:
+    """``(start, end, rule)`` of credentials ``text`` spells in a way the rules do not read
+    as it is: with compatibility forms or invisible characters (a full-width "ｇｈｐ_", a
+    zero-width space inside a token; mapped back to the original characters), base64, hex
+    or URL encoding (the whole encoded segment), or a single %-escape ("ghp%5F...")."""
+    from detectors.normalize import decoded_segments, normalize  # (detectors import this module)
+
+    def rule_spans(value: str) -> list[tuple[int, int, str]]:
+        return [(a, b, rule.id) for rule in rules.candidates(value.lower()) for a, b in rule.spans(value)]
+
+    spans: list[tuple[int, int, str]] = []
+    if not text.isascii():
+        folded = normalize(text)
+        if folded.changed:
+            spans += [(*folded.to_original(a, b), rule) for a, b, rule in rule_spans(folded.text)]
+    if _ENCODED_RUN.search(text) is not None:
+        for segment in decoded_segments(text):
+            if rules.any_keyword(segment.text.lower()):
+                spans += [(segment.start, segment.end, rule) for _, _, rule in rule_spans(segment.text)[:1]]
+    if "%" in text:
+        for token in _ESCAPED_TOKEN.finditer(text):
+            plain = unquote(token.group())
+            if plain != token.group() and rules.any_keyword(plain.lower()):
+                spans += [(token.start(), token.end(), rule) for _, _, rule in rule_spans(plain)[:1]]
+    return spans
+
+
 def redact_text(text: str, rules: SecretRules | None = None, *, max_chars: int | None = None) -> str:
     """``text`` with every credential-pattern match replaced span-wise.
 
@@ -285,6 +323,8 @@ def redact_text(text: str, rules: SecretRules | None = None, *, max_chars: int |
         if long_text:
             # `re` keeps the GIL for a whole scan: let relay threads run between rules.
             time.sleep(0)
+    if may_hide_secret(text):
+        found += hidden_secret_spans(text, rules)
     if found:
         found.sort()
         parts: list[str] = []
@@ -390,7 +430,7 @@ def redacted_json(
         screened = lowered
         for noisy in _NOISY_KEYS:
             screened = screened.replace(noisy, ":")
-        if not rules.any_keyword(screened) and not (keys and _may_name_secret(lowered)):
+        if not rules.any_keyword(screened) and not (keys and _may_name_secret(lowered)) and not may_hide_secret(text):
             return text
     redacted = redact_for_audit(value, rules, keys=keys, max_chars=max_chars)
     return orjson.dumps(redacted, default=str, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")
