@@ -239,7 +239,7 @@ _ID_FIELD = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,256}")')
 def recover_id(raw: bytes) -> Any:
     """The id of a message that could not be parsed, when one sits near either end (where
     serialisers put it); None otherwise. For naming the request a broken answer was for."""
-    for text in (raw[-600:], raw[:600]):
+    for text in (raw[-512:], raw[:512]):
         match = _ID_FIELD.search(text)
         if match:
             try:

@@ -19,7 +19,7 @@ import pytest
 from firewall import errors
 from peers.http_harness import InProcessFirewall, http, make_config
 from support import audit_rows
-from test_http_failures import RawServer, read_request
+from test_http_failures import RawServer
 
 SECRET = "AKIAIOSFODNN7EXAMPLE"
 DENIED = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",

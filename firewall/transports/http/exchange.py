@@ -21,7 +21,7 @@ import orjson
 from ... import errors
 from ...identity import AuthError, Identity
 from ...identity.authenticator import Authenticator
-from ...jsonrpc import encode, error_response
+from ...jsonrpc import encode, error_response, recover_id
 from ...pipeline import C2S, S2C, Inspector, Outcome
 from ...session import Session
 from . import mcp_headers
@@ -767,7 +767,7 @@ class SseFilter:
         assert session is not None
         limit = self._core.max_message_bytes
         reply = self._core.inspector.refuse_oversized(block.size, limit, S2C, session)
-        msg_id = _recover_id(block.head, block.tail)
+        msg_id = recover_id(block.head + block.tail)  # (its ends: the middle was not kept)
         if reply is None or msg_id is None:
             self._dropped = True
             return b""
@@ -836,16 +836,4 @@ def _merge(forward: bytes, extra: bytes) -> bytes:
     return encode(items)
 
 
-_ID_FIELD = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,256}")')
-
-
-def _recover_id(head: bytes, tail: bytes) -> Any:
-    """The JSON-RPC id of a message too large to parse, when it sits at either end."""
-    for text in (tail, head):
-        match = _ID_FIELD.search(text)
-        if match:
-            try:
-                return orjson.loads(match.group(1))
-            except orjson.JSONDecodeError:
-                return None
     return None
