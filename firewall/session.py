@@ -19,7 +19,7 @@ _META_CLIENT = "io.modelcontextprotocol/clientInfo"
 _META_CAPS = "io.modelcontextprotocol/clientCapabilities"
 _META_SERVER = "io.modelcontextprotocol/serverInfo"
 _MAX_PENDING = 10_000
-_MAX_ANSWERED = 1_024
+_MAX_ANSWERED = 256
 
 
 @dataclass(slots=True)
@@ -182,7 +182,10 @@ class Session:
                 if key is None:  # a replay, or unsolicited
                     return next((answered[k] for k in (exact, *keys) if k in answered), None)
                 found = table.pop(key)
-            answered[key] = found
+            # Kept slim: a replay is judged by the request's method and tool, and a session
+            # must not hold on to the arguments of a thousand answered calls.
+            answered[key] = PendingRequest(
+                found.method, None, {"name": found.tool.get("name"), "arguments": {}} if found.tool else None, found.sent_at)
             if len(answered) > _MAX_ANSWERED:
                 answered.popitem(last=False)
             return found
