@@ -308,8 +308,10 @@ def _block_targets(block: Any, where: str, kind: str) -> Iterator[ScanTarget]:
         return
     if block.get("type") == "text" and isinstance(block.get("text"), str):
         yield ScanTarget(f"{where}/text", kind, block["text"])
-    elif block.get("type") == "resource_link" and isinstance(block.get("description"), str):
-        yield ScanTarget(f"{where}/description", kind, block["description"])
+    elif block.get("type") == "resource_link":
+        for field_name in ("description", "title"):  # both are shown to the model
+            if isinstance(block.get(field_name), str):
+                yield ScanTarget(f"{where}/{field_name}", kind, block[field_name])
     elif block.get("type") == "resource":
         yield from _resource_targets(block.get("resource"), f"{where}/resource", kind)
 

@@ -797,6 +797,8 @@ def test_a_credential_used_as_a_key_is_redacted_too() -> None:
     "see " + GITHUB_TOKEN.replace("_", "%5F") + " ok",  # one %-escape
     "\uff47\uff48\uff50" + GITHUB_TOKEN[3:],  # full-width letters
     GITHUB_TOKEN[:8] + "\u200b" + GITHUB_TOKEN[8:],  # a zero-width space inside
+    GITHUB_TOKEN.replace("_", "%255F"),  # a %-escape of a %-escape
+    GITHUB_TOKEN.replace("_", "&#95;"),  # an HTML character reference
 ])
 def test_credentials_spelled_otherwise_are_found_and_redacted(spelling: str) -> None:
     from detectors.secrets import SecretScanner

@@ -123,6 +123,7 @@ def test_an_injection_in_a_sampling_request_does_not_reach_the_clients_model(fir
 
 @pytest.mark.parametrize("answer", [
     {"result": {"content": [{"type": "resource_link", "uri": "file:///r.txt", "name": "r", "description": INJECTION}]}},
+    {"result": {"content": [{"type": "resource_link", "uri": "file:///r.txt", "name": "r", "title": INJECTION}]}},
     {"error": {"code": -32000, "message": INJECTION}},
     {"error": {"code": -32000, "message": "failed", "data": {"detail": INJECTION}}},
 ])

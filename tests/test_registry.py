@@ -186,7 +186,8 @@ def test_shadowing_blocks_the_later_server_until_approved(tmp_path):
     assert copycat.call("read_file") is None
 
 
-@pytest.mark.parametrize("lookalike", ["Read_File", "read_file ", "read_f\u0456le", "read\u200b_file", "\uff52ead_file"])
+@pytest.mark.parametrize("lookalike", ["Read_File", "read_file ", "read_f\u0456le", "read\u200b_file", "\uff52ead_file",
+                                       "read_f\u0131le", "read_fi\u01c0e", "re\u0251d_file", "\u0280ead_file", "read_fi\u0307le"])
 def test_a_lookalike_name_shadows_too(tmp_path, lookalike):
     """A name a model would read as the original (case, a trailing space, a Cyrillic i, an
     invisible character, a full-width letter) is shadowing like the same name."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import html
 import json
 import math
 import os
@@ -258,14 +259,14 @@ def is_secret_key(name: str) -> bool:
     )
 
 
-_ESCAPED_TOKEN = re.compile(r"[^\s\"'<>]*%[0-9A-Fa-f]{2}[^\s\"'<>]*")
+_ESCAPED_TOKEN = re.compile(r"[^\s\"'<>]*(?:%[0-9A-Fa-f]{2}|&#?[0-9A-Za-z]{1,8};)[^\s\"'<>]*")
 _ENCODED_RUN = re.compile(r"[A-Za-z0-9+/_=-]{20,}|(?:\\x[0-9A-Fa-f]{2}){8,}")
 
 
 def may_hide_secret(text: str) -> bool:
     """Whether ``text`` could spell a credential in a way the rules do not read as it is:
     non-ASCII (full-width forms, invisible characters), %-escapes, or a long encoded run."""
-    return not text.isascii() or "%" in text or _ENCODED_RUN.search(text) is not None
+    return not text.isascii() or "%" in text or "&" in text or _ENCODED_RUN.search(text) is not None
 
 
 def hidden_secret_spans(text: str, rules: SecretRules) -> list[tuple[int, int, str]]:
@@ -287,9 +288,14 @@ def hidden_secret_spans(text: str, rules: SecretRules) -> list[tuple[int, int, s
         for segment in decoded_segments(text):
             if rules.any_keyword(segment.text.lower()):
                 spans += [(segment.start, segment.end, rule) for _, _, rule in rule_spans(segment.text)[:1]]
-    if "%" in text:
+    if "%" in text or "&" in text:
         for token in _ESCAPED_TOKEN.finditer(text):
-            plain = unquote(token.group())
+            plain = token.group()
+            for _ in range(3):  # %-escapes of %-escapes, HTML character references
+                unescaped = html.unescape(unquote(plain))
+                if unescaped == plain:
+                    break
+                plain = unescaped
             if plain != token.group() and rules.any_keyword(plain.lower()):
                 spans += [(token.start(), token.end(), rule) for _, _, rule in rule_spans(plain)[:1]]
     return spans

@@ -218,6 +218,10 @@ _LOOKALIKES = str.maketrans({
     "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
     "ԁ": "d", "ԛ": "q", "ԝ": "w", "һ": "h", "ӏ": "l", "ο": "o", "ν": "v", "ι": "i", "κ": "k", "ρ": "p",
     "α": "a", "τ": "t", "υ": "u", "ѡ": "w",
+    # Latin letters of other alphabets and IPA drawn like plain ones.
+    "ı": "i", "ǀ": "l", "ɑ": "a", "ʀ": "r", "ɡ": "g", "ℓ": "l", "ɩ": "i", "ʏ": "y", "ɪ": "i", "ʟ": "l",
+    "ɴ": "n", "ᴏ": "o", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ᴍ": "m", "ᴘ": "p", "ᴛ": "t", "ᴜ": "u", "ᴠ": "v",
+    "ᴡ": "w", "ᴢ": "z", "ʜ": "h", "ɢ": "g", "ĸ": "k", "ꞵ": "b",
 })
 
 
@@ -226,8 +230,9 @@ def lookalike_key(name: str) -> str:
     surrounding space ignored, invisible format characters dropped and common Cyrillic and
     Greek lookalikes of Latin letters read as those letters. Two servers offering names with
     the same key shadow each other as if the names were equal."""
-    folded = unicodedata.normalize("NFKC", name).casefold()
-    visible = "".join(c for c in folded if unicodedata.category(c) != "Cf")
+    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", name).casefold())
+    # Invisible format characters and combining marks (a dot over an i) dropped.
+    visible = "".join(c for c in folded if unicodedata.category(c) not in ("Cf", "Mn", "Me"))
     return visible.translate(_LOOKALIKES).strip()
 
 

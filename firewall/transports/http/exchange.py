@@ -250,8 +250,16 @@ class HttpInspection:
         if ex.kind == "delete":  # ends a session this firewall saw begin, nothing else
             return self.sessions.get(ex.route, session_key(req.headers.get(SESSION_ID) or "")) is not None
         if req.method == "GET" and "text/event-stream" in (req.headers.get("accept") or ""):
-            ex.kind = "stream"  # so that its response is read, and refused unless it is an event stream
-            return True
+            # The request itself reaches the host before its answer can be judged: only a
+            # stream of a session this firewall saw begin, or a legacy /sse stream, is sent.
+            sid = req.headers.get(SESSION_ID)
+            if sid:
+                known = self.sessions.get(ex.route, session_key(sid)) is not None
+            else:
+                known = req.upstream_path.split("?", 1)[0].rstrip("/").endswith("/sse")
+            if known:
+                ex.kind = "stream"  # so that its answer is read, and refused unless it is an event stream
+            return known
         return False
 
     @property
@@ -292,6 +300,12 @@ class HttpInspection:
                 return self.refuse(route, code=errors.INVALID_REQUEST, reason="ambiguous_query", status=400,
                                    message="the query names more than one session")
             channel = next(iter(found.values()), None)
+            path = req.upstream_path.partition("?")[0].lower().rstrip("/")
+            if channel is None and self.auth is not None and path != route.endpoint_path.lower().rstrip("/"):
+                # A message endpoint whose session this firewall does not know: servers read
+                # their session ids leniently (upper case, dashes, braces all name one uuid),
+                # so a spelling the firewall has not seen may still be someone else's session.
+                return self._unknown_session(ex, req)
             if channel is not None:
                 if self.auth is not None and channel.principal != ex.principal:
                     return self._foreign_session(ex, req)
