@@ -19,7 +19,7 @@ import pytest
 from firewall import errors
 from peers.http_harness import InProcessFirewall, http, make_config
 from support import audit_rows
-from test_http_failures import RawServer
+from test_http_failures import RawServer, read_request
 
 SECRET = "AKIAIOSFODNN7EXAMPLE"
 DENIED = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
@@ -37,18 +37,12 @@ class Recorder:
         self.lock = threading.Lock()
 
     def __call__(self, conn: socket.socket) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
-        while len(body) < length:
-            body += conn.recv(65536)
+        got = read_request(conn)
+        if got is None:
+            return
+        head, body = got
         with self.lock:
-            self.requests.append(data)
+            self.requests.append(head + b"\r\n\r\n" + body)
         conn.sendall(self.reply(body))
 
 

@@ -54,13 +54,19 @@ class RawServer:
         self.sock.close()
 
 
-def read_request(conn: socket.socket) -> None:
+def read_request(conn: socket.socket) -> tuple[bytes, bytes] | None:
+    """One request from ``conn``: its head and its Content-Length body (None at end of input)."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = conn.recv(65536)
         if not chunk:
-            return
+            return None
         data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length and (chunk := conn.recv(65536)):
+        body += chunk
+    return head, body
 
 
 def reset(conn: socket.socket) -> None:

@@ -9,7 +9,7 @@ import socket
 
 from peers.http_harness import InProcessFirewall, http, make_config
 from support import audit_rows
-from test_http_failures import RawServer
+from test_http_failures import RawServer, read_request
 
 from firewall.transports.http import mcp_headers
 
@@ -95,17 +95,10 @@ class FakeServer:
         self.calls: list[dict] = []
 
     def __call__(self, conn: socket.socket) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-        while len(body) < length:
-            body += conn.recv(65536)
-        request = json.loads(body)
+        got = read_request(conn)
+        if got is None:
+            return
+        request = json.loads(got[1])
         if request["method"] == "tools/list":
             result = {"tools": TOOLS}
         else:
