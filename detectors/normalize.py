@@ -269,3 +269,26 @@ def _unquote(segment: str) -> str | None:
         return unquote(segment, errors="strict")
     except UnicodeDecodeError:
         return None
+
+
+# Letters of other scripts drawn like Latin ones (Cyrillic, Greek, IPA, small capitals), as
+# they occur in spoofed words and identifiers; one character for one, so offsets stay put.
+_LOOKALIKE_PAIRS = {
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
+    "ԁ": "d", "ԛ": "q", "ԝ": "w", "һ": "h", "ӏ": "l", "ѡ": "w",
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T",
+    "У": "Y", "Х": "X", "І": "I", "Ј": "J", "Ѕ": "S",
+    "ο": "o", "ν": "v", "ι": "i", "κ": "k", "ρ": "p", "α": "a", "τ": "t", "υ": "u",
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O",
+    "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
+    "ı": "i", "ǀ": "l", "ɑ": "a", "ʀ": "r", "ɡ": "g", "ℓ": "l", "ɩ": "i", "ʏ": "y", "ɪ": "i", "ʟ": "l",
+    "ɴ": "n", "ᴏ": "o", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ᴍ": "m", "ᴘ": "p", "ᴛ": "t", "ᴜ": "u", "ᴠ": "v",
+    "ᴡ": "w", "ᴢ": "z", "ʜ": "h", "ɢ": "g", "ĸ": "k", "ꞵ": "b",
+}
+LOOKALIKES = str.maketrans(_LOOKALIKE_PAIRS)
+
+
+def fold_lookalikes(text: str) -> str:
+    """``text`` with lookalike letters of other scripts read as the Latin letters they imitate
+    (same length: offsets into it are offsets into ``text``)."""
+    return text if text.isascii() else text.translate(LOOKALIKES)

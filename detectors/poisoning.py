@@ -30,7 +30,7 @@ import orjson
 import yaml
 
 from .jsonwalk import escape, strings
-from .normalize import ansi_runs, decoded_segments, invisible_runs, normalize
+from .normalize import ansi_runs, decoded_segments, fold_lookalikes, invisible_runs, normalize
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "rules" / "poisoning.yaml"
 SEVERITIES = ("low", "medium", "high")
@@ -160,8 +160,9 @@ class PoisoningScanner:
         """Rule and character-level hits in one string."""
         hits: list[Hit] = []
         norm = normalize(text)
+        folded = fold_lookalikes(norm.text)  # "ignоre" with a Cyrillic о reads as "ignore"
         for rule in self._rules.rules:
-            for m in rule.regex.finditer(norm.text):
+            for m in rule.regex.finditer(folded):
                 start, end = norm.to_original(*m.span())
                 hits.append(Hit(rule.id, rule.category, rule.severity, pointer, start, end))
         hits.extend(_character_hits(text, pointer))
@@ -170,7 +171,7 @@ class PoisoningScanner:
         for seg in decoded_segments(norm.text):
             start, end = norm.to_original(seg.start, seg.end)
             for rule in self._rules.rules:
-                if rule.regex.search(seg.text):
+                if rule.regex.search(fold_lookalikes(seg.text)):
                     hits.append(Hit(rule.id, rule.category, rule.severity, pointer, start, end, seg.encoding))
         return hits
 

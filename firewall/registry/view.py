@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from detectors.normalize import fold_lookalikes
+
 from .definitions import KINDS, SPECS
 from .document import RegistryDocument
 from .state import State
@@ -213,18 +215,6 @@ class RegistryView:
         return self._protocol.get((tenant, server), (None, None, None))
 
 
-# Letters of other scripts drawn like Latin ones, as they occur in spoofed identifiers.
-_LOOKALIKES = str.maketrans({
-    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
-    "ԁ": "d", "ԛ": "q", "ԝ": "w", "һ": "h", "ӏ": "l", "ο": "o", "ν": "v", "ι": "i", "κ": "k", "ρ": "p",
-    "α": "a", "τ": "t", "υ": "u", "ѡ": "w",
-    # Latin letters of other alphabets and IPA drawn like plain ones.
-    "ı": "i", "ǀ": "l", "ɑ": "a", "ʀ": "r", "ɡ": "g", "ℓ": "l", "ɩ": "i", "ʏ": "y", "ɪ": "i", "ʟ": "l",
-    "ɴ": "n", "ᴏ": "o", "ᴄ": "c", "ᴅ": "d", "ᴇ": "e", "ᴍ": "m", "ᴘ": "p", "ᴛ": "t", "ᴜ": "u", "ᴠ": "v",
-    "ᴡ": "w", "ᴢ": "z", "ʜ": "h", "ɢ": "g", "ĸ": "k", "ꞵ": "b",
-})
-
-
 def lookalike_key(name: str) -> str:
     """``name`` as a model would tell it apart: compatibility forms folded (NFKC), case and
     surrounding space ignored, invisible format characters dropped and common Cyrillic and
@@ -233,7 +223,7 @@ def lookalike_key(name: str) -> str:
     folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", name).casefold())
     # Invisible format characters and combining marks (a dot over an i) dropped.
     visible = "".join(c for c in folded if unicodedata.category(c) not in ("Cf", "Mn", "Me"))
-    return visible.translate(_LOOKALIKES).strip()
+    return fold_lookalikes(visible).strip()
 
 
 def _offered_since(known: Known, mode: str) -> float | None:
