@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from detectors.jsonwalk import escape
 from detectors.secrets import MIN_LENGTH as _SECRETS_MIN, SecretScanner
 
 from .jsonrpc import Kind
@@ -63,3 +64,42 @@ class SecretsEnricher(SpanFindingsEnricher):
 
     def __init__(self, scanner: SecretScanner | None = None) -> None:
         self._scanner = scanner or SecretScanner()
+
+    def enrich(self, ctx: MessageContext) -> None:
+        super().enrich(ctx)
+        found = ctx.findings.get(self.name)
+        if found is None:
+            return
+        body = ctx.message.body
+        kind = ctx.message.kind
+        if kind is Kind.RESPONSE:
+            value, pointer, part = body.get("result"), "/result", "result"
+        elif kind is Kind.ERROR_RESPONSE:
+            value, pointer, part = body.get("error"), "/error", "error"
+        elif ctx.direction == C2S:
+            value, pointer, part = (ctx.tool or {}).get("arguments"), "/params/arguments", "arguments"
+        else:
+            value, pointer, part = body.get("params"), "/params", "params"
+        # A credential used as an object key ({"ghp_...": true}): the finding names the
+        # member, which the policy removes (a key cannot be redacted in place).
+        for member, key in _long_keys(value, pointer):
+            for start, end, rule in self._scanner.scan_text(key):
+                found.append({"pointer": member, "rule": rule, "start": start, "end": end, "part": part, "in_key": True})
+
+
+def _long_keys(value: Any, pointer: str) -> list[tuple[str, str]]:
+    """``(member pointer, key)`` of every object key of ``value`` long enough to hold a secret."""
+    out: list[tuple[str, str]] = []
+    stack: list[tuple[str, Any]] = [(pointer, value)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, dict):
+            for key, item in node.items():
+                member = f"{where}/{escape(key)}"
+                if len(key) >= _SECRETS_MIN:
+                    out.append((member, key))
+                if isinstance(item, (dict, list)):
+                    stack.append((member, item))
+        elif isinstance(node, list):
+            stack.extend((f"{where}/{i}", item) for i, item in enumerate(node) if isinstance(item, (dict, list)))
+    return out

@@ -166,3 +166,21 @@ def test_an_approval_covers_only_the_call_the_reviewer_saw(tmp_path, monkeypatch
         assert fw.inspector.inspect(orjson.dumps(same), "client_to_server", session).verdicts[0].decision.action == "allow"
     finally:
         fw.close()
+
+
+def test_a_credential_used_as_an_object_key_is_found(firewall, tmp_path):
+    """Denied in arguments; in a result its member is removed (a key cannot be redacted in place)."""
+    token = "ghp_" + "Q7x9" * 9
+    session = _session(tmp_path)
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "put", "arguments": {"headers": {f"Authorization: Bearer {token}": True}}}}
+    out = firewall.inspector.inspect(orjson.dumps(call), "client_to_server", session)
+    assert [r["code"] for r in out.verdicts[0].decision.reasons] == ["secret_in_arguments"] and out.forward is None
+    plain = {**call, "id": 2, "params": {"name": "put", "arguments": {"n": 1}}}
+    firewall.inspector.inspect(orjson.dumps(plain), "client_to_server", session)
+    result = {"jsonrpc": "2.0", "id": 2, "result": {"content": [{"type": "text", "text": "ok"}],
+                                                   "structuredContent": {"tokens": {token: "admin", "note": "kept"}}}}
+    out = firewall.inspector.inspect(orjson.dumps(result), "server_to_client", session)
+    forwarded = orjson.loads(out.forward)
+    assert forwarded["result"]["structuredContent"]["tokens"] == {"note": "kept"}
+    assert "secret_redacted" in out.verdicts[0].decision.tags

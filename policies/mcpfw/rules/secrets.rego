@@ -3,8 +3,9 @@
 # Finding credentials is the secrets detector's job (rules/secrets.yaml, run
 # by the firewall before the policy): it reports each match in
 # input.findings.secrets as {"pointer", "rule", "start", "end", "part"},
-# where pointer is the RFC 6901 pointer to a string of the message, start/end
-# the character offsets of the match in that string and part one of
+# where pointer is the RFC 6901 pointer to a string of the message (or, with
+# "in_key": true, to a member whose key is the credential), start/end the
+# character offsets of the match in that string and part one of
 # "arguments", "params", "result" or "error". No secret value reaches the
 # policy. This package decides what happens to them:
 #
@@ -63,13 +64,19 @@ effects(config) := redacted(input.findings.secrets) if {
 	config.arguments_action == "redact"
 }
 
-# redacted(findings) redacts every finding by span and tags the message.
+# redacted(findings) redacts every finding by span and tags the message; a
+# credential used as an object key (in_key) cannot be redacted in place, so
+# its member is removed.
 redacted(findings) := {
 	"redact": {{
 		"pointer": finding.pointer,
 		"span": [finding.start, finding.end],
 		"replacement": concat("", ["[REDACTED:", finding.rule, "]"]),
-	} | some finding in findings},
+	} |
+		some finding in findings
+		not finding.in_key
+	},
+	"remove": {finding.pointer | some finding in findings; finding.in_key == true},
 	"obligations": {{"type": "tag", "tag": "secret_redacted"}},
 	"deny": malformed(findings),
 } if findings[0]

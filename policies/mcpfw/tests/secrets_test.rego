@@ -167,3 +167,15 @@ test_malformed_findings_deny if {
 	"invalid_finding" in inputs.codes(arguments)
 	"invalid_finding" in inputs.codes(arguments) with data.mcpfw.config.secrets.arguments_action as "redact"
 }
+
+test_credential_used_as_a_key_removes_its_member if {
+	inp := with_findings(
+		inputs.tool_result("env", {}, {"structuredContent": {"tokens": {"ghp_x": "admin"}}}),
+		[object.union(finding("/result/structuredContent/tokens/ghp_x", "github-token", 0, 40, "result"), {"in_key": true})],
+	)
+	decision := inputs.decide(inp)
+	decision.allow == true
+	decision.remove == ["/result/structuredContent/tokens/ghp_x"]
+	decision.redact == []
+	{"type": "tag", "tag": "secret_redacted"} in decision.obligations
+}
