@@ -20,6 +20,22 @@ from .policy.decision import Decision
 SPAN_MIN_LENGTH = min(_SECRETS_MIN, 7)
 
 
+def scanned_part(ctx: MessageContext) -> tuple[Any, str, str] | None:
+    """What the span detectors read of a message: ``(value, pointer, part)``, or None.
+
+    tools/call arguments from the client, everything the server sends in params, and the
+    result or error of every response."""
+    body = ctx.message.body
+    kind = ctx.message.kind
+    if kind is Kind.RESPONSE:
+        return body.get("result"), "/result", "result"
+    if kind is Kind.ERROR_RESPONSE:
+        return body.get("error"), "/error", "error"
+    if ctx.direction == C2S:
+        return None if ctx.tool is None else (ctx.tool.get("arguments"), "/params/arguments", "arguments")
+    return body.get("params"), "/params", "params"
+
+
 class SpanFindingsEnricher:
     """Base for detectors that report ``{pointer, rule, start, end, part}`` spans.
 
@@ -32,18 +48,10 @@ class SpanFindingsEnricher:
     _scanner: Any
 
     def enrich(self, ctx: MessageContext) -> None:
-        body = ctx.message.body
-        kind = ctx.message.kind
-        if kind is Kind.RESPONSE:
-            value, pointer, part = body.get("result"), "/result", "result"
-        elif kind is Kind.ERROR_RESPONSE:
-            value, pointer, part = body.get("error"), "/error", "error"
-        elif ctx.direction == C2S:
-            if ctx.tool is None:
-                return
-            value, pointer, part = ctx.tool.get("arguments"), "/params/arguments", "arguments"
-        else:
-            value, pointer, part = body.get("params"), "/params", "params"
+        scanned = scanned_part(ctx)
+        if scanned is None:
+            return
+        value, pointer, part = scanned
         # The walk is shared with the other span detectors of this message.
         leaves = ctx.string_leaves(value, pointer, SPAN_MIN_LENGTH)
         scan_leaves = getattr(self._scanner, "scan_leaves", None)
@@ -68,18 +76,10 @@ class SecretsEnricher(SpanFindingsEnricher):
     def enrich(self, ctx: MessageContext) -> None:
         super().enrich(ctx)
         found = ctx.findings.get(self.name)
-        if found is None:
+        scanned = scanned_part(ctx)
+        if found is None or scanned is None:
             return
-        body = ctx.message.body
-        kind = ctx.message.kind
-        if kind is Kind.RESPONSE:
-            value, pointer, part = body.get("result"), "/result", "result"
-        elif kind is Kind.ERROR_RESPONSE:
-            value, pointer, part = body.get("error"), "/error", "error"
-        elif ctx.direction == C2S:
-            value, pointer, part = (ctx.tool or {}).get("arguments"), "/params/arguments", "arguments"
-        else:
-            value, pointer, part = body.get("params"), "/params", "params"
+        value, pointer, part = scanned
         # A credential used as an object key ({"ghp_...": true}): the finding names the
         # member, which the policy removes (a key cannot be redacted in place).
         for member, key in _long_keys(value, pointer):
