@@ -239,11 +239,11 @@ _ID_FIELD = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,256}")')
 def recover_id(raw: bytes) -> Any:
     """The id of a message that could not be parsed, when one sits near either end (where
     serialisers put it); None otherwise. For naming the request a broken answer was for."""
-    for text in (raw[-512:], raw[:512]):
-        match = _ID_FIELD.search(text)
-        if match:
-            try:
-                return orjson.loads(match.group(1))
-            except orjson.JSONDecodeError:
-                return None
+    # The last id of the end (a nested "id" comes before the message's own there), else the
+    # first of the start.
+    for match in ([*_ID_FIELD.finditer(raw[-512:])][-1:] or [*_ID_FIELD.finditer(raw[:512])][:1]):
+        try:
+            return orjson.loads(match.group(1))
+        except orjson.JSONDecodeError:
+            return None
     return None

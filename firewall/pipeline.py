@@ -200,11 +200,18 @@ class Inspector:
             return Outcome(forward, reply, [verdict])
         return self._inspect_batch(frame, raw, direction, session, identity)
 
-    def refuse_oversized(self, size: int, limit: int, direction: str, session: Session) -> bytes | None:
-        """Record and answer a frame that a transport cut off for exceeding the size limit."""
-        item = Invalid(errors.MESSAGE_TOO_LARGE, f"message of at least {size} bytes exceeds the {limit}-byte limit")
-        _, reply, _ = self._refuse(item, direction, session, size)
-        return reply
+    def refuse_oversized(self, size: int, limit: int, direction: str, session: Session, ends: bytes = b"") -> Outcome:
+        """Record and answer a frame that a transport cut off for exceeding the size limit.
+
+        ``ends`` are the bytes the transport kept of its start and end, where serialisers put
+        the id: a client's request is answered for its id, and a server's answer to a request
+        the client is waiting on becomes an error for it (``forward``)."""
+        msg_id = recover_id(ends) if ends else None
+        item = Invalid(errors.MESSAGE_TOO_LARGE, f"message of at least {size} bytes exceeds the {limit}-byte limit", msg_id)
+        forward, reply, verdict = self._refuse(item, direction, session, size)
+        if direction == S2C:
+            reply = None  # what a server sends too large is its own problem: not answered
+        return Outcome(forward, reply, [verdict])
 
     def record_transport_error(
         self, session: Session, direction: str, *, code: int, reason_code: str, message: str,

@@ -371,8 +371,11 @@ class _LineRecorder:
         self.lines.append(raw)
         return Outcome(None, None)
 
-    def refuse_oversized(self, size: int, limit: int, direction: str, session: object) -> None:
+    def refuse_oversized(self, size: int, limit: int, direction: str, session: object, ends: bytes = b""):
+        from firewall.pipeline import Outcome
+
         self.refused.append(size)
+        return Outcome(None, None)
 
 
 def test_lines_are_framed_alike_however_the_reads_split_them():

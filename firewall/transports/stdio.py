@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import select
 import signal
 import stat
@@ -32,8 +31,6 @@ from ..session import Session
 
 _READ_CHUNK = 1 << 16
 _BACKLOG = 16 << 20  # bytes waiting for one output beyond which its sources are not read
-_TAIL_ID = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,256}")\s*}\s*$')
-_HEAD_ID = re.compile(rb'^\s*\{\s*"jsonrpc"\s*:\s*"2\.0"\s*,\s*"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,256}")')
 _READABLE = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
 _WRITABLE = select.POLLOUT | select.POLLHUP | select.POLLERR
 
@@ -324,18 +321,11 @@ class StdioShim:
         """Answer an oversized line, now skipped to its end, with an error for its id."""
         size, head, tail = inp.skipped, inp.head, inp.tail
         inp.skipping, inp.skipped, inp.head, inp.tail = False, 0, b"", b""
-        reply = self._inspector.refuse_oversized(size, self._limit, inp.direction, self._session)
-        if reply is None:
-            return
-        msg_id = _recover_id(head, tail)
-        if msg_id is not None:
-            reply = reply.replace(b'"id":null', b'"id":' + msg_id, 1)
-        if inp.direction == S2C:
-            # The client is waiting for an answer to this id: give it the error instead.
-            if msg_id is not None:
-                inp.forward.send(reply)
-            return
-        inp.reply.send(reply)
+        outcome = self._inspector.refuse_oversized(size, self._limit, inp.direction, self._session, head + tail)
+        if outcome.reply is not None:
+            inp.reply.send(outcome.reply)
+        if outcome.forward is not None:  # the client's request the server's answer was for
+            inp.forward.send(outcome.forward)
 
     def _finish(self, inp: _Input) -> None:
         """A direction is over and what it forwarded has been written (or cannot be)."""
@@ -383,10 +373,3 @@ class StdioShim:
             threading.Thread(target=self._stop_child, name="mcpfw-reaper", daemon=True).start()
 
 
-def _recover_id(head: bytes, tail: bytes) -> bytes | None:
-    """The id of a message too large to parse, when it sits where serialisers put it."""
-    for pattern, text in ((_TAIL_ID, tail), (_HEAD_ID, head[:512])):
-        match = pattern.search(text)
-        if match:
-            return match.group(1)
-    return None

@@ -21,7 +21,7 @@ import orjson
 from ... import errors
 from ...identity import AuthError, Identity
 from ...identity.authenticator import Authenticator
-from ...jsonrpc import encode, error_response, recover_id
+from ...jsonrpc import encode, error_response
 from ...pipeline import C2S, S2C, Inspector, Outcome
 from ...session import Session
 from . import mcp_headers
@@ -624,7 +624,7 @@ class HttpInspection:
         """A request the transport cannot take (too large, too slow): recorded and answered."""
         session = self.sessions.new_session(route, "http")
         if code == errors.MESSAGE_TOO_LARGE:
-            reply = self.inspector.refuse_oversized(size, self.max_message_bytes, C2S, session)
+            reply = self.inspector.refuse_oversized(size, self.max_message_bytes, C2S, session).reply
             return Reply(status, reply or b"", {"content-type": "application/json"})
         decision_id = self.inspector.record_transport_error(
             session, C2S, code=code, reason_code=reason, message=message, size=size
@@ -780,16 +780,14 @@ class SseFilter:
         session = ex.session
         assert session is not None
         limit = self._core.max_message_bytes
-        reply = self._core.inspector.refuse_oversized(block.size, limit, S2C, session)
-        msg_id = recover_id(block.head + block.tail)  # (its ends: the middle was not kept)
-        if reply is None or msg_id is None:
+        outcome = self._core.inspector.refuse_oversized(block.size, limit, S2C, session, block.head + block.tail)
+        if outcome.forward is None:  # no request of this session to name
             self._dropped = True
             return b""
+        msg_id = orjson.loads(outcome.forward).get("id")
         if msg_id in ex.open_ids:
             ex.open_ids.remove(msg_id)
-        error = orjson.loads(reply)
-        error["id"] = msg_id
-        return format_event(encode(error))
+        return format_event(outcome.forward)
 
     def _endpoint(self, block: SseEvent) -> bytes:
         """Legacy HTTP+SSE: the server names the URL for the client's messages."""

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import orjson
-
-from ...jsonrpc import encode, recover_id
 from ...pipeline import C2S, S2C, Inspector
 from ...session import Session
 
@@ -41,15 +38,8 @@ class WebSocketInspection:
 
     def _judge(self, data: bytes, direction: str) -> Relay:
         if len(data) > self._limit:
-            reply = self._inspector.refuse_oversized(len(data), self._limit, direction, self.session)
-            msg_id = recover_id(data)  # the id near either end names the request to answer
-            if reply is None or msg_id is None:
-                return Relay(None, reply if direction == C2S else None)
-            error = orjson.loads(reply)
-            error["id"] = msg_id
-            if direction == C2S:
-                return Relay(None, encode(error))
-            # The server's answer was too large: the client gets an error for its request.
-            return Relay(encode(error), None) if self.session.pop_pending(C2S, msg_id) is not None else Relay(None, None)
+            outcome = self._inspector.refuse_oversized(
+                len(data), self._limit, direction, self.session, data[:512] + data[-512:])
+            return Relay(outcome.forward, outcome.reply)
         outcome = self._inspector.inspect(data, direction, self.session)
         return Relay(outcome.forward, outcome.reply)
