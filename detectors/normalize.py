@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import functools
+import html
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -92,8 +94,23 @@ class Normalized:
         return o1 if is_end else o0
 
 
+@functools.lru_cache(maxsize=8192)
+def _fold_char(ch: str) -> tuple[str | None, str]:
+    """``(invisible class or None, replacement)`` of one non-ASCII character."""
+    cls = invisible_class(ch)
+    if cls is not None:
+        return cls, (chr(ord(ch) - 0xE0000) if cls == "tag" and _TAG_PRINTABLE.match(ch) else "")
+    rep = unicodedata.normalize("NFKC", ch)
+    # Accents and other non-spacing marks go: "ÍMPÓRTÁNT" and letters under a combining
+    # underline or strike-through ("I\u0332M\u0332...") read as the plain words to a model,
+    # and must to the rules too. Scripts that need their marks are not what rules read.
+    stripped = "".join(c for c in unicodedata.normalize("NFD", rep) if unicodedata.category(c) != "Mn")
+    return None, unicodedata.normalize("NFC", stripped) if stripped != rep else rep
+
+
 def normalize(text: str) -> Normalized:
-    """NFKC per character, invisible characters removed and counted, tag characters decoded.
+    """NFKC per character, non-spacing marks (accents, combining underlines) removed,
+    invisible characters removed and counted, tag characters decoded.
 
     NFKC is applied character by character (compatibility forms such as fullwidth letters,
     ligatures and mathematical alphanumerics fold; combining sequences are not composed),
@@ -115,13 +132,9 @@ def normalize(text: str) -> Normalized:
             out.append(text[last:start])
             npos += start - last
         for j in range(start, end):
-            ch = text[j]
-            cls = invisible_class(ch)
-            if cls is None:
-                rep = unicodedata.normalize("NFKC", ch)
-            else:
+            cls, rep = _fold_char(text[j])
+            if cls is not None:
                 counts[cls] = counts.get(cls, 0) + 1
-                rep = chr(ord(ch) - 0xE0000) if cls == "tag" and _TAG_PRINTABLE.match(ch) else ""
             norm_at.append(npos)
             orig_at.append(j)
             out.append(rep)
@@ -166,7 +179,7 @@ class Decoded:
 
     start: int
     end: int
-    encoding: str  # "base64" | "hex" | "url"
+    encoding: str  # "base64" | "hex" | "url" | "escaped", or nested: "base64+hex"
     text: str
 
 
@@ -175,6 +188,7 @@ _BASE64 = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{20,}={0,2}")
 _HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){12,}(?![0-9A-Fa-f])|(?:\\x[0-9A-Fa-f]{2}){8,}")
 _URL = re.compile(r"[^\s\"'<>]*(?:%[0-9A-Fa-f]{2}[^\s\"'<>%]*){3,}")
 _MAX_SEGMENTS = 64
+_ENCODED_LAYER = re.compile(rb"[A-Za-z0-9+/=_%-]{20,}")  # bytes that could be another encoding
 
 
 def _readable(data: bytes) -> str | None:
@@ -214,18 +228,63 @@ def decoded_segments(text: str, *, depth: int = 2) -> list[Decoded]:
     Decoding is repeated up to ``depth`` levels (base64 of URL-encoded text, say); nested
     results keep the span of the outermost segment in ``text``.
     """
-    found: list[Decoded] = []
+    found: list[Decoded] = _unescaped(text)
+    layers: list[Decoded] = []  # decodings that are themselves encoded (base64 of base64)
     for start, token in _long_tokens(text):
-        found.extend(_decode_token(token, start))
+        found.extend(_decode_token(token, start, layers if depth > 1 else None))
         if len(found) >= _MAX_SEGMENTS:
             break
     if depth > 1:
         nested: list[Decoded] = []
-        for seg in found:
+        for seg in found + layers:
             for inner in decoded_segments(seg.text, depth=depth - 1):
                 nested.append(Decoded(seg.start, seg.end, f"{seg.encoding}+{inner.encoding}", inner.text))
         found.extend(nested)
     return found[:_MAX_SEGMENTS]
+
+
+# Character references and escapes that spell printable ASCII: nobody writes "&#105;gnore",
+# "&lt;IMPORTANT&gt;" or "\u0069gnore" in prose, and a model reads them as the characters.
+# (Everyday references such as "&amp;" or "&nbsp;" hide nothing and are left alone.)
+_ESCAPED_ASCII = re.compile(
+    r"&#(?:0*(?:3[2-9]|[4-9][0-9]|1[01][0-9]|12[0-6])|[xX]0*[2-7][0-9a-fA-F]);?"
+    r"|&(?:lt|LT);/?[A-Za-z]|[A-Za-z]&(?:gt|GT);|\\u00[2-7][0-9a-fA-F]|\\x[2-7][0-9a-fA-F]"
+)
+_ESCAPE_CONTEXT = 200  # characters decoded around a cluster of escapes
+_BACKSLASH_ESCAPE = re.compile(r"\\(?:u00|x)([2-7][0-9a-fA-F])")
+
+
+def _unescaped(text: str) -> list[Decoded]:
+    """Regions around character references / backslash escapes of ASCII, unescaped."""
+    if "&" not in text and "\\" not in text:
+        return []
+    spans: list[list[int]] = []
+    for m in _ESCAPED_ASCII.finditer(text):
+        if spans and m.start() - spans[-1][1] <= _ESCAPE_CONTEXT:
+            spans[-1][1] = m.end()
+        else:
+            if len(spans) == _MAX_SEGMENTS:
+                break
+            spans.append([m.start(), m.end()])
+    found: list[Decoded] = []
+    for start, end in spans:
+        # Widen to whole words: the sentence around the escapes is what rules need.
+        lo = max(0, start - _ESCAPE_CONTEXT)
+        hi = min(len(text), end + _ESCAPE_CONTEXT)
+        while lo > 0 and not text[lo - 1].isspace() and start - lo < 2 * _ESCAPE_CONTEXT:
+            lo -= 1
+        while hi < len(text) and not text[hi].isspace() and hi - end < 2 * _ESCAPE_CONTEXT:
+            hi += 1
+        region = text[lo:hi]
+        plain = region
+        for _ in range(3):  # "&amp;#105;" is a reference to a reference
+            once = html.unescape(_BACKSLASH_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), plain))
+            if once == plain:
+                break
+            plain = once
+        if plain != region and len(plain) >= _MIN_DECODED:
+            found.append(Decoded(lo, hi, "escaped", plain))
+    return found
 
 
 def _long_tokens(text: str) -> list[tuple[int, str]]:
@@ -241,7 +300,9 @@ def _long_tokens(text: str) -> list[tuple[int, str]]:
     return out
 
 
-def _decode_token(token: str, offset: int) -> list[Decoded]:
+def _decode_token(token: str, offset: int, layers: list[Decoded] | None = None) -> list[Decoded]:
+    """Readable decodings in ``token``; with ``layers``, decodings that are another
+    encoding (base64 of base64, base64 of hex) are added there, to be decoded again."""
     found: list[Decoded] = []
     for m in _BASE64.finditer(token):
         segment = m.group()
@@ -252,10 +313,15 @@ def _decode_token(token: str, offset: int) -> list[Decoded]:
         decoded = _readable(data) if data else None
         if decoded:
             found.append(Decoded(offset + m.start(), offset + m.end(), "base64", decoded))
+        elif data and layers is not None and _ENCODED_LAYER.fullmatch(data):
+            layers.append(Decoded(offset + m.start(), offset + m.end(), "base64", data.decode("ascii")))
     for m in _HEX.finditer(token):
-        decoded = _readable(bytes.fromhex(m.group().replace("\\x", "")))
+        data = bytes.fromhex(m.group().replace("\\x", ""))
+        decoded = _readable(data)
         if decoded:
             found.append(Decoded(offset + m.start(), offset + m.end(), "hex", decoded))
+        elif layers is not None and _ENCODED_LAYER.fullmatch(data):
+            layers.append(Decoded(offset + m.start(), offset + m.end(), "hex", data.decode("ascii")))
     if "%" in token:
         for m in _URL.finditer(token):
             decoded = _unquote(m.group())

@@ -259,14 +259,17 @@ def is_secret_key(name: str) -> bool:
     )
 
 
-_ESCAPED_TOKEN = re.compile(r"[^\s\"'<>]*(?:%[0-9A-Fa-f]{2}|&#?[0-9A-Za-z]{1,8};)[^\s\"'<>]*")
+_ESCAPED_TOKEN = re.compile(r"[^\s\"'<>]*(?:%[0-9A-Fa-f]{2}|&#?[0-9A-Za-z]{1,8};|\\u00[2-7][0-9A-Fa-f])[^\s\"'<>]*")
+_BACKSLASH_U = re.compile(r"\\u00([2-7][0-9A-Fa-f])")
 _ENCODED_RUN = re.compile(r"[A-Za-z0-9+/_=-]{20,}|(?:\\x[0-9A-Fa-f]{2}){8,}")
 
 
 def may_hide_secret(text: str) -> bool:
     """Whether ``text`` could spell a credential in a way the rules do not read as it is:
     non-ASCII (full-width forms, invisible characters), %-escapes, or a long encoded run."""
-    return not text.isascii() or "%" in text or "&" in text or _ENCODED_RUN.search(text) is not None
+    return (
+        not text.isascii() or "%" in text or "&" in text or "\\u00" in text or _ENCODED_RUN.search(text) is not None
+    )
 
 
 def hidden_secret_spans(text: str, rules: SecretRules) -> list[tuple[int, int, str]]:
@@ -286,13 +289,15 @@ def hidden_secret_spans(text: str, rules: SecretRules) -> list[tuple[int, int, s
             spans += [(*folded.to_original(a, b), rule) for a, b, rule in rule_spans(folded.text)]
     if _ENCODED_RUN.search(text) is not None:
         for segment in decoded_segments(text):
+            if segment.encoding == "escaped":
+                continue  # a wide region around the escapes: the token scan below is precise
             if rules.any_keyword(segment.text.lower()):
                 spans += [(segment.start, segment.end, rule) for _, _, rule in rule_spans(segment.text)[:1]]
-    if "%" in text or "&" in text:
+    if "%" in text or "&" in text or "\\u00" in text:
         for token in _ESCAPED_TOKEN.finditer(text):
             plain = token.group()
             for _ in range(3):  # %-escapes of %-escapes, HTML character references
-                unescaped = html.unescape(unquote(plain))
+                unescaped = html.unescape(unquote(_BACKSLASH_U.sub(lambda m: chr(int(m.group(1), 16)), plain)))
                 if unescaped == plain:
                     break
                 plain = unescaped
