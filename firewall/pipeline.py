@@ -27,7 +27,7 @@ from .policy.engine import PolicyEngine, engine_cache_plan
 
 if TYPE_CHECKING:
     from .approvals import ApprovalGate
-from .session import PendingRequest, Session
+from .session import PendingRequest, Session, TaskOrigins
 
 C2S = "client_to_server"
 S2C = "server_to_client"
@@ -147,6 +147,7 @@ class Inspector:
         self._bundle_digest = bundle_digest
         self._limits = limits
         self._local = threading.local()
+        self._tasks = TaskOrigins()
         # Decisions of a bundle that depends on nothing but its input are remembered by
         # input (polls, listings and retries repeat themselves); fields no rule reads (the
         # JSON-RPC id, the session, client info for the default bundle) are left out of the
@@ -259,6 +260,48 @@ class Inspector:
 
     # -- one message -----------------------------------------------------------------
 
+    # -- tasks (SEP-1686) ----------------------------------------------------------------
+
+    def _task_key(
+        self, task_id: str, answered_in: str, session: Session, identity: dict[str, Any] | None
+    ) -> tuple[Any, ...]:
+        owner = (identity.get("tenant"), identity.get("subject")) if identity else None
+        return (session.server.name, owner, answered_in, task_id)
+
+    def _note_task(
+        self, pending: PendingRequest, body: dict[str, Any], direction: str, session: Session,
+        identity: dict[str, Any] | None,
+    ) -> None:
+        """A task-augmented request answered with a CreateTaskResult: remember what it was."""
+        if not isinstance(pending.params, dict) or "task" not in pending.params:
+            return
+        result = body.get("result")
+        task = result.get("task") if isinstance(result, dict) else None
+        task_id = task.get("taskId") if isinstance(task, dict) else None
+        if isinstance(task_id, str):
+            self._tasks.remember(
+                self._task_key(task_id, direction, session, identity),
+                PendingRequest(pending.method, pending.params, pending.tool, 0.0))
+
+    def _pending_for(
+        self, method: str, params: Any, tool: dict[str, Any] | None, direction: str, session: Session,
+        identity: dict[str, Any] | None,
+    ) -> PendingRequest:
+        """What a forwarded request's answer will be judged as. A ``tasks/result`` answer is
+        the answer of the request that created the task (a tool result, a sampling result);
+        when that request was not seen here (a restart, another firewall), a server's task
+        result is still judged as a tool result, of an unknown tool."""
+        now = time.monotonic()
+        if method != "tasks/result" or not isinstance(params, dict) or not isinstance(params.get("taskId"), str):
+            return PendingRequest(method, params, tool, now)
+        task_id = params["taskId"]
+        origin = self._tasks.find(self._task_key(task_id, _OTHER[direction], session, identity))
+        if origin is not None:
+            return PendingRequest(origin.method, origin.params, origin.tool, now, task=task_id)
+        if direction == C2S:  # servers run tasks for tools/call alone
+            return PendingRequest("tools/call", None, None, now, task=task_id)
+        return PendingRequest(method, params, tool, now, task=task_id)
+
     def _refuse(
         self, item: Invalid, direction: str, session: Session, size: int, raw: bytes | None = None
     ) -> tuple[bytes | None, bytes | None, Verdict]:
@@ -307,6 +350,8 @@ class Inspector:
             params = None
             tool = pending.tool if pending else None
             session.observe_response(pending, msg)
+            if pending is not None and kind is Kind.RESPONSE:
+                self._note_task(pending, body, direction, session, identity)
 
         decision_id = new_decision_id()
         ctx = MessageContext(msg, direction, session, method, params, tool, pending, size, identity=identity)
@@ -355,7 +400,7 @@ class Inspector:
         else:
             error_code = None
             if kind is Kind.REQUEST:
-                session.add_pending(direction, body["id"], PendingRequest(method, params, tool, time.monotonic()))
+                session.add_pending(direction, body["id"], self._pending_for(method, params, tool, direction, session, identity))
 
         for enricher in self._enrichers:
             enricher.after(ctx, decision, forwarded)
@@ -551,6 +596,13 @@ def _tool_of(method: str, params: Any) -> dict[str, Any] | None:
     return {"name": name if isinstance(name, str) else None, "arguments": arguments if arguments is not None else {}}
 
 
+def _request_doc(pending: PendingRequest) -> dict[str, Any]:
+    doc: dict[str, Any] = {"method": pending.method, "params": pending.params}
+    if pending.task is not None:
+        doc["task"] = {"id": pending.task, "via": "tasks/result"}
+    return doc
+
+
 def build_input(ctx: MessageContext) -> dict[str, Any]:
     """The policy input document (schema: firewall/schemas/policy-input.v1.json)."""
     msg, direction, session = ctx.message, ctx.direction, ctx.session
@@ -580,7 +632,7 @@ def build_input(ctx: MessageContext) -> dict[str, Any]:
         "tool": tool,
         "result": body.get("result") if kind is Kind.RESPONSE else None,
         "error": body.get("error") if kind is Kind.ERROR_RESPONSE else None,
-        "request": {"method": pending.method, "params": pending.params} if pending is not None else None,
+        "request": _request_doc(pending) if pending is not None else None,
         "resources": resources,
         "protocol": {"era": session.era, "version": session.protocol_version},
         "transport": session.transport,

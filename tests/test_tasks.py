@@ -1,0 +1,102 @@
+"""MCP tasks (SEP-1686): a tool result fetched with tasks/result is inspected as the result
+of the tools/call that created the task, through the stdio shim, with the official
+TypeScript SDK on both ends (its experimental task API)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import orjson
+import pytest
+
+from firewall import pipeline
+from firewall.config import load_config
+from firewall.pipeline import C2S, S2C, build_input
+from firewall.runtime import build_firewall
+from firewall.session import ServerIdentity, Session
+from support import NODE, TS_CLIENT, audit_rows, shim_command
+
+TASK_SERVER = [NODE, str(Path(__file__).parent / "peers" / "task_server.mjs")]
+
+
+def run_ts_client(plan: dict, command: list[str]) -> dict:
+    proc = subprocess.run([NODE, str(TS_CLIENT), json.dumps(plan), "--", *command],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_task_result_is_inspected_as_the_tool_result(tmp_path):
+    """Directly, the TS client gets the page with its injection and key through the task
+    flow; through the firewall the same flow still completes, and the result is treated as
+    a result of fetch_report: injection removed, key redacted, audited as a tool result."""
+    plan = {"calls": [{"tool": "fetch_report", "arguments": {"name": "q3"}, "task": True}]}
+    direct = run_ts_client(plan, TASK_SERVER)["results"][0]
+    assert direct["ok"] and "ignore all previous instructions" in direct["result"]["content"][0]["text"]
+    assert {"taskCreated", "result"} <= set(direct["steps"])
+
+    audit = tmp_path / "audit.duckdb"
+    shielded = run_ts_client(plan, shim_command(audit, server=TASK_SERVER))["results"][0]
+    assert shielded["ok"], shielded
+    assert shielded["steps"] == direct["steps"]
+    text = shielded["result"]["content"][0]["text"]
+    assert "ignore all previous instructions" not in text and "AKIAIOSFODNN7EXAMPLE" not in text
+
+    rows = audit_rows(audit, "direction = 'server_to_client' AND kind = 'response'", at_least=3)
+    fetched = [r for r in rows if r["decision"] == "redact"]
+    assert len(fetched) == 1, [(r["method"], r["decision"]) for r in rows]
+    assert fetched[0]["method"] == "tools/call" and fetched[0]["tool"] == "fetch_report"
+    assert "prompt_injection" in fetched[0]["tags"]
+    requests = audit_rows(audit, "direction = 'client_to_server' AND kind = 'request'")
+    assert "tasks/result" in {r["method"] for r in requests}
+
+
+@pytest.fixture
+def inspector_and_inputs(tmp_path, monkeypatch):
+    """The default firewall's inspector, and every policy input it builds."""
+    monkeypatch.setenv("MCPFW_HOME", str(tmp_path / "home"))
+    cfg = load_config(None)
+    fw = build_firewall(cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"path": str(tmp_path / "a.duckdb")})}))
+    inputs: list[dict] = []
+
+    def recording(ctx):
+        doc = build_input(ctx)
+        inputs.append(dict(doc))  # (the inspector pops fields the policy does not read)
+        return doc
+
+    monkeypatch.setattr(pipeline, "build_input", recording)
+    yield fw.inspector, inputs
+    fw.close()
+
+
+def test_policy_input_names_the_task_and_the_creating_call(inspector_and_inputs):
+    """input.request of the tasks/result answer is the tools/call that created the task,
+    with request.task naming it; a task created by another caller is not borrowed, and a
+    server task the firewall never saw created is still judged as a tool result."""
+    inspector, inputs = inspector_and_inputs
+    session = Session(ServerIdentity("srv"), transport="http", cwd=None, resolve_symlinks=False)
+    alice = {"tenant": "acme", "subject": "alice", "roles": ["operator"]}
+    bob = {"tenant": "acme", "subject": "bob", "roles": ["operator"]}
+
+    def send(direction, message, identity=alice):
+        inspector.inspect(orjson.dumps(message), direction, session, identity)
+        return inputs[-1]
+
+    send(C2S, {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": "fetch_report", "arguments": {"name": "q3"}, "task": {"ttl": 1000}}})
+    send(S2C, {"jsonrpc": "2.0", "id": 1, "result": {"task": {"taskId": "t-1", "status": "working"}}})
+    send(C2S, {"jsonrpc": "2.0", "id": 2, "method": "tasks/result", "params": {"taskId": "t-1"}})
+    answer = send(S2C, {"jsonrpc": "2.0", "id": 2, "result": {"content": [{"type": "text", "text": "page"}]}})
+    assert answer["method"] == "tools/call" and answer["tool"]["name"] == "fetch_report"
+    assert answer["request"]["task"] == {"id": "t-1", "via": "tasks/result"}
+    assert answer["request"]["params"]["arguments"] == {"name": "q3"}
+
+    send(C2S, {"jsonrpc": "2.0", "id": 3, "method": "tasks/result", "params": {"taskId": "t-1"}}, bob)
+    borrowed = send(S2C, {"jsonrpc": "2.0", "id": 3, "result": {"content": []}}, bob)
+    assert borrowed["method"] == "tools/call" and borrowed["tool"] is None  # not alice's call
+
+    send(C2S, {"jsonrpc": "2.0", "id": 4, "method": "tasks/result", "params": {"taskId": "unseen"}})
+    unseen = send(S2C, {"jsonrpc": "2.0", "id": 4, "result": {"content": []}})
+    assert unseen["method"] == "tools/call" and unseen["request"]["task"]["id"] == "unseen"
