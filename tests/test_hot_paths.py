@@ -52,6 +52,12 @@ def test_cache_plan_reads_the_modules():
         assert not decision_cache_plan({"a.rego": plain + f"x := {impure}\n"}).cacheable
     # Comments and strings do not count.
     assert decision_cache_plan({"a.rego": plain + "# time.now_ns() and input.id\ny := \"input.id time.now_ns()\"\n"}).reads == {"method"}
+    # A backtick or quote in a comment opens no string: what follows it is still read.
+    for stray in ("# a lone ` backtick\n", '# a lone " quote\n'):
+        rest = "r if input.rate.exceeded\nq := `raw` \nz := \"s\"\n"
+        assert decision_cache_plan({"a.rego": plain + stray + rest}).reads == {"method", "rate"}
+        assert not decision_cache_plan({"a.rego": plain + stray + "n := time.now_ns()\n" + rest}).cacheable
+    assert decision_cache_plan({"a.rego": plain + 'y := "a # b" # input.id\nz := `# raw` \n'}).reads == {"method"}
     assert not decision_cache_plan({}).cacheable
 
 

@@ -70,8 +70,9 @@ _IMPURE = re.compile(
     r"\b(?:time\.now_ns|rand\.|uuid\.|http\.send|net\.lookup|opa\.runtime|io\.jwt\.decode_verify"
     r"|print|trace|crypto\.x509\.parse_and_verify)"
 )
-_STRING = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`')
-_COMMENT = re.compile(r"#[^\n]*")
+# One pass, left to right, so whichever starts first wins: a "#" inside a string is text, and
+# a quote or backtick inside a comment opens nothing.
+_STRING_OR_COMMENT = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`|#[^\n]*')
 # `input` used other than as `input.<field>`: the whole document (walk(input), input[k],
 # object.keys(input), x := input ...) may be read, so no field can be left out of the key.
 _WHOLE_INPUT = re.compile(r"\binput\b(?!\s*\.\s*[A-Za-z_])")
@@ -101,15 +102,8 @@ class DecisionCachePlan:
 
 
 def _code_only(source: str) -> str:
-    """Rego source without its string literals and comments (strings first: "#" in a string)."""
-    parts: list[str] = []
-    last = 0
-    for m in _STRING.finditer(source):
-        parts.append(_COMMENT.sub("", source[last : m.start()]))
-        parts.append('""')
-        last = m.end()
-    parts.append(_COMMENT.sub("", source[last:]))
-    return "".join(parts)
+    """Rego source with its string literals emptied and its comments removed."""
+    return _STRING_OR_COMMENT.sub(lambda m: "" if m.group().startswith("#") else '""', source)
 
 
 def decision_cache_plan(modules: Mapping[str, str] | None) -> DecisionCachePlan:
