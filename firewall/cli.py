@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -249,16 +250,22 @@ def _cmd_audit_views(args: argparse.Namespace) -> int:
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config(args.file)
-    from .policy.bundle import PolicyLoadError, load_bundle
+    from .policy.bundle import load_bundle
+    from .policy.engine import create_engine
+    from .policy.errors import PolicyError
+    from .runtime import serving_modules
 
     try:
         bundle = load_bundle(config.policy.bundle)
-    except PolicyLoadError as exc:
-        print(f"{args.file}: policy.bundle: {exc}", file=sys.stderr)
+        # Compiled as the firewall compiles it, with the configuration's data merged in.
+        serving = dataclasses.replace(bundle, modules=serving_modules(bundle))
+        create_engine(config.policy.engine, serving, config.policy.data or None).close()
+    except PolicyError as exc:
+        print(f"{args.file}: policy: {exc}", file=sys.stderr)
         return 2
     print(f"{args.file}: OK (policy bundle {config.policy.bundle}, {len(bundle.modules)} modules, engine {config.policy.engine}; audit {config.audit.path})")
     from .registry import registry_modes
-    from .runtime import serving_modules, unread_detectors
+    from .runtime import unread_detectors
 
     skipped = unread_detectors(serving_modules(bundle), config, registry_on=registry_modes(config).any_active())
     if skipped:

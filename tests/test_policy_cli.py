@@ -207,7 +207,42 @@ def test_unknown_engine_is_a_usage_error(tmp_path):
 def test_bundle_without_tests(tmp_path):
     code, lines = run(write(tmp_path, {"p.rego": "package p\n\nx := 1\n"}))
     assert code == 0
-    assert lines == ["0 passed, 0 failed"]
+    assert lines == ["0 passed, 0 failed (no test_ rules found)"]
+
+
+@pytest.mark.parametrize("engine", ["regorus", "opa"])
+def test_each_definition_of_a_test_name_runs_on_its_own(tmp_path, engine):
+    """Rego joins the definitions of one name with "or"; as one test, a failing or erroring
+    body next to a passing one would pass. opa test runs each (test_x, test_x#01, ...)."""
+    files = {
+        "t/a_test.rego": 'package t\n\ntest_x if { 1 == 1 }\n\ntest_x if { 1 == 2 }\n\n'
+                         'test_y if { to_number("x1") == 1 }\n\ntest_y if { true }\n\ntodo_later if { false }\n',
+        "t/b_test.rego": 'package t\n\n# caf\u00e9: the parser counts bytes\ntest_x if { "\u00e9" == "e" }\n',
+    }
+    code, lines = run(write(tmp_path, files), engines=[engine])
+    assert code == 1
+    outcomes = {line.split(":")[0]: line.split(": ")[1].split(" ")[0] for line in lines[:-1]}
+    assert outcomes == {"data.t.test_x": "PASS", "data.t.test_x#01": "FAIL", "data.t.test_x#02": "FAIL",
+                        "data.t.test_y": "ERROR", "data.t.test_y#01": "PASS", "data.t.todo_later": "SKIPPED"}
+    assert lines[-1] == "2 passed, 3 failed, 1 errors, 1 skipped"
+
+
+@pytest.mark.parametrize("engine", ["regorus", "opa"])
+def test_data_where_a_rule_is_defined_is_refused(tmp_path, engine):
+    """A data file (or the configuration's policy.data) at a rule's path must not replace
+    the rule: regorus let data.p.decision = {"allow": true} win over the policy."""
+    from firewall.policy.bundle import PolicyLoadError
+    from firewall.policy.engine import create_engine
+
+    files = {"p/p.rego": 'package p\n\ndecision := {"allow": false}\n', "p/cfg/data.json": '{"x": 1}'}
+    bundle = load_bundle(write(tmp_path, files))
+    create_engine(engine, bundle).close()  # data beside the rules is fine
+    for extra in ({"p": {"decision": {"allow": True}}}, {"p": True}):
+        with pytest.raises(PolicyLoadError, match="data.p"):
+            create_engine(engine, bundle, extra)
+    write(tmp_path, {"p/decision/data.json": '{"allow": true}'})
+    code, lines = run(tmp_path, engines=[engine])
+    assert code == 2 and "data.p.decision is defined both by a rule" in lines[-1]
 
 
 def test_discovery_handles_quoted_packages_defaults_and_helpers(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any
 
 from .base import DECISION_PATH, ENGINE_NAMES, UNDEFINED, EngineName, PolicyEngine
 from .bundle import Bundle, merge_data
+from .rules import check_data_conflicts
 from .errors import PolicyEvaluationError, PolicyLoadError
 
 __all__ = [
@@ -44,6 +45,7 @@ def create_engine(
     compile, ValueError for an unknown engine name.
     """
     data = merge_data(bundle.data, extra_data) if extra_data else bundle.data
+    check_data_conflicts(bundle.modules, data)
     if name == "regorus":
         from .regorus_engine import RegorusEngine
 

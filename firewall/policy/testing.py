@@ -9,6 +9,7 @@ is reported as a ``DISAGREE`` failure.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -25,6 +26,7 @@ from .base import ENGINE_NAMES, PolicyEngine
 from .bundle import Bundle, load_bundle
 from .engine import create_engine
 from .errors import PolicyError, PolicyEvaluationError
+from .rules import rule_heads
 
 __all__ = ["Outcome", "PolicyTest", "PolicyTestResult", "discover_tests", "run_policy_tests"]
 
@@ -45,10 +47,50 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PolicyTest:
-    """A discovered test rule: ``name`` is its full reference (``data.pkg.test_x``)."""
+    """A discovered test rule: ``name`` is its full reference (``data.pkg.test_x``);
+    ``label`` is how it is reported when that differs (``data.pkg.test_x#01``)."""
 
     name: str
     file: str
+    label: str | None = None
+
+    @property
+    def shown(self) -> str:
+        return self.label or self.name
+
+
+_DUPLICATE_SUFFIX = "__mcpfw_body_"
+
+
+def split_duplicate_tests(bundle: Bundle) -> Bundle:
+    """The bundle with every further definition of a test name renamed, so each body runs
+    as a test of its own (reported ``test_x#01``, ``#02``... as ``opa test`` does). Rego
+    joins definitions of one name with "or": run as one, a failing or erroring body beside
+    a passing one would pass."""
+    seen: dict[tuple[tuple[str, ...], str], int] = {}
+    renames: dict[str, list[tuple[int, int, str]]] = {}
+    for head in rule_heads(bundle.modules):
+        if not head.name.startswith("test_") or head.ref or head.function or head.default:
+            continue
+        key = (head.package, head.name)
+        count = seen.get(key, 0)
+        seen[key] = count + 1
+        if count:
+            renames.setdefault(head.file, []).append((head.start, head.end, f"{head.name}{_DUPLICATE_SUFFIX}{count}"))
+    if not renames:
+        return bundle
+    modules = dict(bundle.modules)
+    for file, edits in renames.items():
+        raw = modules[file].encode("utf-8")  # the parser's offsets count bytes
+        for start, end, name in sorted(edits, reverse=True):
+            raw = raw[:start] + name.encode() + raw[end:]
+        modules[file] = raw.decode("utf-8")
+    return dataclasses.replace(bundle, modules=modules)
+
+
+def _label(ref: str) -> str | None:
+    base, sep, count = ref.rpartition(_DUPLICATE_SUFFIX)
+    return f"{base}#{int(count):02d}" if sep and count.isdigit() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +128,15 @@ def discover_tests(bundle: Bundle) -> list[PolicyTest]:
             ref = _ref_text(["data", *package, name])
             if ref not in seen:
                 seen.add(ref)
-                tests.append(PolicyTest(name=ref, file=module["source"]["file"]))
+                tests.append(PolicyTest(name=ref, file=module["source"]["file"], label=_label(ref)))
     return tests
+
+
+def discover_todo(bundle: Bundle) -> list[str]:
+    """``todo_*`` rules (skipped tests, reported as ``opa test`` reports them)."""
+    found = {f"data.{'.'.join(h.package)}.{h.name}" for h in rule_heads(bundle.modules)
+             if h.name.startswith("todo_") and not (h.ref or h.function)}
+    return sorted(found)
 
 
 def _test_rule_name(rule: dict[str, Any]) -> str | None:
@@ -177,8 +226,9 @@ def run_policy_tests(
 
     policy_engines: list[PolicyEngine] = []
     try:
-        bundle = load_bundle(bundle_dir)
-        tests = [t for t in discover_tests(bundle) if selector is None or selector.search(t.name)]
+        bundle = split_duplicate_tests(load_bundle(bundle_dir))
+        tests = [t for t in discover_tests(bundle) if selector is None or selector.search(t.shown)]
+        skipped = [t for t in discover_todo(bundle) if selector is None or selector.search(t)]
         for name in names:
             policy_engines.append(create_engine(name, bundle))
     except PolicyError as exc:
@@ -211,17 +261,23 @@ def run_policy_tests(
             if len(set(outcomes.values())) > 1:
                 failed += 1
                 detail = " ".join(f"{name}={outcome}" for name, outcome in outcomes.items())
-                print(f"DISAGREE {test.name}: {detail}", file=out)
+                print(f"DISAGREE {test.shown}: {detail}", file=out)
+    for todo in skipped:
+        print(f"{todo}: SKIPPED", file=out)
 
     summary = f"{passed} passed, {failed} failed"
     if errors:
         summary += f", {errors} errors"
+    if skipped:
+        summary += f", {len(skipped)} skipped"
+    if not tests:
+        summary += " (no test_ rules found" + (" matching --run)" if selector else ")")
     print(summary, file=out)
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
 
 def _print_result(result: PolicyTestResult, out: TextIO, *, prefix: bool, verbose: bool) -> None:
-    line = f"{result.test.name}: {result.outcome} ({result.duration_ms:.2f}ms)"
+    line = f"{result.test.shown}: {result.outcome} ({result.duration_ms:.2f}ms)"
     if prefix:
         line = f"[{result.engine}] {line}"
     if result.outcome is Outcome.ERROR:
