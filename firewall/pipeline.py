@@ -382,9 +382,11 @@ class Inspector:
             try:
                 forwarded = body
                 if decision.redact:
-                    forwarded, _problems = apply_redactions(forwarded, decision.redact)
+                    forwarded, problems = apply_redactions(forwarded, decision.redact)
+                    if problems:  # what the policy meant to hide may sit elsewhere: pass nothing
+                        raise ValueError("; ".join(problems))
                 if decision.remove:
-                    forwarded, _problems = apply_removals(forwarded, decision.remove)
+                    forwarded, _gone = apply_removals(forwarded, decision.remove)  # already absent: nothing to hide
                 forward = encode(forwarded)
             except Exception as exc:  # an unusable redaction must not leak the original
                 decision = deny_decision("policy_error", f"redaction failed: {exc}", error=str(exc))

@@ -184,3 +184,32 @@ def test_a_credential_used_as_an_object_key_is_found(firewall, tmp_path):
     forwarded = orjson.loads(out.forward)
     assert forwarded["result"]["structuredContent"]["tokens"] == {"note": "kept"}
     assert "secret_redacted" in out.verdicts[0].decision.tags
+
+
+def test_a_redaction_that_misses_its_pointer_passes_nothing(tmp_path, monkeypatch):
+    """A policy that redacts /result/content/0/txt (a typo) meant to hide something: the
+    result is denied, not forwarded whole with an audit row that says it was redacted."""
+    monkeypatch.setenv("MCPFW_HOME", str(tmp_path / "home"))
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "p.rego").write_text(
+        'package mcpfw\n\ndecision := {"allow": true, "redact": [{"pointer": "/result/content/0/txt"}]} '
+        'if input.kind == "response"\n\ndecision := {"allow": true} if input.kind != "response"\n')
+    cfg = load_config(None)
+    cfg = cfg.model_copy(update={
+        "audit": cfg.audit.model_copy(update={"path": str(tmp_path / "a.duckdb")}),
+        "policy": cfg.policy.model_copy(update={"bundle": str(bundle)}),
+    })
+    fw = build_firewall(cfg)
+    try:
+        session = _session(tmp_path)
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read", "arguments": {}}}
+        fw.inspector.inspect(orjson.dumps(call), "client_to_server", session)
+        secret = {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "AKIAIOSFODNN7EXAMPLE"}]}}
+        out = fw.inspector.inspect(orjson.dumps(secret), "server_to_client", session)
+        assert out.verdicts[0].decision.action == "deny"
+        assert b"AKIAIOSFODNN7EXAMPLE" not in (out.forward or b"")
+    finally:
+        fw.close()
+    row = audit_rows(tmp_path / "a.duckdb", "kind = 'response'", at_least=1)[-1]
+    assert row["decision"] == "deny" and "does not resolve" in row["error"]

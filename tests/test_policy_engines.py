@@ -1016,3 +1016,10 @@ def test_pipeline_denies_when_a_span_does_not_fit(default_bundle):
     assert forwarded["error"]["data"]["reasons"][0]["code"] == "policy_error"
     assert "short" not in json.dumps(forwarded)
     assert audit.rows[-1]["decision"] == "deny"
+
+
+def test_a_decision_with_a_field_the_firewall_does_not_know_is_invalid():
+    """{"allow": true, "modify": [...]} must not pass with the modification silently dropped."""
+    for extra in ({"modify": [{"pointer": "/result/content/0/text"}]}, {"block": True}, {"deny": True}):
+        decision = normalize_decision({"allow": True, **extra})
+        assert not decision.allow and decision.error and next(iter(extra)) in decision.error

@@ -84,12 +84,19 @@ def normalize_decision(raw: object) -> Decision:
         return deny_decision(POLICY_ERROR, "the policy returned an invalid decision", error=str(exc))
 
 
+_DECISION_FIELDS = frozenset({"version", "allow", "reasons", "redact", "remove", "obligations"})
+
+
 def _normalize(raw: object) -> Decision:
     if not isinstance(raw, dict):
         raise _Invalid(f"decision is not an object (got {_json_type(raw)})")
     version = raw.get("version", 1)
     if version != 1 or isinstance(version, bool):
         raise _Invalid(f"unsupported decision version {version!r} (expected 1)")
+    unknown = sorted(set(raw) - _DECISION_FIELDS)
+    if unknown:  # e.g. a "modify" or "block" the firewall would silently not act on
+        raise _Invalid(f"decision has unknown field(s) {', '.join(map(repr, unknown))}; "
+                       f"expected only {', '.join(sorted(_DECISION_FIELDS))}")
     allow = raw.get("allow")
     if not isinstance(allow, bool):
         problem = "missing" if "allow" not in raw else f"not a boolean (got {_json_type(allow)})"
