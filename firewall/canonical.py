@@ -103,10 +103,32 @@ def _looks_like_path(key: str | None, value: str) -> bool:
     return starts and "\n" not in value and "\r" not in value
 
 
+def _path_ref(pointer: str, raw: str, cwd: str, bases: tuple[str, ...], resolve_symlinks: bool) -> dict[str, Any]:
+    ref: dict[str, Any] = {"pointer": pointer, "raw": raw, "canonical": canonical_path(raw, cwd=cwd, resolve_symlinks=resolve_symlinks)}
+    if bases and _is_relative(raw):
+        # The server may resolve it against another directory than the firewall's working
+        # directory (server-filesystem uses its allowed directories): each reading counts.
+        others = {canonical_path(raw, cwd=base, resolve_symlinks=resolve_symlinks) for base in bases}
+        others.discard(ref["canonical"])
+        if others:
+            ref["alternatives"] = sorted(others)
+    return ref
+
+
+def _is_relative(raw: str) -> bool:
+    if raw[:5].lower() == "file:":
+        return False
+    text = _decode(raw)
+    return not text.startswith(("/", "~"))
+
+
 def extract_resources(
-    arguments: Any, *, base_pointer: str, cwd: str, resolve_symlinks: bool
+    arguments: Any, *, base_pointer: str, cwd: str, resolve_symlinks: bool, bases: tuple[str, ...] = ()
 ) -> dict[str, list[dict[str, Any]]]:
     """Every string leaf of ``arguments`` that names a path or URL, canonicalised.
+
+    A relative path is read from ``cwd`` (``canonical``) and from each of ``bases``
+    (``alternatives``, when they differ).
 
     Past ``_MAX_REFS`` references the walk stops and the result carries ``"truncated":
     True``, which the default policy refuses: a reference the policy never saw must not
@@ -135,9 +157,9 @@ def extract_resources(
                 if url is not None:
                     urls.append({"pointer": pointer, "raw": node, **url})
                 if node[:7].lower() == "file://":
-                    paths.append({"pointer": pointer, "raw": node, "canonical": canonical_path(node, cwd=cwd, resolve_symlinks=resolve_symlinks)})
+                    paths.append(_path_ref(pointer, node, cwd, bases, resolve_symlinks))
             elif _looks_like_path(key, node):
-                paths.append({"pointer": pointer, "raw": node, "canonical": canonical_path(node, cwd=cwd, resolve_symlinks=resolve_symlinks)})
+                paths.append(_path_ref(pointer, node, cwd, bases, resolve_symlinks))
     paths.reverse()
     urls.reverse()
     return {"paths": paths, "urls": urls}

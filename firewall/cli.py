@@ -149,11 +149,13 @@ def _cmd_stdio(args: argparse.Namespace) -> int:
     except PolicyLoadError as exc:
         print(f"mcpfw: policy error: {exc}", file=sys.stderr)
         return 2
+    real_roots = [os.path.realpath(os.path.expanduser(r)) for r in roots]
     session = Session(
-        ServerIdentity(name=name, command=command, roots=[os.path.realpath(os.path.expanduser(r)) for r in roots]),
+        ServerIdentity(name=name, command=command, roots=real_roots),
         transport="stdio",
         cwd=os.getcwd(),
         resolve_symlinks=True,
+        path_bases=(*server_directories(command), *real_roots),
     )
     from .identity import AuthError
     from .identity.authenticator import stdio_identity
@@ -197,6 +199,18 @@ def derive_server_name(command: list[str]) -> str:
         name = part.split("@", 2)[-1] if part.startswith("@") else part.split("@")[0]
         return os.path.basename(name) or "server"
     return "server"
+
+
+def server_directories(command: list[str]) -> list[str]:
+    """Directories named in a server's command line (``server-filesystem /data``,
+    ``mcp-server-git --repository=/repo``): bases the server may resolve relative paths from."""
+    found: list[str] = []
+    for part in command[1:]:
+        value = part.split("=", 1)[1] if part.startswith("-") and "=" in part else part
+        value = os.path.expanduser(value)
+        if os.path.isabs(value) and os.path.isdir(value):
+            found.append(os.path.realpath(value))
+    return found
 
 
 def _cmd_policy_test(args: argparse.Namespace) -> int:

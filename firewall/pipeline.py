@@ -616,11 +616,12 @@ def build_input(ctx: MessageContext) -> dict[str, Any]:
     elif tool is not None:
         resources = extract_resources(
             tool["arguments"], base_pointer="/params/arguments", cwd=session.cwd,
-            resolve_symlinks=session.resolve_symlinks,
+            resolve_symlinks=session.resolve_symlinks, bases=session.path_bases,
         )
     elif isinstance(params, dict):
         resources = extract_resources(
-            params, base_pointer="/params", cwd=session.cwd, resolve_symlinks=session.resolve_symlinks
+            params, base_pointer="/params", cwd=session.cwd, resolve_symlinks=session.resolve_symlinks,
+            bases=session.path_bases,
         )
     else:
         resources = _NO_RESOURCES

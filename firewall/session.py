@@ -65,11 +65,15 @@ class Session:
         cwd: str,
         resolve_symlinks: bool,
         session_id: str | None = None,
+        path_bases: tuple[str, ...] = (),
     ) -> None:
         self.id = session_id or uuid.uuid4().hex
         self.server = server
         self.transport = transport
         self.cwd = cwd
+        # Other directories the server may resolve a relative path against (its directory
+        # arguments, the roots): a relative path is checked from each of them too.
+        self.path_bases = tuple(b for b in dict.fromkeys(path_bases) if b != cwd)
         self.resolve_symlinks = resolve_symlinks
         self.protocol_version: str | None = None
         self.era = "unknown"

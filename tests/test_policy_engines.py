@@ -1023,3 +1023,18 @@ def test_a_decision_with_a_field_the_firewall_does_not_know_is_invalid():
     for extra in ({"modify": [{"pointer": "/result/content/0/text"}]}, {"block": True}, {"deny": True}):
         decision = normalize_decision({"allow": True, **extra})
         assert not decision.allow and decision.error and next(iter(extra)) in decision.error
+
+
+def test_symlinked_directories_of_a_bundle_are_read(tmp_path):
+    """A shared rules directory linked into a bundle is part of it (it was skipped in
+    silence: its deny rules and tests vanished); a link back up is read once."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "deny.rego").write_text('package p\n\ndeny contains "no" if input.x\n')
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "p.rego").write_text('package p\n\ndecision := {"allow": count(deny) == 0}\n')
+    (bundle / "rules").symlink_to(shared, target_is_directory=True)
+    (shared / "loop").symlink_to(bundle, target_is_directory=True)
+    loaded = load_bundle(bundle)
+    assert sorted(loaded.modules) == ["p.rego", "rules/deny.rego"]

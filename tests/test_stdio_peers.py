@@ -169,3 +169,27 @@ def test_typescript_sdk_client_through_shim(which, workspace, audit_db):
         assert not results[1]["ok"]
         assert results[1]["error"]["code"] == errors.POLICY_DENIED
         assert results[1]["error"]["data"]["reasons"][0]["code"] == "secret_file"
+
+
+def test_relative_paths_are_checked_from_every_base_the_server_may_use(tmp_path, audit_db):
+    """server-filesystem resolves a relative path against its allowed directory, not its
+    working directory. With the root narrower than the server's directory and the shim
+    started inside the root, "secret.txt" named a file outside the root and was passed."""
+    served = tmp_path / "served"
+    project = served / "project"
+    project.mkdir(parents=True)
+    (served / "secret.txt").write_text("outside the root\n")
+    (project / "notes.txt").write_text("inside\n")
+    command = shim_command(audit_db, "--root", str(project), server=filesystem_server(served))
+    params = StdioServerParameters(command=command[0], args=command[1:], cwd=str(project))
+
+    async def scenario():
+        async with Client(params) as client:
+            with pytest.raises(MCPError) as denied:
+                await client.call_tool("read_text_file", {"path": "secret.txt"})
+            assert denied.value.error.code == errors.POLICY_DENIED
+            assert str(served / "secret.txt") in denied.value.error.message
+            ok = await client.call_tool("read_text_file", {"path": str(project / "notes.txt")})
+            assert not ok.is_error and ok.content[0].text == "inside\n"
+
+    run(scenario)

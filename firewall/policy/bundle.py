@@ -100,7 +100,15 @@ def merge_data(base: Mapping[str, Any], override: Mapping[str, Any] | None) -> d
 def _scan(root: Path) -> tuple[list[str], list[str]]:
     rego: list[str] = []
     data: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    visited: set[str] = set()
+    # Symlinked directories are followed (a shared rules directory linked into a bundle must
+    # not be skipped in silence); a link back into a directory already read is not.
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = Path(dirpath).relative_to(root)
         for name in filenames:

@@ -76,15 +76,22 @@ effects(config) := {"deny": reasons} if {
 		}
 		some ref in paths
 		is_string(ref.canonical)
-		not strings.any_prefix_match(concat("", [ref.canonical, "/"]), prefixes)
-		reason := {"code": "path_outside_roots", "message": sprintf("file argument %v: %q is outside the allowed roots", [ref.pointer, ref.canonical])}
+		some canonical in readings(ref)
+		not strings.any_prefix_match(concat("", [canonical, "/"]), prefixes)
+		reason := {"code": "path_outside_roots", "message": sprintf("file argument %v: %q is outside the allowed roots", [ref.pointer, canonical])}
 	} | {reason |
 		some ref in paths
 		is_string(ref.canonical)
-		path := lower(ref.canonical)
+		some canonical in readings(ref)
+		path := lower(canonical)
 		# One literal match clears an ordinary path; the lists decide the rest.
 		regex.match(config.secret_files.prefilter, concat("", [path, "/"]))
 		data.mcpfw.lib.filesystem.secret_file(path, config.secret_files)
-		reason := {"code": "secret_file", "message": sprintf("file argument %v: access to %q is blocked (credential file)", [ref.pointer, ref.canonical])}
+		reason := {"code": "secret_file", "message": sprintf("file argument %v: access to %q is blocked (credential file)", [ref.pointer, canonical])}
 	}
 }
+
+# Every place a file argument may name: a relative path is read from the firewall's working
+# directory (canonical) and from each directory the server may resolve it against
+# (alternatives: the server's directory arguments, the roots); each reading must pass.
+readings(ref) := array.concat([ref.canonical], [alt | some alt in object.get(ref, "alternatives", []); is_string(alt)])

@@ -270,3 +270,16 @@ test_truncated_without_paths_still_reaches_the_filesystem_topic if {
 	not decision.allow
 	[reason.code | some reason in decision.reasons] == ["paths_unchecked"]
 }
+
+test_every_reading_of_a_relative_path_is_checked if {
+	# "notes.txt" read from the firewall's directory is inside the root; the server may
+	# read it from its own directory argument, outside it (or as a credential file).
+	inp := inputs.file_call("notes.txt", "/data/notes.txt", ["/data"])
+	allowed(inp)
+	outside := json.patch(inp, [{"op": "add", "path": "/resources/paths/0/alternatives", "value": ["/srv/notes.txt"]}])
+	denials(outside) == {"path_outside_roots"}
+	secret := json.patch(inp, [{"op": "add", "path": "/resources/paths/0/alternatives", "value": ["/data/.ssh/id_rsa"]}])
+	denials(secret) == {"secret_file"}
+	inside := json.patch(inp, [{"op": "add", "path": "/resources/paths/0/alternatives", "value": ["/data/sub/notes.txt"]}])
+	allowed(inside)
+}
