@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -19,11 +20,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    from .audit.log import AuditUnavailableError
+
     try:
         return args.handler(args)
     except ConfigError as exc:
         print(f"mcpfw: config error: {exc}", file=sys.stderr)
         return 2
+    except AuditUnavailableError as exc:
+        print(f"mcpfw: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `mcpfw audit sql ... | head`: the reader has what it wanted
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -229,7 +239,15 @@ def _cmd_policy_eval(args: argparse.Namespace) -> int:
     from .policy.decision import normalize_decision
     from .policy.engine import PolicyEvaluationError, create_engine
 
-    text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(encoding="utf-8")
+    try:
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(encoding="utf-8")
+        orjson.loads(text)
+    except OSError as exc:
+        print(f"mcpfw: cannot read the policy input {args.input}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+        print(f"mcpfw: the policy input {args.input} is not JSON: {exc}", file=sys.stderr)
+        return 2
     try:
         engine = create_engine(args.engine, load_bundle(args.policy or DEFAULT_POLICY_DIR))
         raw = engine.evaluate(text)
@@ -274,6 +292,10 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         # Compiled as the firewall compiles it, with the configuration's data merged in.
         serving = dataclasses.replace(bundle, modules=serving_modules(bundle))
         create_engine(config.policy.engine, serving, config.policy.data or None).close()
+        from .transports.http.routes import route_from_config
+
+        for upstream in config.proxy.upstreams:  # header values from the environment, ...
+            route_from_config(upstream)
     except PolicyError as exc:
         print(f"{args.file}: policy: {exc}", file=sys.stderr)
         return 2

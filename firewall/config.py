@@ -125,6 +125,15 @@ class ProxyConfig(_Strict):
         default="auto", description="auto: the lean asyncio listener in reverse mode, mitmproxy otherwise"
     )
     listen: str = Field(default="127.0.0.1:8080", description="HOST:PORT to listen on")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"wants HOST:PORT with a port from 0 to 65535, not {value!r}")
+        return value
+
     workers: Annotated[int, Field(ge=0, le=64)] = Field(
         default=1, description="lean engine processes sharing the port (SO_REUSEPORT); 0 = one per core"
     )

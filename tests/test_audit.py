@@ -24,6 +24,7 @@ from firewall.audit import (
     COLUMNS,
     SCHEMA_VERSION,
     AuditLog,
+    AuditUnavailableError,
     SecretRulesError,
     args_digest,
     list_views,
@@ -309,9 +310,22 @@ def test_spill_mode_keeps_accepting_while_unhealthy(db: Path) -> None:
     assert len((db.parent / "spill.jsonl").read_bytes().splitlines()) == 1
 
 
-def test_unwritable_path_blocks_spills_and_recovers(db: Path) -> None:
+def test_block_mode_does_not_start_without_a_writable_database(db: Path) -> None:
+    """The first messages would pass unrecorded until the first flush found out."""
     db.mkdir()
+    with pytest.raises(AuditUnavailableError, match="on_failure is block"):
+        AuditLog(db, lock_retry_seconds=0.05)
+    audit = AuditLog(db, on_failure="spill", lock_retry_seconds=0.05)  # spill mode starts, unhealthy
+    try:
+        assert not audit.healthy and audit.accepting and "cannot be written" in (audit.last_error or "")
+    finally:
+        audit.close()
+
+
+def test_unwritable_path_blocks_spills_and_recovers(db: Path) -> None:
     audit = AuditLog(db, lock_retry_seconds=0.05)
+    db.unlink()
+    db.mkdir()  # the file turned into a directory while running
     try:
         assert audit.accepting
         for i in range(5):
@@ -329,8 +343,8 @@ def test_unwritable_path_blocks_spills_and_recovers(db: Path) -> None:
 
 
 def test_corrupt_database_file_spills(db: Path) -> None:
-    db.write_bytes(b"this is not a duckdb database" * 200)
     audit = AuditLog(db)
+    db.write_bytes(b"this is not a duckdb database" * 200)  # replaced while running
     try:
         audit.record(make_row(1))
         assert audit.flush() is False

@@ -178,3 +178,34 @@ def test_proxy_with_bearer_tokens_needs_to_know_its_own_url(tmp_path):
     done = mcpfw("proxy", "--upstream", "http://127.0.0.1:9/mcp", "--listen", "127.0.0.1:0",
                  "--auth-issuer", "https://idp.example", "--audit", str(tmp_path / "a.duckdb"))
     assert done.returncode == 2 and "public URL" in done.stderr
+
+
+def test_user_mistakes_get_a_message_not_a_traceback(tmp_path, audit_db):
+    from firewall.audit import AuditLog
+
+    AuditLog(audit_db).close()  # an empty audit database
+    (tmp_path / "a-file").write_text("not a directory")
+    cases = [
+        (["audit", "sql", "--db", str(audit_db), "-- nothing"], "no SQL statement given"),
+        (["policy", "eval", str(tmp_path / "missing.json")], "cannot read the policy input"),
+        (["proxy", "--upstream", "http://127.0.0.1:9/mcp", "--listen", "127.0.0.1:99999"], "port from 0 to 65535"),
+        (["stdio", "--audit", str(tmp_path / "a-file" / "a.duckdb"), "--", "cat"], "on_failure is block: not starting"),
+    ]
+    for args, fragment in cases:
+        done = mcpfw(*args)
+        assert done.returncode != 0 and fragment in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    bad_json = subprocess.run([sys.executable, "-m", "firewall.cli", "policy", "eval", "-"], input="not json",
+                              capture_output=True, text=True, timeout=60)
+    assert bad_json.returncode == 2 and "is not JSON" in bad_json.stderr
+
+
+def test_a_missing_environment_variable_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("MCPFW_TEST_UNSET_TOKEN", raising=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("proxy:\n  upstreams:\n    - url: http://127.0.0.1:9/mcp\n"
+                   "      headers:\n        Authorization: 'Bearer ${MCPFW_TEST_UNSET_TOKEN}'\n")
+    for args in (["config", "check", str(cfg)], ["proxy", "--config", str(cfg), "--listen", "127.0.0.1:0"]):
+        done = mcpfw(*args)
+        assert done.returncode == 2 and "MCPFW_TEST_UNSET_TOKEN is not set" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr

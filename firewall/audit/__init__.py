@@ -9,7 +9,7 @@ Public entry points:
 * :func:`run_sql`, :func:`list_views` - read-only queries for ``mcpfw audit``.
 """
 
-from firewall.audit.log import AuditLog
+from firewall.audit.log import AuditLog, AuditUnavailableError
 from firewall.audit.store import AuditStats
 from firewall.audit.query import list_views, run_sql
 from firewall.audit.redact import (
@@ -30,6 +30,7 @@ __all__ = [
     "VIEWS",
     "AuditLog",
     "AuditStats",
+    "AuditUnavailableError",
     "SecretRule",
     "SecretRules",
     "SecretRulesError",

@@ -69,6 +69,10 @@ def _close_all_at_exit() -> None:
         audit_log.close()
 
 
+class AuditUnavailableError(RuntimeError):
+    """The audit log cannot record decisions and the configuration forbids running without."""
+
+
 class AuditLog:
     """Buffered writer of audit rows to a DuckDB file shared between processes.
 
@@ -133,10 +137,28 @@ class AuditLog:
         self._overflow_reported = False
         self._healthy = True
         self.last_error: str | None = None
+        self._probe(lock_retry_seconds)
 
         self._thread = threading.Thread(target=self._run, name="mcpfw-audit-writer", daemon=True)
         self._thread.start()
         _live_logs.add(self)
+
+    def _probe(self, retry_seconds: float) -> None:
+        """Open the database once before any traffic: with ``on_failure: block`` a file that
+        cannot be written stops the start (the first messages would otherwise pass during
+        the first flush interval, unrecorded); with ``spill`` the log starts unhealthy,
+        spilling, if the spill file's directory is writable."""
+        if self._store.write([], include_spill=False, retry_seconds=retry_seconds):
+            return
+        problem = f"audit database {self.path} cannot be written: {self._store.last_error}"
+        self._store.close(checkpoint=False)
+        if self.on_failure == "block":
+            raise AuditUnavailableError(f"{problem} (audit.on_failure is block: not starting)")
+        if not os.access(self.spill_path.parent, os.W_OK):
+            raise AuditUnavailableError(f"{problem}; nor can the spill file {self.spill_path}")
+        self._healthy = False
+        self.last_error = problem
+        print(f"mcpfw: WARNING: {problem}; decisions go to the spill file {self.spill_path}", file=sys.stderr)
 
     # ---- hot path -------------------------------------------------------
 

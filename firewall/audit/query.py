@@ -65,6 +65,8 @@ def query(
     con = _connect_read_only(path, lock_retry_seconds)
     try:
         result = con.execute(sql)
+        if result is None:  # only whitespace, comments or ";"
+            raise QueryError("no SQL statement given (try: SELECT * FROM recent_denials)", EXIT_SQL_ERROR)
         if result.description is None:
             return [], []
         columns = [(str(d[0]), str(d[1])) for d in result.description]

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import AuthConfig, Config
+from ..config import AuthConfig, Config, ConfigError
 from . import AuthError, Identity
 
 _KEY_PREFIX = "mcpfw_"
@@ -129,8 +129,8 @@ def expand_env(value: str, *, where: str) -> str:
     def take(match: re.Match[str]) -> str:
         name = match.group(1)
         found = os.environ.get(name)
-        if found is None:
-            raise ValueError(f"{where}: environment variable {name} is not set")
+        if not found:
+            raise ConfigError(f"{where}: environment variable {name} is {'empty' if found == '' else 'not set'}")
         return found
 
     return _ENV_REF.sub(take, value)

@@ -25,8 +25,8 @@ class Listen:
 
 def parse_listen(value: str) -> Listen:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--listen wants HOST:PORT, not {value!r}")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen wants HOST:PORT with a port from 0 to 65535, not {value!r}")
     return Listen(host.strip("[]") or "127.0.0.1", int(port))
 
 
