@@ -213,3 +213,14 @@ def test_a_redaction_that_misses_its_pointer_passes_nothing(tmp_path, monkeypatc
         fw.close()
     row = audit_rows(tmp_path / "a.duckdb", "kind = 'response'", at_least=1)[-1]
     assert row["decision"] == "deny" and "does not resolve" in row["error"]
+
+
+def test_a_request_too_deep_to_parse_is_answered_with_its_id(firewall, tmp_path):
+    """The client waits on its id: an error with id null would leave it waiting forever."""
+    depth = firewall.config.limits.max_depth + 5
+    nested = "[" * depth + "]" * depth
+    raw = ('{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x","arguments":{"a":%s}}}' % nested).encode()
+    out = firewall.inspector.inspect(raw, "client_to_server", _session(tmp_path))
+    assert out.forward is None
+    reply = orjson.loads(out.reply)
+    assert reply["id"] == 7 and reply["error"]["code"] == -32600

@@ -1038,3 +1038,14 @@ def test_symlinked_directories_of_a_bundle_are_read(tmp_path):
     (shared / "loop").symlink_to(bundle, target_is_directory=True)
     loaded = load_bundle(bundle)
     assert sorted(loaded.modules) == ["p.rego", "rules/deny.rego"]
+
+
+def test_redactions_may_not_change_what_a_request_calls():
+    """A redaction of /params/name made the server run another tool than the one judged
+    and audited."""
+    for field in ("redact", "remove"):
+        for pointer in ("/params/name", "/params/uri", "/params"):
+            entry = {"pointer": pointer, "replacement": "write_file"} if field == "redact" else pointer
+            decision = normalize_decision({"allow": True, field: [entry]})
+            assert not decision.allow and decision.error, (field, pointer, decision)
+    assert normalize_decision({"allow": True, "redact": [{"pointer": "/params/arguments/token"}]}).allow

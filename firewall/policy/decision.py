@@ -143,6 +143,7 @@ def _redaction(item: object, index: int) -> dict[str, Any]:
         raise _Invalid(f"{where}.pointer: {exc}") from None
     if not tokens or tokens[0] not in REDACTABLE_MEMBERS:
         raise _Invalid(f"{where}.pointer must point inside /params, /result or /error (got {pointer!r})")
+    _check_target(tokens, where, pointer)
     entry: dict[str, Any] = {"pointer": pointer}
     for key in ("pattern", "replacement"):
         if key in item and item[key] is not None:
@@ -184,7 +185,18 @@ def _removal(item: object, index: int) -> str:
         raise _Invalid(f"{where}: {exc}") from None
     if len(tokens) < 2 or tokens[0] not in REDACTABLE_MEMBERS:
         raise _Invalid(f"{where} must point to a member inside /params, /result or /error (got {item!r})")
+    _check_target(tokens, where, item)
     return item
+
+
+# What a request calls or reads: changing it would make the server do something other than
+# what the policy judged and the audit log records. Deny such a request instead.
+_FIXED_TARGETS = (["params"], ["params", "name"], ["params", "uri"])
+
+
+def _check_target(tokens: list[str], where: str, pointer: str) -> None:
+    if tokens in _FIXED_TARGETS:
+        raise _Invalid(f"{where} may not change {pointer!r} (what the request calls or reads); deny the message instead")
 
 
 def _obligation(item: object, index: int) -> dict[str, Any]:
