@@ -285,12 +285,14 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     from .policy.bundle import load_bundle
     from .policy.engine import create_engine
     from .policy.errors import PolicyError
+    from .policy.rules import check_defines_decision
     from .runtime import serving_modules
 
     try:
         bundle = load_bundle(config.policy.bundle)
         # Compiled as the firewall compiles it, with the configuration's data merged in.
         serving = dataclasses.replace(bundle, modules=serving_modules(bundle))
+        check_defines_decision(serving.modules)
         create_engine(config.policy.engine, serving, config.policy.data or None).close()
         from .transports.http.routes import route_from_config
 

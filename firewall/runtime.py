@@ -16,6 +16,7 @@ from .ratelimit import RateEnricher
 from .registry import build_registry_enricher
 from .policy.bundle import Bundle, load_bundle
 from .policy.engine import PolicyEngine, create_engine, decision_cache_plan, engine_modules, findings_read
+from .policy.rules import check_defines_decision
 
 
 @dataclass
@@ -41,6 +42,7 @@ def build_firewall(config: Config) -> Firewall:
     """Load and compile the policy once, open the audit log, and wire the inspector."""
     bundle = load_bundle(config.policy.bundle)
     serving = dataclasses.replace(bundle, modules=serving_modules(bundle))
+    check_defines_decision(serving.modules)
     engine = create_engine(config.policy.engine, serving, config.policy.data or None)
     audit_cfg = config.audit
     audit = AuditLog(

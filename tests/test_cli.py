@@ -209,3 +209,15 @@ def test_a_missing_environment_variable_is_a_config_error(tmp_path, monkeypatch)
         done = mcpfw(*args)
         assert done.returncode == 2 and "MCPFW_TEST_UNSET_TOKEN is not set" in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_bundle_that_defines_no_decision_does_not_start(tmp_path):
+    """package firewall instead of package mcpfw: every message would be denied, silently."""
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "p.rego").write_text('package firewall\n\ndecision := {"allow": true}\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"policy:\n  bundle: {bundle}\naudit:\n  path: {tmp_path / 'a.duckdb'}\n")
+    for args in (["config", "check", str(cfg)], ["stdio", "--config", str(cfg), "--", "cat"]):
+        done = mcpfw(*args)
+        assert done.returncode == 2 and "no rule defines data.mcpfw.decision" in done.stderr, done.stderr

@@ -13,7 +13,7 @@ import regorus
 
 from .bundle import PolicyLoadError
 
-__all__ = ["RuleHead", "check_data_conflicts", "rule_heads"]
+__all__ = ["RuleHead", "check_data_conflicts", "check_defines_decision", "rule_heads"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +108,15 @@ def _ref_parts(node: dict[str, Any]) -> list[str]:
             raise PolicyLoadError(f"unsupported package path element: {index}")
         return [*_ref_parts(ref["refr"]), index["String"]["value"]]
     raise PolicyLoadError(f"unsupported package path: {node}")
+
+
+def check_defines_decision(modules: Mapping[str, str]) -> None:
+    """Refuse a bundle that cannot decide anything: no rule defines ``data.mcpfw.decision``
+    (every message would be denied, with nothing at start saying why)."""
+    for head in rule_heads(modules):
+        path = (*head.package, head.name)
+        if path[:2] == ("mcpfw", "decision"):
+            return
+    raise PolicyLoadError(
+        "no rule defines data.mcpfw.decision (the document the firewall evaluates): "
+        "is the package named 'mcpfw'? See docs/contracts.md")
