@@ -61,6 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     ptest.add_argument("--run", default=None, metavar="REGEX", help="only tests whose full name matches")
     ptest.add_argument("-v", "--verbose", action="store_true")
     ptest.set_defaults(handler=_cmd_policy_test)
+    preplay = psub.add_parser(
+        "replay", help="judge recorded traffic (audit.record_inputs) with a bundle and show what would change",
+        description="Evaluate a bundle on the policy inputs recorded in the audit log and compare with the "
+        "recorded decisions. Read-only: no counter, pin, approval or audit row is touched.")
+    preplay.add_argument("--policy", type=Path, default=None, help="the bundle to try (default: the configured one)")
+    preplay.add_argument("--db", type=Path, default=None, help="the DuckDB audit file (default: the configured one)")
+    preplay.add_argument("--config", default=None, help="configuration file (its policy.data and engine apply)")
+    preplay.add_argument("--engine", choices=["regorus", "opa"], default=None)
+    preplay.add_argument("--where", default=None, metavar="SQL", help="which decisions, e.g. \"server = 'fs' AND ts > now() - INTERVAL 1 DAY\"")
+    preplay.add_argument("--limit", type=int, default=None, help="at most this many decisions (oldest first)")
+    preplay.add_argument("--show", type=int, default=20, help="changed decisions to list (default 20)")
+    preplay.add_argument("--format", choices=["text", "json"], default="text")
+    preplay.add_argument("--fail-on-change", action="store_true", help="exit 1 when any decision changes (for CI)")
+    preplay.set_defaults(handler=_cmd_policy_replay)
     peval = psub.add_parser("eval", help="evaluate data.mcpfw.decision for one policy input (JSON file or -)")
     peval.add_argument("input", help="policy input JSON file, or - for stdin")
     peval.add_argument("--policy", type=Path, default=None, help="bundle directory")
@@ -258,6 +272,51 @@ def _cmd_policy_eval(args: argparse.Namespace) -> int:
     out = {"action": decision.action, "decision": raw}
     sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0 if decision.action != "deny" else 3
+
+
+def _cmd_policy_replay(args: argparse.Namespace) -> int:
+    import orjson
+
+    from .audit.query import QueryError
+    from .policy.bundle import load_bundle
+    from .policy.engine import create_engine
+    from .policy.errors import PolicyError
+    from .policy.replay import replay
+    from .runtime import serving_modules
+
+    config = load_config(args.config)
+    db = args.db or config.audit.path
+    try:
+        bundle = load_bundle(args.policy or config.policy.bundle)
+        serving = dataclasses.replace(bundle, modules=serving_modules(bundle))
+        engine = create_engine(args.engine or config.policy.engine, serving, config.policy.data or None)
+    except PolicyError as exc:
+        print(f"mcpfw: policy error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = replay(db, engine, where=args.where, limit=args.limit, keep=max(args.show, 0))
+    except QueryError as exc:
+        print(f"mcpfw: {exc}", file=sys.stderr)
+        return exc.exit_code or 2
+    finally:
+        engine.close()
+    if args.format == "json":
+        sys.stdout.write(orjson.dumps({"db": str(db), "bundle": str(bundle.root), **report.as_dict()},
+                                      option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(f"replayed {report.replayed} decisions of {db} with {bundle.root}: "
+              f"{report.replayed - report.changed} unchanged, {report.changed} changed"
+              + (f" ({report.not_recorded} more have no recorded input)" if report.not_recorded else ""))
+        for transition, count in report.transitions.most_common():
+            print(f"  {transition:<18} {count}")
+        if report.changes:
+            print(f"changed (first {len(report.changes)}):")
+        for c in report.changes:
+            what = " ".join(x for x in (c.method, c.tool) if x)
+            codes = ",".join(c.replayed_codes) or "-"
+            print(f"  {c.ts:%Y-%m-%d %H:%M:%S} {c.direction} {c.kind} {what}: {c.recorded} -> {c.replayed} "
+                  f"[{codes}] {c.decision_id}" + (f" error: {c.error}" if c.error else ""))
+    return 1 if args.fail_on_change and report.changed else 0
 
 
 def _audit_db(args: argparse.Namespace) -> Path:

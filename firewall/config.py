@@ -41,6 +41,11 @@ class AuditConfig(_Strict):
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
     on_failure: Literal["block", "spill"] = "block"
     spill_path: Path | None = None
+    record_inputs: bool = Field(
+        default=False,
+        description="store each decision's policy input (secrets redacted) in the audit log, "
+        "so that `mcpfw policy replay` can judge recorded traffic with another policy",
+    )
 
 
 class LimitsConfig(_Strict):

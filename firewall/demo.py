@@ -83,7 +83,7 @@ def run_demo(audit_path: Path | None) -> int:
         )
         _say(f'$ mcpfw audit sql --db {audit} "{sql}"')
         run_sql(audit, sql, fmt="table", out=sys.stdout)
-        _say("\n$ mcpfw audit sql \"SELECT * FROM denials_by_reason\"")
+        _say(f'\n$ mcpfw audit sql --db {audit} "SELECT * FROM denials_by_reason"')
         run_sql(audit, "SELECT * FROM denials_by_reason", fmt="table", out=sys.stdout)
         expected = [("read_text_file", True), ("read_text_file", False), ("write_file", False), ("list_directory", True)]
         ok = outcomes == expected and not escaped

@@ -66,6 +66,7 @@ class MessageContext:
     rate: dict[str, Any] | None = None
     registry: dict[str, Any] | None = None
     walks: dict[tuple[int, str, int], list[tuple[str, str]]] | None = None  # see string_leaves()
+    input_json: str | None = None  # the policy input as evaluated (audit.record_inputs)
 
     def string_leaves(self, value: Any, pointer: str, min_len: int = 0) -> list[tuple[str, str]]:
         """``(pointer, string)`` of every string of ``value`` (a part of this message) at
@@ -139,8 +140,10 @@ class Inspector:
         limits: LimitsConfig,
         enrichers: tuple[Enricher, ...] = (),
         approvals: ApprovalGate | None = None,
+        record_inputs: bool = False,
     ) -> None:
         self._enrichers = enrichers
+        self._record_inputs = record_inputs
         self._approvals = approvals
         self._engine = engine
         self._audit = audit
@@ -419,6 +422,7 @@ class Inspector:
             size=size, eval_ms=eval_ms, error_code=error_code, error=decision.error,
             findings=ctx.findings or None, identity=ctx.identity, rate=ctx.rate,
             upstream_ms=(time.monotonic() - pending.sent_at) * 1000.0 if pending is not None else None,
+            policy_input=ctx.input_json if self._record_inputs else None,
         )
         return forward, reply, Verdict(decision, decision_id, kind.value, method, error_code, retry_after)
 
@@ -498,6 +502,7 @@ class Inspector:
                     input_json = f'{key[:-1]},{orjson.dumps(unread).decode("utf-8")[1:]}'
         except Exception as exc:
             return deny_decision("policy_error", f"cannot build the policy input: {exc}", error=str(exc))
+        ctx.input_json = input_json
         if key is not None and len(key) > _CACHE_MAX_KEY:
             key = None
         if key is not None:
@@ -525,7 +530,7 @@ class Inspector:
         kind: str | None, method: str | None, tool: str | None, msg_id: Any, arguments: Any,
         digest_of: Any, size: int, eval_ms: float, error_code: int | None, error: str | None,
         findings: dict[str, Any] | None = None, identity: dict[str, Any] | None = None,
-        rate: dict[str, Any] | None = None, upstream_ms: float | None = None,
+        rate: dict[str, Any] | None = None, upstream_ms: float | None = None, policy_input: str | None = None,
     ) -> None:
         identity = identity or {}
         self._audit.record(
@@ -562,6 +567,7 @@ class Inspector:
                 "auth_method": identity.get("auth_method"),
                 "rate": rate,
                 "upstream_ms": upstream_ms,
+                "policy_input": policy_input,
             }
         )
 

@@ -69,7 +69,8 @@ def build_firewall(config: Config) -> Firewall:
         config.approvals.store or default_approval_store(), pending_seconds=config.approvals.pending_hours * 3600
     ))
     inspector = Inspector(
-        engine, audit, bundle_digest=bundle.digest, limits=config.limits, enrichers=enrichers, approvals=approvals
+        engine, audit, bundle_digest=bundle.digest, limits=config.limits, enrichers=enrichers, approvals=approvals,
+        record_inputs=config.audit.record_inputs,
     )
     return Firewall(config, bundle, engine, audit, inspector, detectors)
 

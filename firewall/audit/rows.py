@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from firewall.audit.redact import SecretRules, args_digest, redacted_json, redact_text
+from firewall.audit.redact import SecretRules, args_digest, redact_for_audit, redact_text, redacted_json
 from firewall.audit.schema import COLUMN_NAMES, JSON_COLUMNS, LIST_COLUMNS
 
 log = logging.getLogger("mcpfw.audit")
@@ -165,6 +165,8 @@ def _converter(name: str) -> Callable[[Any, SecretRules], Any]:
     """How :func:`to_stored_row` converts a (non-None) value of column ``name``."""
     if name == "arguments":
         return lambda value, rules: redacted_json(value, rules, max_chars=MAX_STORED_CHARS)
+    if name == "policy_input":
+        return _stored_input
     if name in ("reasons", "findings"):
         return lambda value, rules: redacted_json(value, rules, keys=False, max_chars=MAX_STORED_CHARS)
     if name == "error":
@@ -174,6 +176,19 @@ def _converter(name: str) -> Callable[[Any, SecretRules], Any]:
     if name in _FLOAT_COLUMNS:
         return lambda value, _rules: value if type(value) is float else _float(value)
     return lambda value, _rules: _coerce(name, value)
+
+
+def _stored_input(value: Any, rules: SecretRules) -> str:
+    """The policy input (JSON text, as the engine received it) with secrets redacted. The
+    detectors' findings keep their keys ("secrets" names a detector, not a secret): a replay
+    must see what the policy saw about the credentials the log does not keep."""
+    document = orjson.loads(value) if isinstance(value, str) else value
+    if not isinstance(document, dict) or not isinstance(document.get("findings"), dict):
+        return redacted_json(document, rules, max_chars=MAX_STORED_CHARS)
+    rest = {k: v for k, v in document.items() if k != "findings"}
+    stored = redact_for_audit(rest, rules, max_chars=MAX_STORED_CHARS)
+    stored["findings"] = redact_for_audit(document["findings"], rules, keys=False, max_chars=MAX_STORED_CHARS)
+    return orjson.dumps(stored, default=str, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")
 
 
 _CONVERT: dict[str, Callable[[Any, SecretRules], Any]] = {name: _converter(name) for name in COLUMN_NAMES}

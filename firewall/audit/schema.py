@@ -13,7 +13,7 @@ from typing import Final, NamedTuple
 
 import duckdb
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 
 class Column(NamedTuple):
@@ -57,6 +57,7 @@ COLUMNS: Final[tuple[Column, ...]] = (
     Column("auth_method", "VARCHAR", "identity: authentication method"),
     Column("rate", "JSON", "rate-limit counters the policy saw (input.rate), including counter-store errors"),
     Column("upstream_ms", "DOUBLE", "responses: milliseconds from forwarding the request to its answer"),
+    Column("policy_input", "JSON", "the policy input as evaluated, secrets redacted (audit.record_inputs; for mcpfw policy replay)"),
 )
 
 COLUMN_NAMES: Final[tuple[str, ...]] = tuple(c.name for c in COLUMNS)
