@@ -82,7 +82,7 @@ def test_regular_mode_plain_http(tmp_path):
     assert ok["result"]["content"][0]["text"] == "via the proxy"
     assert denied["error"]["code"] == errors.POLICY_DENIED
     rows = audit_rows(tmp_path / "audit.duckdb", "method = 'tools/call' AND direction = 'client_to_server'")
-    assert [r["decision"] for r in rows][1:] == ["deny"] and rows[0]["server"] == "127.0.0.1"
+    assert [r["decision"] for r in rows][1:] == ["deny"] and rows[0]["server"] == f"127.0.0.1:{port}"  # named as reverse mode names it
 
 
 def test_tls_interception_with_the_mitmproxy_ca(tmp_path):
@@ -158,7 +158,7 @@ def test_transparent_mode_end_to_end(tmp_path, monkeypatch):
     assert denied["error"]["code"] == errors.POLICY_DENIED
     rows = audit_rows(tmp_path / "audit.duckdb", "method = 'tools/call' AND direction = 'client_to_server'")
     # the first call carries the policy's (empty) redaction obligation
-    assert [r["decision"] for r in rows] == ["redact", "deny"] and rows[0]["server"] == "127.0.0.1"
+    assert [r["decision"] for r in rows] == ["redact", "deny"] and rows[0]["server"] == f"127.0.0.1:{port}"
 
 
 def test_only_mcp_leaves_no_side_door(tmp_path):

@@ -87,8 +87,10 @@ class McpHttp:
         if route is None:
             default = 443 if request.scheme == "https" else 80
             netloc = request.host if request.port == default else f"{request.host}:{request.port}"
+            # Named as reverse mode names an upstream without a name (host, with its port
+            # unless it is the default): two servers of one host are two servers.
             route = self._targets[key] = Route(
-                name=request.host, url=f"{request.scheme}://{netloc}", scheme=request.scheme, netloc=netloc,
+                name=netloc, url=f"{request.scheme}://{netloc}", scheme=request.scheme, netloc=netloc,
                 endpoint_path="\x00",
             )
         return route, request.path
@@ -316,7 +318,9 @@ class McpWebSocket:
         request = flow.request
         route = flow.metadata.get(_KEY + ".route")  # matched before the handshake was retargeted
         if route is None:
-            route = Route(request.host, request.url, request.scheme, request.host, request.path)
+            default = 443 if request.scheme in ("https", "wss") else 80
+            netloc = request.host if request.port == default else f"{request.host}:{request.port}"
+            route = Route(netloc, request.url, request.scheme, netloc, request.path)
         session = self.core.sessions.new_session(route, "websocket")
         session.identity = flow.metadata.get(_KEY + ".identity")
         flow.metadata[_KEY + ".ws"] = WebSocketInspection(self.core.inspector, session, self.core.max_message_bytes)
