@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     psub = policy.add_subparsers(metavar="ACTION")
     ptest = psub.add_parser("test", help="run the test_ rules of a bundle, as `opa test` does")
     ptest.add_argument("dir", nargs="?", default=None, help="bundle directory (default: the built-in bundle)")
-    ptest.add_argument("--engines", default="regorus", help="comma-separated engines: regorus,opa (all must agree)")
+    ptest.add_argument("--engines", default=None,
+                       help="comma-separated engines that must all agree: regorus,opa (default: every engine installed)")
+    ptest.add_argument("--config", default=None, help="configuration file whose policy.data the tests see, as the firewall merges it")
     ptest.add_argument("--run", default=None, metavar="REGEX", help="only tests whose full name matches")
     ptest.add_argument("-v", "--verbose", action="store_true")
     ptest.set_defaults(handler=_cmd_policy_test)
@@ -79,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     peval.add_argument("input", help="policy input JSON file, or - for stdin")
     peval.add_argument("--policy", type=Path, default=None, help="bundle directory")
     peval.add_argument("--engine", choices=["regorus", "opa"], default="regorus")
+    peval.add_argument("--config", default=None, help="configuration file whose policy.data is merged, as the firewall does")
     peval.set_defaults(handler=_cmd_policy_eval)
     policy.set_defaults(handler=lambda a: (policy.print_help(), 2)[1])
 
@@ -174,12 +177,17 @@ def _cmd_stdio(args: argparse.Namespace) -> int:
         print(f"mcpfw: policy error: {exc}", file=sys.stderr)
         return 2
     real_roots = [os.path.realpath(os.path.expanduser(r)) for r in roots]
+    served = server_directories(command)
+    if served and not real_roots:
+        print(f"mcpfw: WARNING: the server is given {', '.join(served)} but the firewall no root: file "
+              f"arguments are not confined (credential files are still refused); add --root DIR or "
+              f"servers.{name}.roots", file=sys.stderr)
     session = Session(
         ServerIdentity(name=name, command=command, roots=real_roots),
         transport="stdio",
         cwd=os.getcwd(),
         resolve_symlinks=True,
-        path_bases=(*server_directories(command), *real_roots),
+        path_bases=(*served, *real_roots),
     )
     from .identity import AuthError
     from .identity.authenticator import stdio_identity
@@ -241,8 +249,13 @@ def _cmd_policy_test(args: argparse.Namespace) -> int:
     from .paths import DEFAULT_POLICY_DIR
     from .policy.testing import run_policy_tests
 
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    return run_policy_tests(args.dir or DEFAULT_POLICY_DIR, engines, verbose=args.verbose, run=args.run)
+    from .policy.engine import installed_engines
+
+    # Every installed engine by default: a policy that passes on regorus alone may decide
+    # otherwise on OPA (regex classes, CIDR forms, builtins regorus lacks).
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else installed_engines()
+    data = load_config(args.config).policy.data if args.config else None
+    return run_policy_tests(args.dir or DEFAULT_POLICY_DIR, engines, verbose=args.verbose, run=args.run, data=data or None)
 
 
 def _cmd_policy_eval(args: argparse.Namespace) -> int:
@@ -263,7 +276,8 @@ def _cmd_policy_eval(args: argparse.Namespace) -> int:
         print(f"mcpfw: the policy input {args.input} is not JSON: {exc}", file=sys.stderr)
         return 2
     try:
-        engine = create_engine(args.engine, load_bundle(args.policy or DEFAULT_POLICY_DIR))
+        data = load_config(args.config).policy.data if args.config else None
+        engine = create_engine(args.engine, load_bundle(args.policy or DEFAULT_POLICY_DIR), data or None)
         raw = engine.evaluate(text)
     except (PolicyLoadError, PolicyEvaluationError) as exc:
         print(f"mcpfw: {exc}", file=sys.stderr)

@@ -334,8 +334,10 @@ class Inspector:
         # Answer whoever sent it, unless it was itself a response (answering those loops).
         if forward is None and (body is None or "result" not in body and "error" not in body):
             reply_id = item.id
-            if reply_id is None and body is None and raw is not None and raw.lstrip()[:1] == b"{":
-                # Too deep or too large to parse: the sender still waits on its id.
+            if reply_id is None and body is None and raw is not None and raw.lstrip()[:1] == b"{" \
+                    and item.code != errors.PARSE_ERROR:
+                # Well-formed JSON refused unread (too deep, duplicate keys): the sender still
+                # waits on its id. (A parse error is answered with id null, as JSON-RPC demands.)
                 reply_id = recover_id(raw)
             reply = encode(error_response(reply_id, item.code, item.reason, data))
         return forward, reply, Verdict(decision, decision_id, None, method, item.code)

@@ -181,6 +181,12 @@ def _pending(ctx: _Context, server: str | None, name: str | None = None, kind: s
 
 
 def _diff(ctx: _Context, args: argparse.Namespace, out: TextIO) -> int:
+    if args.server and not rows(ctx.view, ctx.modes, tenant=ctx.tenant, server=args.server) \
+            and not protocol_rows(ctx.view, ctx.modes, tenant=ctx.tenant, server=args.server):
+        known = sorted({r.server for r in rows(ctx.view, ctx.modes, tenant=ctx.tenant, server=None)})
+        print(f"mcpfw registry diff: no server {args.server!r} in {ctx.file} (known: {', '.join(known) or 'none'}); "
+              "a firewall run with --registry FILE keeps its registry there", file=sys.stderr)
+        return 2
     found, protocols = _pending(ctx, args.server, args.name, args.kind)
     scanner = _poisoning_scanner()
     if args.json:
@@ -195,7 +201,7 @@ def _diff(ctx: _Context, args: argparse.Namespace, out: TextIO) -> int:
         for r in found:
             _print_change(ctx, r, scanner, out)
         if not found and not protocols:
-            out.write("no pending changes\n")
+            out.write(f"no pending changes (registry {ctx.file})\n")
     return EXIT_CHANGES if found or protocols else EXIT_OK
 
 

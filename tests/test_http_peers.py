@@ -56,7 +56,7 @@ def test_typescript_client(everything):
     echo, denied, total = out["results"][:3]
     assert echo["ok"] and "through the firewall" in echo["content"][0]["text"]
     assert not denied["ok"] and denied["error"]["code"] == errors.POLICY_DENIED
-    assert total["ok"] and "5" in total["content"][0]["text"]
+    assert total["ok"] and "5" in total["content"][0]["text"], total
     if len(out["results"]) > 3:
         assert out["results"][3]["ok"] and out["seen"]["sampling"][0].endswith("hello")
     rows = audit_rows(fw.audit, "decision = 'deny'", at_least=1)

@@ -42,9 +42,11 @@ deny contains {"code": "test_header", "message": "the policy saw Mcp-Name"} if {
 	input.findings.http.headers["mcp-name"] == "policy_probe"
 }
 
+# Only where there is a message to redact: a pointer that does not resolve denies the call.
 redact contains {"pointer": "/params/arguments/message", "pattern": "sk-[a-z0-9]+"} if {
 	input.kind == "request"
 	input.method == "tools/call"
+	is_string(input.tool.arguments.message)
 }
 """
 

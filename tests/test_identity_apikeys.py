@@ -383,3 +383,14 @@ def test_cli_errors_are_one_line_and_exit_2(capsys, tmp_path, argv, message):
     code, _, err = run(capsys, "keys", *argv)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_required_scopes_are_advertised_as_supported():
+    """A client that reads the resource metadata to choose its scopes must learn of the ones
+    every request needs (--auth-scope)."""
+    from firewall.config import AuthConfig
+    from firewall.identity.authenticator import Authenticator
+
+    config = AuthConfig(mode="required", scopes_supported=["mcp:read"], required_scopes=["mcp:tools", "mcp:read"])
+    assert Authenticator(config).metadata("https://fw.example/mcp")["scopes_supported"] == ["mcp:read", "mcp:tools"]
+    assert "scopes_supported" not in Authenticator(AuthConfig(mode="required")).metadata("https://fw.example/mcp")

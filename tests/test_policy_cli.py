@@ -280,3 +280,15 @@ def test_tests_see_bundle_data(tmp_path, engine):
     }
     code, lines = run(write(tmp_path, files), engines=[engine])
     assert (code, lines[-1]) == (0, "1 passed, 0 failed")
+
+
+def test_tests_see_the_configuration_data(tmp_path):
+    """policy.data of the configuration is merged as the firewall merges it: a test of a
+    threshold the configuration changes must see the configured value."""
+    files = {"p/p.rego": "package p\n\nlimit := data.p.config.limit\n",
+             "p/config/data.json": '{"limit": 5}',
+             "p/p_test.rego": "package p_test\n\ntest_limit if data.p.limit == 9\n"}
+    bundle = write(tmp_path, files)
+    assert run(bundle)[0] == 1
+    code, lines = run(bundle, data={"p": {"config": {"limit": 9}}})
+    assert code == 0, lines

@@ -100,7 +100,9 @@ def test_registry_commands(tmp_path, capsys):
     doc = load_document(registry).server("default", "srv")
     assert set(doc.kinds["tools"]) == {"add", "fresh"} and doc.kinds["tools"]["fresh"].definition is None
     assert doc.protocol is not None
-    assert run(capsys, "registry", "diff", *flag) == (0, "no pending changes\n")
+    code, out = run(capsys, "registry", "diff", *flag)
+    assert code == 0 and out.startswith("no pending changes (registry ")
+    assert run(capsys, "registry", "diff", "nosuchserver", *flag)[0] == 2  # a typo is not "nothing pending"
 
     exported = tmp_path / "export.json"
     assert run(capsys, "registry", "export", "-o", str(exported), *flag)[0] == 0

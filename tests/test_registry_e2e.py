@@ -166,7 +166,7 @@ def test_stable_servers_raise_no_finding_on_a_clean_second_run(which, tmp_path, 
     assert second and not [r for r in second if any(t.startswith("registry_") for t in r["tags"])]
     assert not [r for r in second if r["decision"] != "allow"]
     code, out = registry_cli(capsys, "diff", "--registry", str(registry))
-    assert (code, out) == (0, "no pending changes\n")
+    assert (code, out) == (0, f"no pending changes (registry {registry})\n")
     code, out = registry_cli(capsys, "list", which, "--registry", str(registry), "--json")
     entries = json.loads(out)["entries"]
     assert len(entries) == first and {e["status"] for e in entries} == {"pinned"}

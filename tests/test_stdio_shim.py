@@ -100,8 +100,9 @@ def test_bad_input_gets_clear_errors_and_never_reaches_server(recorder, audit_db
         (b"42", errors.INVALID_REQUEST, None),
         (b'"just a string"', errors.INVALID_REQUEST, None),
         (b'{"jsonrpc":"2.0","id":7,"method":"ping\xff\xfe"}', errors.PARSE_ERROR, None),
-        (b'{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"a","name":"b"}}', errors.INVALID_REQUEST, None),
-        (b'{"jsonrpc":"2.0","id":9,"method":"x","params":{"a":' + b"[" * 100 + b"]" * 100 + b"}}", errors.INVALID_REQUEST, None),
+        # Well-formed but refused unread: answered with the id the client waits on.
+        (b'{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"a","name":"b"}}', errors.INVALID_REQUEST, 8),
+        (b'{"jsonrpc":"2.0","id":9,"method":"x","params":{"a":' + b"[" * 100 + b"]" * 100 + b"}}", errors.INVALID_REQUEST, 9),
         (b'{"jsonrpc":"2.0","id":true,"method":"ping"}', errors.INVALID_REQUEST, None),
         (b'{"jsonrpc":"2.0","id":{"a":1},"method":"ping"}', errors.INVALID_REQUEST, None),
         (b'{"jsonrpc":"2.0","id":1.5,"method":"ping"}', errors.INVALID_REQUEST, None),

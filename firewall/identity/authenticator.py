@@ -110,8 +110,11 @@ class Authenticator:
             "bearer_methods_supported": ["header"],
             "resource_name": "MCP server behind mcpfw",
         }
-        if self.config.scopes_supported:
-            doc["scopes_supported"] = list(self.config.scopes_supported)
+        # A scope every request needs is one the resource supports: a client that reads the
+        # metadata to pick its scopes must learn of it.
+        scopes = list(dict.fromkeys([*self.config.scopes_supported, *self.config.required_scopes]))
+        if scopes:
+            doc["scopes_supported"] = scopes
         return doc
 
 

@@ -62,6 +62,15 @@ def create_engine(
     raise ValueError(f"unknown policy engine {name!r}; expected one of: {', '.join(ENGINE_NAMES)}")
 
 
+def installed_engines() -> list[str]:
+    """The engines this installation can run: regorus always, OPA when its bridge imports."""
+    try:
+        from . import opa_engine  # noqa: F401  (loads the Go runtime)
+    except ImportError:
+        return ["regorus"]
+    return ["regorus", "opa"]
+
+
 # -- may decisions be remembered? -----------------------------------------------------------
 
 # Builtins whose value depends on more than their arguments (the clock, randomness, the

@@ -14,7 +14,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -197,11 +197,13 @@ def run_policy_tests(
     out: TextIO | None = None,
     verbose: bool = False,
     run: str | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> int:
     """Run the bundle's Rego tests and print one line per test and a summary.
 
     ``engines`` lists engine names (``regorus``, ``opa``; a comma-separated
-    string is accepted too); ``run`` is a regex
+    string is accepted too); ``data`` is merged over the bundle's data as the
+    firewall merges its configuration's ``policy.data``; ``run`` is a regex
     searched in each test's full name (``data.pkg.test_x``) to select tests.
     ``verbose`` adds the full engine error text under ERROR lines. Returns 0
     when everything passed, 1 on any failure, error or engine disagreement,
@@ -230,7 +232,7 @@ def run_policy_tests(
         tests = [t for t in discover_tests(bundle) if selector is None or selector.search(t.shown)]
         skipped = [t for t in discover_todo(bundle) if selector is None or selector.search(t)]
         for name in names:
-            policy_engines.append(create_engine(name, bundle))
+            policy_engines.append(create_engine(name, bundle, data))
     except PolicyError as exc:
         for engine in policy_engines:
             engine.close()
