@@ -820,3 +820,16 @@ def test_credentials_spelled_otherwise_are_found_and_redacted(spelling: str) -> 
     assert [rule for _, _, rule in SecretScanner().scan_text(spelling)] == ["github-token"]
     stored = orjson.dumps(redact_for_audit({"a": spelling})).decode()
     assert "[REDACTED:github-token]" in stored and GITHUB_TOKEN[8:20] not in stored
+
+
+def test_json_pointers_do_not_look_encoded_but_base64_and_hex_do():
+    """The audit writer's fast path: a findings document full of pointers such as
+    "/params/arguments/message" took the full redaction walk for every row."""
+    import base64
+
+    from firewall.audit.redact import may_hide_secret
+
+    assert not may_hide_secret('{"pointer":"/params/arguments/message","other":"/result/content/0/text"}')
+    token = "ghp_" + "Q7x9" * 9
+    for encoded in (base64.b64encode(token.encode()).decode(), token.encode().hex(), "YWJj/ZGVm/" + "QUJD" * 5):
+        assert may_hide_secret(f"value: {encoded}"), encoded

@@ -262,13 +262,25 @@ def is_secret_key(name: str) -> bool:
 _ESCAPED_TOKEN = re.compile(r"[^\s\"'<>]*(?:%[0-9A-Fa-f]{2}|&#?[0-9A-Za-z]{1,8};|\\u00[2-7][0-9A-Fa-f])[^\s\"'<>]*")
 _BACKSLASH_U = re.compile(r"\\u00([2-7][0-9A-Fa-f])")
 _ENCODED_RUN = re.compile(r"[A-Za-z0-9+/_=-]{20,}|(?:\\x[0-9A-Fa-f]{2}){8,}")
+# A JSON pointer or path of lower-case words ("/params/arguments/message"): base64 made of
+# lower-case letters, digits and "/" alone decodes to bytes of which every third is "h" or
+# above, which spells none of the credentials the rules know (their prefixes and bodies have
+# upper-case letters, digits or "_" there). Hex runs have no "/" and still count.
+_PATH_LIKE = re.compile(r"[a-z0-9_-]*(?:/[a-z0-9_-]*)+")
+
+
+def _has_encoded_run(text: str) -> bool:
+    for match in _ENCODED_RUN.finditer(text):
+        if not _PATH_LIKE.fullmatch(match.group()):
+            return True
+    return False
 
 
 def may_hide_secret(text: str) -> bool:
     """Whether ``text`` could spell a credential in a way the rules do not read as it is:
     non-ASCII (full-width forms, invisible characters), %-escapes, or a long encoded run."""
     return (
-        not text.isascii() or "%" in text or "&" in text or "\\u00" in text or _ENCODED_RUN.search(text) is not None
+        not text.isascii() or "%" in text or "&" in text or "\\u00" in text or _has_encoded_run(text)
     )
 
 
@@ -287,7 +299,7 @@ def hidden_secret_spans(text: str, rules: SecretRules) -> list[tuple[int, int, s
         folded = normalize(text)
         if folded.changed:
             spans += [(*folded.to_original(a, b), rule) for a, b, rule in rule_spans(folded.text)]
-    if _ENCODED_RUN.search(text) is not None:
+    if _has_encoded_run(text):
         for segment in decoded_segments(text):
             if segment.encoding == "escaped":
                 continue  # a wide region around the escapes: the token scan below is precise
