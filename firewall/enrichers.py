@@ -6,6 +6,7 @@ relay path, so each decides cheaply whether a message concerns it at all.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from detectors.jsonwalk import escape
@@ -72,6 +73,9 @@ class SecretsEnricher(SpanFindingsEnricher):
 
     def __init__(self, scanner: SecretScanner | None = None) -> None:
         self._scanner = scanner or SecretScanner()
+        # Keys repeat from message to message ("content", "text", "arguments"): what the
+        # rules find in each is remembered (bounded; a dict's reads and writes are atomic).
+        self._key_spans: dict[str, list[tuple[int, int, str]]] = {}
 
     def enrich(self, ctx: MessageContext) -> None:
         super().enrich(ctx)
@@ -82,24 +86,42 @@ class SecretsEnricher(SpanFindingsEnricher):
         value, pointer, part = scanned
         # A credential used as an object key ({"ghp_...": true}): the finding names the
         # member, which the policy removes (a key cannot be redacted in place).
-        for member, key in _long_keys(value, pointer):
-            for start, end, rule in self._scanner.scan_text(key):
+        for member, spans in _keys_with_spans(value, pointer, self._spans_of_key):
+            for start, end, rule in spans:
                 found.append({"pointer": member, "rule": rule, "start": start, "end": end, "part": part, "in_key": True})
 
+    def _spans_of_key(self, key: str) -> list[tuple[int, int, str]]:
+        spans = self._key_spans.get(key)
+        if spans is None:
+            spans = self._scanner.scan_text(key)
+            if len(self._key_spans) >= _KEY_MEMO:
+                self._key_spans.clear()
+            self._key_spans[key] = spans
+        return spans
 
-def _long_keys(value: Any, pointer: str) -> list[tuple[str, str]]:
-    """``(member pointer, key)`` of every object key of ``value`` long enough to hold a secret."""
-    out: list[tuple[str, str]] = []
+
+_KEY_MEMO = 4096
+
+
+def _keys_with_spans(
+    value: Any, pointer: str, spans_of: Callable[[str], list[tuple[int, int, str]]]
+) -> list[tuple[str, list[tuple[int, int, str]]]]:
+    """``(member pointer, spans)`` of every object key of ``value`` in which ``spans_of``
+    finds something (keys too short to hold a secret are not asked about)."""
+    out: list[tuple[str, list[tuple[int, int, str]]]] = []
     stack: list[tuple[str, Any]] = [(pointer, value)]
     while stack:
         where, node = stack.pop()
-        if isinstance(node, dict):
+        if type(node) is dict:
             for key, item in node.items():
-                member = f"{where}/{escape(key)}"
                 if len(key) >= _SECRETS_MIN:
-                    out.append((member, key))
-                if isinstance(item, (dict, list)):
-                    stack.append((member, item))
-        elif isinstance(node, list):
-            stack.extend((f"{where}/{i}", item) for i, item in enumerate(node) if isinstance(item, (dict, list)))
+                    spans = spans_of(key)
+                    if spans:
+                        out.append((f"{where}/{escape(key)}", spans))
+                if type(item) is dict or type(item) is list:
+                    stack.append((f"{where}/{escape(key)}", item))
+        elif type(node) is list:
+            for i, item in enumerate(node):
+                if type(item) is dict or type(item) is list:
+                    stack.append((f"{where}/{i}", item))
     return out
