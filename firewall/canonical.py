@@ -37,14 +37,16 @@ def _decode(text: str) -> str:
     return text
 
 
-def canonical_path(raw: str, *, cwd: str, resolve_symlinks: bool) -> str:
-    """Absolute, decoded, normalised path; symlinks resolved when the files are on this host."""
+def canonical_path(raw: str, *, cwd: str, resolve_symlinks: bool, expand_user: bool = True) -> str:
+    """Absolute, decoded, normalised path; symlinks resolved when the files are on this host.
+    ``expand_user=False`` reads ``~name/...`` as a relative path, as servers that expand only
+    ``~`` and ``~/`` do."""
     text = raw
     if text[:5].lower() == "file:":
         # file:///p, file://host/p and the one-slash form file:/p all name /p.
         text = urlsplit(text).path or "/"
     text = _decode(text)
-    if text.startswith("~"):
+    if text.startswith("~") and (expand_user or text == "~" or text.startswith("~/")):
         text = os.path.expanduser(text)
     if not text.startswith("/"):
         text = posixpath.join(cwd, text)
@@ -108,7 +110,7 @@ def _path_ref(pointer: str, raw: str, cwd: str, bases: tuple[str, ...], resolve_
     if bases and _is_relative(raw):
         # The server may resolve it against another directory than the firewall's working
         # directory (server-filesystem uses its allowed directories): each reading counts.
-        others = {canonical_path(raw, cwd=base, resolve_symlinks=resolve_symlinks) for base in bases}
+        others = {canonical_path(raw, cwd=base, resolve_symlinks=resolve_symlinks, expand_user=False) for base in bases}
         others.discard(ref["canonical"])
         if others:
             ref["alternatives"] = sorted(others)
@@ -116,10 +118,13 @@ def _path_ref(pointer: str, raw: str, cwd: str, bases: tuple[str, ...], resolve_
 
 
 def _is_relative(raw: str) -> bool:
+    """Whether a server may read ``raw`` from a directory of its own: anything but an
+    absolute path, ``~`` and ``~/...`` (``~name/...`` is relative to server-filesystem,
+    which expands only the current user's home, and ``~nobody`` expands to nothing)."""
     if raw[:5].lower() == "file:":
         return False
     text = _decode(raw)
-    return not text.startswith(("/", "~"))
+    return not (text.startswith(("/", "~/")) or text == "~")
 
 
 def extract_resources(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import posixpath
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from .jsonrpc import Kind, Message
 
@@ -21,6 +23,8 @@ _META_SERVER = "io.modelcontextprotocol/serverInfo"
 _MAX_PENDING = 10_000
 _MAX_ANSWERED = 256
 _MAX_TASKS = 10_000
+_MAX_CLIENT_ROOTS = 64
+_MAX_BASES = 128
 
 
 @dataclass(slots=True)
@@ -135,6 +139,8 @@ class Session:
             self._set_version(result.get("protocolVersion"), SESSIONS_ERA)
             self._take(result, "serverInfo", "server_info")
             self._take(result, "capabilities", "server_capabilities")
+        elif pending.method == "roots/list":
+            self._learn_roots(result.get("roots"))
         elif pending.method == "server/discover":
             versions = result.get("supportedVersions")
             if isinstance(result.get("protocolVersion"), str):
@@ -146,6 +152,22 @@ class Session:
         meta = result.get("_meta")
         if isinstance(meta, dict) and isinstance(meta.get(_META_SERVER), dict):
             self.server_info = meta[_META_SERVER]
+
+    def _learn_roots(self, roots: Any) -> None:
+        """The client's roots (its answer to roots/list) become directories a server may read
+        relative paths from: server-filesystem replaces its own directories with them."""
+        if not isinstance(roots, list):
+            return
+        found: list[str] = []
+        for root in roots[:_MAX_CLIENT_ROOTS]:
+            uri = root.get("uri") if isinstance(root, dict) else None
+            if isinstance(uri, str) and uri[:7].lower() == "file://":
+                path = posixpath.normpath(unquote(urlsplit(uri).path) or "/")
+                if path.startswith("/"):
+                    found.append(path)
+        with self._lock:
+            bases = tuple(b for b in dict.fromkeys((*self.path_bases, *found)) if b != self.cwd)
+            self.path_bases = bases[:_MAX_BASES]
 
     def _set_version(self, version: Any, era: str | None) -> None:
         if isinstance(version, str) and version:

@@ -193,3 +193,37 @@ def test_relative_paths_are_checked_from_every_base_the_server_may_use(tmp_path,
             assert not ok.is_error and ok.content[0].text == "inside\n"
 
     run(scenario)
+
+
+def test_relative_paths_are_read_from_the_clients_roots_and_tilde_names(tmp_path, audit_db):
+    """server-filesystem replaces its directories with the roots a client lists, and reads
+    "~name/..." as a relative path: both named a file outside --root that the firewall
+    read from its own working directory."""
+    from mcp import types
+
+    served = tmp_path / "served"
+    project, outside = served / "project", tmp_path / "outside"
+    project.mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.txt").write_text("outside the root\n")
+    (project / "notes.txt").write_text("inside\n")
+    command = shim_command(audit_db, "--root", str(project), server=filesystem_server(project))
+    params = StdioServerParameters(command=command[0], args=command[1:], cwd=str(project))
+
+    async def roots(_context):
+        return types.ListRootsResult(roots=[types.Root(uri=outside.as_uri(), name="elsewhere")])
+
+    async def scenario():
+        async with Client(params, list_roots_callback=roots) as client:
+            for _ in range(50):  # the server asks for the roots after initialisation
+                listed = await client.call_tool("list_allowed_directories", {})
+                if str(outside) in listed.content[0].text:
+                    break
+                await anyio.sleep(0.1)
+            for path in ("secret.txt", "~nobody/../secret.txt"):
+                with pytest.raises(MCPError) as denied:
+                    await client.call_tool("read_text_file", {"path": path})
+                assert denied.value.error.code == errors.POLICY_DENIED, path
+                assert str(outside / "secret.txt") in denied.value.error.message
+
+    run(scenario)
