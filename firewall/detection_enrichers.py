@@ -230,6 +230,12 @@ class ScanTarget(NamedTuple):
     text: str
 
 
+# Answers about tasks (SEP-1686 and its 2026 extension) and server notifications that carry
+# text for the host: read whole by the injection detector.
+TASK_METHODS = ("tasks/get", "tasks/list", "tasks/cancel", "tasks/result")
+SCANNED_NOTIFICATIONS = frozenset({"notifications/tasks/status", "notifications/progress", "notifications/message"})
+
+
 def injection_targets(ctx: MessageContext, min_len: int = 0) -> Iterator[ScanTarget]:
     """The strings of a message the injection classifier should read, if any.
 
@@ -263,6 +269,17 @@ def injection_targets(ctx: MessageContext, min_len: int = 0) -> Iterator[ScanTar
             for pointer, text in ctx.string_leaves(error.get("data"), "/error/data", min_len):
                 yield ScanTarget(pointer, "tool_output", text)
         return
+    if ctx.direction == S2C and (
+        (ctx.message.kind is Kind.NOTIFICATION and ctx.method in SCANNED_NOTIFICATIONS)
+        or (ctx.message.kind is Kind.RESPONSE and ctx.method in TASK_METHODS)
+    ):
+        # Status messages, progress and log text reach the host, and a task's answer may
+        # carry the tool's result itself (tasks/get in the 2026 tasks extension) or the
+        # server's own requests: every string is read as tool output.
+        part, pointer = ("params", "/params") if ctx.message.kind is Kind.NOTIFICATION else ("result", "/result")
+        for where, text in ctx.string_leaves(ctx.message.body.get(part), pointer, min_len):
+            yield ScanTarget(where, "tool_output", text)
+        return
     if ctx.message.kind is not Kind.RESPONSE or ctx.direction != S2C:
         return
     result = ctx.message.body.get("result")
@@ -271,6 +288,9 @@ def injection_targets(ctx: MessageContext, min_len: int = 0) -> Iterator[ScanTar
     if ctx.method == "tools/call":
         yield from _content_targets(result.get("content"), "/result/content", "tool_output")
         for pointer, text in ctx.string_leaves(result.get("structuredContent"), "/result/structuredContent", min_len):
+            yield ScanTarget(pointer, "tool_output", text)
+        # A CreateTaskResult (the call runs as a task): its status message reaches the host.
+        for pointer, text in ctx.string_leaves(result.get("task"), "/result/task", min_len):
             yield ScanTarget(pointer, "tool_output", text)
     elif ctx.method == "prompts/get":
         if isinstance(result.get("description"), str):
@@ -421,7 +441,11 @@ class InjectionEnricher:
         if kind is Kind.REQUEST:
             if not _tool_call_request(ctx) and ctx.method != "sampling/createMessage":
                 return
-        elif not _response_to(ctx, "tools/call", "prompts/get", "resources/read") and not _error_from_server(ctx):
+        elif kind is Kind.NOTIFICATION:
+            if ctx.direction != S2C or ctx.method not in SCANNED_NOTIFICATIONS:
+                return
+        elif not _response_to(ctx, "tools/call", "prompts/get", "resources/read", *TASK_METHODS) \
+                and not _error_from_server(ctx):
             return
         # The span detectors walked the arguments already (strings of SPAN_MIN_LENGTH and up).
         min_len = SPAN_MIN_LENGTH if self._detector.min_chars >= SPAN_MIN_LENGTH else 0

@@ -281,7 +281,7 @@ class Inspector:
         result = body.get("result")
         task = result.get("task") if isinstance(result, dict) else None
         task_id = task.get("taskId") if isinstance(task, dict) else None
-        if isinstance(task_id, str):
+        if _usable_task_id(task_id):
             self._tasks.remember(
                 self._task_key(task_id, direction, session, identity),
                 PendingRequest(pending.method, pending.params, pending.tool, 0.0))
@@ -295,15 +295,19 @@ class Inspector:
         when that request was not seen here (a restart, another firewall), a server's task
         result is still judged as a tool result, of an unknown tool."""
         now = time.monotonic()
-        if method != "tasks/result" or not isinstance(params, dict) or not isinstance(params.get("taskId"), str):
+        if method != "tasks/result":
             return PendingRequest(method, params, tool, now)
-        task_id = params["taskId"]
-        origin = self._tasks.find(self._task_key(task_id, _OTHER[direction], session, identity))
-        if origin is not None:
-            return PendingRequest(origin.method, origin.params, origin.tool, now, task=task_id)
+        task_id = params.get("taskId") if isinstance(params, dict) else None
+        # A task id of another type than the string the protocol has (a number, none at
+        # all) must not make the result an ordinary tasks/result, judged as no tool result.
+        shown = task_id if isinstance(task_id, str) else orjson.dumps(task_id, default=str).decode()
+        if _usable_task_id(task_id):
+            origin = self._tasks.find(self._task_key(task_id, _OTHER[direction], session, identity))
+            if origin is not None:
+                return PendingRequest(origin.method, origin.params, origin.tool, now, task=shown)
         if direction == C2S:  # servers run tasks for tools/call alone
-            return PendingRequest("tools/call", None, None, now, task=task_id)
-        return PendingRequest(method, params, tool, now, task=task_id)
+            return PendingRequest("tools/call", None, None, now, task=shown)
+        return PendingRequest(method, params, tool, now, task=shown)
 
     def _refuse(
         self, item: Invalid, direction: str, session: Session, size: int, raw: bytes | None = None
@@ -608,6 +612,10 @@ def _tool_of(method: str, params: Any) -> dict[str, Any] | None:
     name = params.get("name")
     arguments = params.get("arguments")
     return {"name": name if isinstance(name, str) else None, "arguments": arguments if arguments is not None else {}}
+
+
+def _usable_task_id(task_id: Any) -> bool:
+    return isinstance(task_id, str) or (type(task_id) is int)
 
 
 def _request_doc(pending: PendingRequest) -> dict[str, Any]:
