@@ -245,18 +245,33 @@ def decoded_segments(text: str, *, depth: int = 2) -> list[Decoded]:
 
 # Character references and escapes that spell printable ASCII: nobody writes "&#105;gnore",
 # "&lt;IMPORTANT&gt;" or "\u0069gnore" in prose, and a model reads them as the characters.
+# Angle brackets get every spelling (a hidden <IMPORTANT> block needs nothing else):
+# "&lt" with or without ";", "\u{3c}", "\U0000003c", CSS "\3c ", octal "\074", "%3C".
 # (Everyday references such as "&amp;" or "&nbsp;" hide nothing and are left alone.)
 _ESCAPED_ASCII = re.compile(
     r"&#(?:0*(?:3[2-9]|[4-9][0-9]|1[01][0-9]|12[0-6])|[xX]0*[2-7][0-9a-fA-F]);?"
-    r"|&(?:lt|LT);/?[A-Za-z]|[A-Za-z]&(?:gt|GT);|\\u00[2-7][0-9a-fA-F]|\\x[2-7][0-9a-fA-F]"
+    r"|&(?:lt|gt|LT|GT);?|\\u00[2-7][0-9a-fA-F]|\\x[2-7][0-9a-fA-F]"
+    r"|\\u\{0*[2-7][0-9a-fA-F]\}|\\U0{6}[2-7][0-9a-fA-F]|\\0{0,4}3[cCeE](?![0-9a-fA-F])|\\0?7[46](?![0-7])|%3[cCeE]"
 )
 _ESCAPE_CONTEXT = 200  # characters decoded around a cluster of escapes
-_BACKSLASH_ESCAPE = re.compile(r"\\(?:u00|x)([2-7][0-9a-fA-F])")
+_BACKSLASH_ESCAPE = re.compile(
+    r"\\(?:u00|x|u\{0*|U0{6})([2-7][0-9a-fA-F])\}?|\\0{0,4}(3[cCeE])(?![0-9a-fA-F]) ?|\\0?(7[46])(?![0-7])|%(3[cCeE])"
+)
+
+
+def _unescape_once(text: str) -> str:
+    def char(m: re.Match[str]) -> str:
+        hex_code, css, octal, percent = m.groups()
+        if octal is not None:
+            return chr(int(octal, 8))
+        return chr(int(hex_code or css or percent, 16))
+
+    return html.unescape(_BACKSLASH_ESCAPE.sub(char, text))
 
 
 def _unescaped(text: str) -> list[Decoded]:
     """Regions around character references / backslash escapes of ASCII, unescaped."""
-    if "&" not in text and "\\" not in text:
+    if "&" not in text and "\\" not in text and "%" not in text:
         return []
     spans: list[list[int]] = []
     for m in _ESCAPED_ASCII.finditer(text):
@@ -278,7 +293,7 @@ def _unescaped(text: str) -> list[Decoded]:
         region = text[lo:hi]
         plain = region
         for _ in range(3):  # "&amp;#105;" is a reference to a reference
-            once = html.unescape(_BACKSLASH_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), plain))
+            once = _unescape_once(plain)
             if once == plain:
                 break
             plain = once

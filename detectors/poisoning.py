@@ -168,6 +168,14 @@ class PoisoningScanner:
         hits.extend(_character_hits(text, pointer))
         for m in self._rules.padding.finditer(text):
             hits.append(Hit("excessive_padding", "padding", "medium", pointer, m.start(), m.end()))
+        # Emphasis a model reads through ("Do **not** tell the user"): the rules read the
+        # text without it too; evidence is the whole string.
+        plain = _EMPHASIS.sub("", folded)
+        if plain != folded:
+            seen = {h.rule for h in hits}
+            for rule in self._rules.rules:
+                if rule.id not in seen and rule.regex.search(plain):
+                    hits.append(Hit(rule.id, rule.category, rule.severity, pointer, 0, len(text), "markup"))
         for seg in decoded_segments(norm.text):
             start, end = norm.to_original(seg.start, seg.end)
             for rule in self._rules.rules:
@@ -213,6 +221,8 @@ def _definition_strings(item: Any) -> Iterator[tuple[str, str]]:
 
 
 _EMOJI_CONTEXT = re.compile(r"[^\w\s]")
+# Markdown emphasis and code marks at the edge of a word (not the "_" inside read_file).
+_EMPHASIS = re.compile(r"(?<![\w*_~`])[*_~`]+|[*_~`]+(?![\w*_~`])")
 
 
 def _character_hits(text: str, pointer: str) -> list[Hit]:
