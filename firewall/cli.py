@@ -321,6 +321,9 @@ def _cmd_policy_replay(args: argparse.Namespace) -> int:
         print(f"replayed {report.replayed} decisions of {db} with {bundle.root}: "
               f"{report.replayed - report.changed} unchanged, {report.changed} changed"
               + (f" ({report.not_recorded} more have no recorded input)" if report.not_recorded else ""))
+        if report.changed_redacted:
+            print(f"  {report.changed_redacted} of the changed had part of their input redacted or cut in the log "
+                  "(marked *): the policy saw more when it decided")
         for transition, count in report.transitions.most_common():
             print(f"  {transition:<18} {count}")
         if report.changes:
@@ -328,8 +331,8 @@ def _cmd_policy_replay(args: argparse.Namespace) -> int:
         for c in report.changes:
             what = " ".join(x for x in (c.method, c.tool) if x)
             codes = ",".join(c.replayed_codes) or "-"
-            print(f"  {c.ts:%Y-%m-%d %H:%M:%S} {c.direction} {c.kind} {what}: {c.recorded} -> {c.replayed} "
-                  f"[{codes}] {c.decision_id}" + (f" error: {c.error}" if c.error else ""))
+            print(f"  {'*' if c.input_redacted else ' '}{c.ts:%Y-%m-%d %H:%M:%S} {c.direction} {c.kind} {what}: "
+                  f"{c.recorded} -> {c.replayed} [{codes}] {c.decision_id}" + (f" error: {c.error}" if c.error else ""))
     return 1 if args.fail_on_change and report.changed else 0
 
 

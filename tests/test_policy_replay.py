@@ -97,3 +97,17 @@ def test_errors_are_clear(recorded, tmp_path):
         con.execute("CREATE TABLE decisions (ts TIMESTAMPTZ, decision_id VARCHAR)")
     done = mcpfw("policy", "replay", "--db", str(old))
     assert done.returncode == 2 and "record_inputs" in done.stderr
+
+
+def test_stored_inputs_redact_message_keys_only():
+    """"session" and "secrets" are the firewall's own members (a session id, a detector's
+    findings) and stay readable; a value under a secret-looking key of the message does not."""
+    from firewall.audit.redact import load_secret_rules
+    from firewall.audit.rows import _stored_input
+
+    document = {"session": {"id": "abc"}, "findings": {"secrets": [{"rule": "github-token"}]},
+                "tool": {"name": "login", "arguments": {"password": "hunter2", "user": "ada", "note": TOKEN}}}
+    stored = json.loads(_stored_input(json.dumps(document), load_secret_rules()))
+    assert stored["session"] == {"id": "abc"} and stored["findings"] == document["findings"]
+    assert stored["tool"]["arguments"]["user"] == "ada"
+    assert "hunter2" not in json.dumps(stored) and TOKEN not in json.dumps(stored)

@@ -178,16 +178,23 @@ def _converter(name: str) -> Callable[[Any, SecretRules], Any]:
     return lambda value, _rules: _coerce(name, value)
 
 
+# Members of the policy input that come from the message itself: a value under a key that
+# names a secret ("password", "token") is redacted there, as in the arguments column. The
+# rest is the firewall's own (session, findings, identity, rate...): "session" or "secrets"
+# name no secret there, and only credential patterns are redacted.
+_MESSAGE_MEMBERS = frozenset({"params", "tool", "result", "error", "request", "resources"})
+
+
 def _stored_input(value: Any, rules: SecretRules) -> str:
-    """The policy input (JSON text, as the engine received it) with secrets redacted. The
-    detectors' findings keep their keys ("secrets" names a detector, not a secret): a replay
-    must see what the policy saw about the credentials the log does not keep."""
+    """The policy input (JSON text, as the engine received it) with secrets redacted, so
+    that a replay sees what the policy saw, less the credentials the log never keeps."""
     document = orjson.loads(value) if isinstance(value, str) else value
-    if not isinstance(document, dict) or not isinstance(document.get("findings"), dict):
+    if not isinstance(document, dict):
         return redacted_json(document, rules, max_chars=MAX_STORED_CHARS)
-    rest = {k: v for k, v in document.items() if k != "findings"}
-    stored = redact_for_audit(rest, rules, max_chars=MAX_STORED_CHARS)
-    stored["findings"] = redact_for_audit(document["findings"], rules, keys=False, max_chars=MAX_STORED_CHARS)
+    stored = {
+        key: redact_for_audit(item, rules, keys=key in _MESSAGE_MEMBERS, max_chars=MAX_STORED_CHARS)
+        for key, item in document.items()
+    }
     return orjson.dumps(stored, default=str, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")
 
 

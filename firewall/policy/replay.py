@@ -34,6 +34,7 @@ __all__ = ["ReplayReport", "ReplayedDecision", "replay"]
 
 _COLUMNS = ("decision_id", "ts", "direction", "kind", "method", "tool", "server", "decision", "reason_codes", "policy_input")
 _CHUNK = 500
+_CUT_MARK = "…[truncated, "  # the note redact_text leaves where it cut a long string
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class ReplayedDecision:
     replayed: str
     replayed_codes: tuple[str, ...]
     error: str | None = None
+    input_redacted: bool = False  # the stored input lost something to redaction or a cut
 
     @property
     def changed(self) -> bool:
@@ -63,7 +65,7 @@ class ReplayedDecision:
             "kind": self.kind, "method": self.method, "tool": self.tool, "server": self.server,
             "recorded": {"decision": self.recorded, "reason_codes": list(self.recorded_codes)},
             "replayed": {"decision": self.replayed, "reason_codes": list(self.replayed_codes)},
-            "error": self.error,
+            "error": self.error, "input_redacted": self.input_redacted,
         }
 
 
@@ -73,6 +75,7 @@ class ReplayReport:
 
     replayed: int = 0
     changed: int = 0
+    changed_redacted: int = 0  # changed ones whose stored input lost something to redaction
     not_recorded: int = 0  # decisions in the selection without a stored input
     transitions: Counter[str] = field(default_factory=Counter)  # "allow -> deny": n
     changes: list[ReplayedDecision] = field(default_factory=list)
@@ -80,6 +83,7 @@ class ReplayReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "replayed": self.replayed, "unchanged": self.replayed - self.changed, "changed": self.changed,
+            "changed_with_redacted_input": self.changed_redacted,
             "without_input": self.not_recorded, "transitions": dict(self.transitions.most_common()),
             "changes": [c.as_dict() for c in self.changes],
         }
@@ -98,6 +102,7 @@ def replay(
         report.replayed += 1
         if result.changed:
             report.changed += 1
+            report.changed_redacted += result.input_redacted
             report.transitions[f"{result.recorded} -> {result.replayed}"] += 1
             if len(report.changes) < keep:
                 report.changes.append(result)
@@ -148,9 +153,11 @@ def _judge(engine: PolicyEngine, row: tuple[Any, ...]) -> ReplayedDecision:
     else:
         replayed, replayed_codes = _as_enforced(decision)
         error = decision.error
+    text = _as_text(policy_input)
     return ReplayedDecision(
         decision_id, ts, direction, kind, method, tool, server,
-        recorded, tuple(sorted(codes or ())), replayed, tuple(sorted(replayed_codes)), error)
+        recorded, tuple(sorted(codes or ())), replayed, tuple(sorted(replayed_codes)), error,
+        input_redacted="[REDACTED" in text or _CUT_MARK in text)
 
 
 def _as_enforced(decision: Decision) -> tuple[str, tuple[str, ...]]:
