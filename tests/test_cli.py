@@ -74,12 +74,18 @@ def _default_config(tmp_path):
     return cfg
 
 
-def test_config_check_reports_a_broken_bundle(tmp_path):
+def _config_with_bundle(tmp_path, rego: str) -> Path:
+    """A configuration whose bundle is the one module ``x.rego``."""
     bundle = tmp_path / "b"
     bundle.mkdir()
-    (bundle / "x.rego").write_text("package mcpfw\n\ndecision := {\n")
+    (bundle / "x.rego").write_text(rego)
     cfg = tmp_path / "fw.yaml"
-    cfg.write_text(f"policy:\n  bundle: {bundle}\n")
+    cfg.write_text(f"policy:\n  bundle: {bundle}\naudit:\n  path: {tmp_path / 'a.duckdb'}\n")
+    return cfg
+
+
+def test_config_check_reports_a_broken_bundle(tmp_path):
+    cfg = _config_with_bundle(tmp_path, "package mcpfw\n\ndecision := {\n")
     proc = mcpfw("config", "check", str(cfg))
     assert proc.returncode == 2 and "x.rego" in proc.stderr
 
@@ -213,11 +219,7 @@ def test_a_missing_environment_variable_is_a_config_error(tmp_path, monkeypatch)
 
 def test_a_bundle_that_defines_no_decision_does_not_start(tmp_path):
     """package firewall instead of package mcpfw: every message would be denied, silently."""
-    bundle = tmp_path / "b"
-    bundle.mkdir()
-    (bundle / "p.rego").write_text('package firewall\n\ndecision := {"allow": true}\n')
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"policy:\n  bundle: {bundle}\naudit:\n  path: {tmp_path / 'a.duckdb'}\n")
+    cfg = _config_with_bundle(tmp_path, 'package firewall\n\ndecision := {"allow": true}\n')
     for args in (["config", "check", str(cfg)], ["stdio", "--config", str(cfg), "--", "cat"]):
         done = mcpfw(*args)
         assert done.returncode == 2 and "no rule defines data.mcpfw.decision" in done.stderr, done.stderr

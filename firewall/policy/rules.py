@@ -5,7 +5,8 @@ used."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,9 @@ import regorus
 
 from .bundle import PolicyLoadError
 
-__all__ = ["RuleHead", "check_data_conflicts", "check_defines_decision", "rule_heads"]
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+__all__ = ["RuleHead", "check_data_conflicts", "check_defines_decision", "ref_text", "rule_heads"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,7 @@ class RuleHead:
     default: bool
     function: bool
     ref: bool  # a ref head (``a.b := 1``, ``a[k] := v``): it defines part of ``name``
+    partial_set: bool = False  # ``name contains x if ...``
 
 
 def rule_heads(modules: Mapping[str, str]) -> list[RuleHead]:
@@ -47,10 +51,10 @@ def rule_heads(modules: Mapping[str, str]) -> list[RuleHead]:
                 head = next(iter(rule["Spec"]["head"].items()))
                 kind, node = head
                 refr = node["refr"]
-                default, function = False, kind == "Func"
+                default, function, partial_set = False, kind == "Func", kind == "Set"
             elif "Default" in rule:
                 refr = rule["Default"]["refr"]
-                default, function = True, bool(rule["Default"].get("args"))
+                default, function, partial_set = True, bool(rule["Default"].get("args")), False
             else:
                 continue
             var = _first_var(refr)
@@ -58,7 +62,7 @@ def rule_heads(modules: Mapping[str, str]) -> list[RuleHead]:
                 continue
             span = var["span"]
             heads.append(RuleHead(package, var["value"], module["source"]["file"], span["start"], span["end"],
-                                  span["line"], default, function, "Var" not in refr))
+                                  span["line"], default, function, "Var" not in refr, partial_set))
     return heads
 
 
@@ -82,6 +86,14 @@ def check_data_conflicts(modules: Mapping[str, str], data: Mapping[str, Any]) ->
             raise PolicyLoadError(
                 f"data.{'.'.join(path)} is defined both by a rule ({head.file}:{head.line}) and in the data "
                 "document (a data file or the configuration's policy.data); rename one")
+
+
+def ref_text(parts: Sequence[str]) -> str:
+    """``data.a["b-c"].d``: a path as a Rego reference."""
+    text = parts[0]
+    for part in parts[1:]:
+        text += f".{part}" if _IDENTIFIER.match(part) else f"[{json.dumps(part)}]"
+    return text
 
 
 def _first_var(node: dict[str, Any]) -> dict[str, Any] | None:

@@ -10,7 +10,6 @@ is reported as a ``DISAGREE`` failure.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import sys
 import time
@@ -20,17 +19,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TextIO
 
-import regorus
-
 from .base import ENGINE_NAMES, PolicyEngine
 from .bundle import Bundle, load_bundle
 from .engine import create_engine
 from .errors import PolicyError, PolicyEvaluationError
-from .rules import rule_heads
+from .rules import ref_text, rule_heads
 
 __all__ = ["Outcome", "PolicyTest", "PolicyTestResult", "discover_tests", "run_policy_tests"]
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -108,70 +103,27 @@ class PolicyTestResult:
 def discover_tests(bundle: Bundle) -> list[PolicyTest]:
     """All ``test_*`` rules of the bundle, in file order, without duplicates.
 
-    Rules are found in the AST regorus produces (engine-independent: only
-    the parser is used). Rules with a ref head (``test_x.y``) or arguments
+    Rules are found in the syntax tree regorus produces (engine-independent: only the
+    parser is used). Rules with a ref head (``test_x.y``), arguments or a partial-set head
     are not tests, as in ``opa test``.
     """
-    engine = regorus.Engine()
-    engine.set_rego_v0(False)
-    for path, source in bundle.modules.items():
-        engine.add_policy(path, source)
     seen: set[str] = set()
     tests: list[PolicyTest] = []
-    for module in json.loads(engine.get_ast_as_json()):
-        ast = module["ast"]
-        package = _ref_parts(ast["package"]["refr"])
-        for rule in ast.get("rules", []):
-            name = _test_rule_name(rule)
-            if name is None:
-                continue
-            ref = _ref_text(["data", *package, name])
-            if ref not in seen:
-                seen.add(ref)
-                tests.append(PolicyTest(name=ref, file=module["source"]["file"], label=_label(ref)))
+    for head in rule_heads(bundle.modules):
+        if not head.name.startswith("test_") or head.ref or head.function or head.partial_set:
+            continue
+        ref = ref_text(["data", *head.package, head.name])
+        if ref not in seen:
+            seen.add(ref)
+            tests.append(PolicyTest(name=ref, file=head.file, label=_label(ref)))
     return tests
 
 
 def discover_todo(bundle: Bundle) -> list[str]:
     """``todo_*`` rules (skipped tests, reported as ``opa test`` reports them)."""
-    found = {f"data.{'.'.join(h.package)}.{h.name}" for h in rule_heads(bundle.modules)
+    found = {ref_text(["data", *h.package, h.name]) for h in rule_heads(bundle.modules)
              if h.name.startswith("todo_") and not (h.ref or h.function)}
     return sorted(found)
-
-
-def _test_rule_name(rule: dict[str, Any]) -> str | None:
-    """The name of a ``test_*`` rule with a plain (non-ref, non-function) head."""
-    if "Spec" in rule:
-        refr = rule["Spec"]["head"].get("Compr", {}).get("refr")
-    else:
-        refr = rule.get("Default", {}).get("refr")
-    if not refr or "Var" not in refr:
-        return None
-    name = refr["Var"]["value"]
-    return name if name.startswith("test_") else None
-
-
-def _ref_parts(node: dict[str, Any]) -> list[str]:
-    """Flatten a package reference AST node into its path segments."""
-    if "Var" in node:
-        return [node["Var"]["value"]]
-    if "RefDot" in node:
-        ref = node["RefDot"]
-        return [*_ref_parts(ref["refr"]), ref["field"][1]]
-    if "RefBrack" in node:
-        ref = node["RefBrack"]
-        index = ref["index"]
-        if "String" not in index:
-            raise PolicyError(f"unsupported package path element: {index}")
-        return [*_ref_parts(ref["refr"]), index["String"]["value"]]
-    raise PolicyError(f"unsupported package path: {node}")
-
-
-def _ref_text(parts: Sequence[str]) -> str:
-    text = parts[0]
-    for part in parts[1:]:
-        text += f".{part}" if _IDENTIFIER.match(part) else f"[{json.dumps(part)}]"
-    return text
 
 
 def run_tests(engine: PolicyEngine, tests: Iterable[PolicyTest]) -> list[PolicyTestResult]:
