@@ -24,14 +24,13 @@ from .canonical import extract_resources
 from .config import LimitsConfig
 from .policy.decision import Decision, apply_redactions, apply_removals, deny_decision, normalize_decision
 from .policy.engine import PolicyEngine, engine_cache_plan
+from .session import C2S, OTHER_DIRECTION, S2C, PendingRequest, Session
+from .tasks import TaskTracker
 
 if TYPE_CHECKING:
     from .approvals import ApprovalGate
-from .session import PendingRequest, Session, TaskOrigins
 
-C2S = "client_to_server"
-S2C = "server_to_client"
-_OTHER = {C2S: S2C, S2C: C2S}
+_OTHER = OTHER_DIRECTION
 _PASSTHROUGH = BaseException  # pyo3 panics derive from BaseException, so catch wide
 
 
@@ -150,7 +149,7 @@ class Inspector:
         self._bundle_digest = bundle_digest
         self._limits = limits
         self._local = threading.local()
-        self._tasks = TaskOrigins()
+        self._tasks = TaskTracker()
         # Decisions of a bundle that depends on nothing but its input are remembered by
         # input (polls, listings and retries repeat themselves); fields no rule reads (the
         # JSON-RPC id, the session, client info for the default bundle) are left out of the
@@ -263,52 +262,6 @@ class Inspector:
 
     # -- one message -----------------------------------------------------------------
 
-    # -- tasks (SEP-1686) ----------------------------------------------------------------
-
-    def _task_key(
-        self, task_id: str, answered_in: str, session: Session, identity: dict[str, Any] | None
-    ) -> tuple[Any, ...]:
-        owner = (identity.get("tenant"), identity.get("subject")) if identity else None
-        return (session.server.name, owner, answered_in, task_id)
-
-    def _note_task(
-        self, pending: PendingRequest, body: dict[str, Any], direction: str, session: Session,
-        identity: dict[str, Any] | None,
-    ) -> None:
-        """A task-augmented request answered with a CreateTaskResult: remember what it was."""
-        if not isinstance(pending.params, dict) or "task" not in pending.params:
-            return
-        result = body.get("result")
-        task = result.get("task") if isinstance(result, dict) else None
-        task_id = task.get("taskId") if isinstance(task, dict) else None
-        if _usable_task_id(task_id):
-            self._tasks.remember(
-                self._task_key(task_id, direction, session, identity),
-                PendingRequest(pending.method, pending.params, pending.tool, 0.0))
-
-    def _pending_for(
-        self, method: str, params: Any, tool: dict[str, Any] | None, direction: str, session: Session,
-        identity: dict[str, Any] | None,
-    ) -> PendingRequest:
-        """What a forwarded request's answer will be judged as. A ``tasks/result`` answer is
-        the answer of the request that created the task (a tool result, a sampling result);
-        when that request was not seen here (a restart, another firewall), a server's task
-        result is still judged as a tool result, of an unknown tool."""
-        now = time.monotonic()
-        if method != "tasks/result":
-            return PendingRequest(method, params, tool, now)
-        task_id = params.get("taskId") if isinstance(params, dict) else None
-        # A task id of another type than the string the protocol has (a number, none at
-        # all) must not make the result an ordinary tasks/result, judged as no tool result.
-        shown = task_id if isinstance(task_id, str) else orjson.dumps(task_id, default=str).decode()
-        if _usable_task_id(task_id):
-            origin = self._tasks.find(self._task_key(task_id, _OTHER[direction], session, identity))
-            if origin is not None:
-                return PendingRequest(origin.method, origin.params, origin.tool, now, task=shown)
-        if direction == C2S:  # servers run tasks for tools/call alone
-            return PendingRequest("tools/call", None, None, now, task=shown)
-        return PendingRequest(method, params, tool, now, task=shown)
-
     def _refuse(
         self, item: Invalid, direction: str, session: Session, size: int, raw: bytes | None = None
     ) -> tuple[bytes | None, bytes | None, Verdict]:
@@ -364,7 +317,7 @@ class Inspector:
             tool = pending.tool if pending else None
             session.observe_response(pending, msg)
             if pending is not None and kind is Kind.RESPONSE:
-                self._note_task(pending, body, direction, session, identity)
+                self._tasks.note(pending, body, direction, session, identity)
 
         decision_id = new_decision_id()
         ctx = MessageContext(msg, direction, session, method, params, tool, pending, size, identity=identity)
@@ -415,7 +368,7 @@ class Inspector:
         else:
             error_code = None
             if kind is Kind.REQUEST:
-                session.add_pending(direction, body["id"], self._pending_for(method, params, tool, direction, session, identity))
+                session.add_pending(direction, body["id"], self._tasks.pending_for(method, params, tool, direction, session, identity))
 
         for enricher in self._enrichers:
             enricher.after(ctx, decision, forwarded)
@@ -612,10 +565,6 @@ def _tool_of(method: str, params: Any) -> dict[str, Any] | None:
     name = params.get("name")
     arguments = params.get("arguments")
     return {"name": name if isinstance(name, str) else None, "arguments": arguments if arguments is not None else {}}
-
-
-def _usable_task_id(task_id: Any) -> bool:
-    return isinstance(task_id, str) or (type(task_id) is int)
 
 
 def _request_doc(pending: PendingRequest) -> dict[str, Any]:

@@ -14,6 +14,9 @@ from urllib.parse import unquote, urlsplit
 
 from .jsonrpc import Kind, Message
 
+C2S = "client_to_server"
+S2C = "server_to_client"
+OTHER_DIRECTION = {C2S: S2C, S2C: C2S}
 SESSIONS_ERA = "2025-11-25"
 STATELESS_ERA = "2026-07-28"
 _META_VERSION = "io.modelcontextprotocol/protocolVersion"
@@ -22,7 +25,6 @@ _META_CAPS = "io.modelcontextprotocol/clientCapabilities"
 _META_SERVER = "io.modelcontextprotocol/serverInfo"
 _MAX_PENDING = 10_000
 _MAX_ANSWERED = 256
-_MAX_TASKS = 10_000
 _MAX_CLIENT_ROOTS = 64
 _MAX_BASES = 128
 
@@ -221,34 +223,6 @@ class Session:
     def forget_pending(self, request_direction: str, msg_id: Any) -> None:
         with self._lock:
             self._pending[request_direction].pop((type(msg_id).__name__, msg_id), None)
-
-
-class TaskOrigins:
-    """Which request created each task (SEP-1686), so that the result fetched later with
-    ``tasks/result`` is judged as that request's answer: a tool result is a tool result
-    whichever way it arrives.
-
-    Tasks outlive a session (a stateless HTTP exchange is a session of its own, and a
-    client may fetch a result on another connection), so origins are kept per firewall,
-    keyed by server, by whoever created the task (tenant, subject, key) and by the side
-    that runs it; a task id alone names nothing another caller can borrow.
-    """
-
-    def __init__(self, capacity: int = _MAX_TASKS) -> None:
-        self._origins: OrderedDict[tuple[Any, ...], PendingRequest] = OrderedDict()
-        self._capacity = capacity
-        self._lock = threading.Lock()
-
-    def remember(self, key: tuple[Any, ...], origin: PendingRequest) -> None:
-        with self._lock:
-            self._origins[key] = origin
-            self._origins.move_to_end(key)
-            if len(self._origins) > self._capacity:
-                self._origins.popitem(last=False)
-
-    def find(self, key: tuple[Any, ...]) -> PendingRequest | None:
-        with self._lock:
-            return self._origins.get(key)
 
 
 def _coerced_keys(msg_id: Any) -> list[tuple[str, Any]]:

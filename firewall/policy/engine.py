@@ -64,11 +64,13 @@ def create_engine(
 
 def installed_engines() -> list[str]:
     """The engines this installation can run: regorus always, OPA when its bridge imports."""
-    try:
-        from . import opa_engine  # noqa: F401  (loads the Go runtime)
-    except ImportError:
-        return ["regorus"]
-    return ["regorus", "opa"]
+    import importlib.util
+
+    try:  # without importing it: that would load the Go runtime
+        found = importlib.util.find_spec("opa_bindings") is not None
+    except (ImportError, ValueError):
+        found = False
+    return ["regorus", "opa"] if found else ["regorus"]
 
 
 # -- may decisions be remembered? -----------------------------------------------------------
