@@ -105,16 +105,57 @@ def _looks_like_path(key: str | None, value: str) -> bool:
     return starts and "\n" not in value and "\r" not in value
 
 
-def _path_ref(pointer: str, raw: str, cwd: str, bases: tuple[str, ...], resolve_symlinks: bool) -> dict[str, Any]:
-    ref: dict[str, Any] = {"pointer": pointer, "raw": raw, "canonical": canonical_path(raw, cwd=cwd, resolve_symlinks=resolve_symlinks)}
-    if bases and _is_relative(raw):
+# Arguments that name the directory a call works in (mcp-server-git's repo_path): the other
+# relative paths of the same call are read from there, not from the firewall's directory.
+_BASE_KEYS = ("repo_path", "repository", "cwd", "working_directory", "workdir")
+# Keys that name a git revision, which may carry a path: "HEAD:.env" is the file .env.
+_REVISION_KEYS = frozenset({"revision", "rev", "ref", "object", "commit", "target", "treeish", "tree_ish"})
+_REVISION_PATH = re.compile(r"^[^\s:/][^\s:]*:(?!//)([^\s]+)$")
+_GITDIR = "gitdir:"
+
+
+def _path_ref(
+    pointer: str, raw: str, cwd: str, bases: tuple[str, ...], resolve_symlinks: bool, *, path: str | None = None
+) -> dict[str, Any]:
+    """A PathRef for ``raw`` (``path``: the part of ``raw`` that names the file, if not all)."""
+    text = raw if path is None else path
+    canonical = canonical_path(text, cwd=cwd, resolve_symlinks=resolve_symlinks)
+    ref: dict[str, Any] = {"pointer": pointer, "raw": raw, "canonical": canonical}
+    others: set[str] = set()
+    if bases and _is_relative(text):
         # The server may resolve it against another directory than the firewall's working
         # directory (server-filesystem uses its allowed directories): each reading counts.
-        others = {canonical_path(raw, cwd=base, resolve_symlinks=resolve_symlinks, expand_user=False) for base in bases}
-        others.discard(ref["canonical"])
-        if others:
-            ref["alternatives"] = sorted(others)
+        others = {canonical_path(text, cwd=base, resolve_symlinks=resolve_symlinks, expand_user=False) for base in bases}
+    if resolve_symlinks:
+        # A ".git" file ("gitdir: /elsewhere/.git") makes a directory the work tree of a
+        # repository elsewhere: git commands there read and write that one, as a symlink would.
+        for reading in (canonical, *others):
+            others.update(_linked_git_dirs(reading))
+    others.discard(canonical)
+    if others:
+        ref["alternatives"] = sorted(others)
     return ref
+
+
+def _linked_git_dirs(directory: str) -> list[str]:
+    marker = posixpath.join(directory, ".git")
+    try:
+        if not os.path.isfile(marker):
+            return []
+        with open(marker, "rb") as handle:
+            first = handle.read(4096).decode("utf-8", "replace").splitlines()[:1]
+    except (OSError, ValueError):
+        return []
+    if not first or not first[0].startswith(_GITDIR):
+        return []
+    target = first[0][len(_GITDIR):].strip()
+    resolved = os.path.realpath(posixpath.join(directory, target))
+    # The repository itself, and for a worktree (".git/worktrees/x") the repository above it.
+    found = [resolved]
+    parts = resolved.split("/.git/", 1)
+    if len(parts) == 2:
+        found.append(parts[0] + "/.git")
+    return found
 
 
 def _is_relative(raw: str) -> bool:
@@ -141,6 +182,7 @@ def extract_resources(
     """
     paths: list[dict[str, Any]] = []
     urls: list[dict[str, Any]] = []
+    cwd, bases = _call_base(arguments, cwd, bases, resolve_symlinks)
     stack: list[tuple[str, str | None, Any]] = [(base_pointer, None, arguments)]
     while stack:
         if len(paths) + len(urls) >= _MAX_REFS:
@@ -163,11 +205,25 @@ def extract_resources(
                     urls.append({"pointer": pointer, "raw": node, **url})
                 if node[:7].lower() == "file://":
                     paths.append(_path_ref(pointer, node, cwd, bases, resolve_symlinks))
+            elif key is not None and key.lower() in _REVISION_KEYS and (rev := _REVISION_PATH.match(node)):
+                paths.append(_path_ref(pointer, node, cwd, bases, resolve_symlinks, path=rev.group(1)))
             elif _looks_like_path(key, node):
                 paths.append(_path_ref(pointer, node, cwd, bases, resolve_symlinks))
     paths.reverse()
     urls.reverse()
     return {"paths": paths, "urls": urls}
+
+
+def _call_base(arguments: Any, cwd: str, bases: tuple[str, ...], resolve_symlinks: bool) -> tuple[str, tuple[str, ...]]:
+    """The directory relative paths of a call are read from: the one the call names
+    (``repo_path``...), else the firewall's. With a directory of its own, the firewall's
+    working directory is no reading of them; the server's directories and roots still are."""
+    if isinstance(arguments, dict):
+        for key in _BASE_KEYS:
+            value = arguments.get(key)
+            if isinstance(value, str) and (value.startswith("/") or value == "~" or value.startswith("~/")):
+                return canonical_path(value, cwd=cwd, resolve_symlinks=resolve_symlinks), bases
+    return cwd, bases
 
 
 def _escape(key: str) -> str:

@@ -7,6 +7,7 @@ that decides lives here.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -262,6 +263,17 @@ class Inspector:
 
     # -- one message -----------------------------------------------------------------
 
+    def _hide_foreign_tasks(
+        self, decision: Decision, body: dict[str, Any], direction: str, session: Session,
+        identity: dict[str, Any] | None,
+    ) -> Decision:
+        """A tasks/list answer without the tasks other callers created."""
+        foreign = self._tasks.foreign_entries(body.get("result"), direction, session, identity)
+        if not foreign:
+            return decision
+        return dataclasses.replace(
+            decision, remove=[*decision.remove, *foreign], tags=[*decision.tags, "task_of_another_caller_hidden"])
+
     def _refuse(
         self, item: Invalid, direction: str, session: Session, size: int, raw: bytes | None = None
     ) -> tuple[bytes | None, bytes | None, Verdict]:
@@ -332,10 +344,15 @@ class Inspector:
             # depend on the request (tool results, listings) cannot apply, so it is not passed.
             decision = _UNSOLICITED
             error_code = errors.INVALID_REQUEST
+        elif kind is Kind.REQUEST and self._tasks.foreign(method, params, direction, session, identity):
+            decision = _FOREIGN_TASK  # another caller's task (the firewall saw it created)
+            error_code = errors.POLICY_DENIED
         else:
             decision = self._decide(ctx)
             if decision.approvals and decision.allow:
                 decision, approval_id = self._settle_approval(ctx, decision)
+            if method == "tasks/list" and kind is Kind.RESPONSE and decision.allow:
+                decision = self._hide_foreign_tasks(decision, body, direction, session, identity)
             error_code = errors.POLICY_ERROR if decision.error else _denial_code(decision)
         eval_ms = (time.perf_counter() - started) * 1000.0
 
@@ -534,6 +551,9 @@ class Inspector:
 _UNCHANGED: Any = object()
 _UNSOLICITED = deny_decision(
     "unsolicited_response", "the server answered an id the client has no request open for; dropped"
+)
+_FOREIGN_TASK = deny_decision(
+    "task_of_another_caller", "the task was created by another caller; only its creator may read or cancel it"
 )
 _RATE_REASONS = frozenset({"rate_limited", "quota_exceeded"})
 _CACHE_ENTRIES = 1024  # remembered decisions (oldest forgotten first)

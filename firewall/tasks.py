@@ -30,8 +30,37 @@ class TaskTracker:
 
     def __init__(self, capacity: int = _MAX_TASKS) -> None:
         self._origins: OrderedDict[tuple[Any, ...], PendingRequest] = OrderedDict()
+        self._owners: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # (server, side, id) -> owner
         self._capacity = capacity
         self._lock = threading.Lock()
+
+    def foreign(self, method: str, params: Any, direction: str, session: Session, identity: dict[str, Any] | None) -> bool:
+        """Whether a ``tasks/get|result|cancel`` request names a task that another caller
+        created (through this firewall): servers that keep tasks outside sessions would
+        hand it over."""
+        if method not in _BY_ID or not isinstance(params, dict) or not _usable(params.get("taskId")):
+            return False
+        with self._lock:
+            owner = self._owners.get((session.server.name, _OTHER[direction], params["taskId"]), _UNSEEN)
+        return owner is not _UNSEEN and owner != _owner(identity)
+
+    def foreign_entries(
+        self, result: Any, direction: str, session: Session, identity: dict[str, Any] | None
+    ) -> list[str]:
+        """Pointers of the entries of a ``tasks/list`` answer that other callers created."""
+        tasks = result.get("tasks") if isinstance(result, dict) else None
+        if not isinstance(tasks, list):
+            return []
+        mine = _owner(identity)
+        found: list[str] = []
+        with self._lock:
+            for i, task in enumerate(tasks):
+                task_id = task.get("taskId") if isinstance(task, dict) else None
+                if _usable(task_id):
+                    owner = self._owners.get((session.server.name, direction, task_id), _UNSEEN)
+                    if owner is not _UNSEEN and owner != mine:
+                        found.append(f"/result/tasks/{i}")
+        return found
 
     def note(
         self, pending: PendingRequest, body: dict[str, Any], direction: str, session: Session,
@@ -45,11 +74,16 @@ class TaskTracker:
         task_id = task.get("taskId") if isinstance(task, dict) else None
         if _usable(task_id):
             key = _key(task_id, direction, session, identity)
+            where = (session.server.name, direction, task_id)
             with self._lock:
                 self._origins[key] = PendingRequest(pending.method, pending.params, pending.tool, 0.0)
                 self._origins.move_to_end(key)
+                self._owners[where] = _owner(identity)
+                self._owners.move_to_end(where)
                 if len(self._origins) > self._capacity:
                     self._origins.popitem(last=False)
+                if len(self._owners) > self._capacity:
+                    self._owners.popitem(last=False)
 
     def pending_for(
         self, method: str, params: Any, tool: dict[str, Any] | None, direction: str, session: Session,
@@ -76,9 +110,16 @@ class TaskTracker:
         return PendingRequest(method, params, tool, now, task=shown)
 
 
+_BY_ID = frozenset({"tasks/get", "tasks/result", "tasks/cancel"})
+_UNSEEN = object()
+
+
+def _owner(identity: dict[str, Any] | None) -> tuple[Any, Any] | None:
+    return (identity.get("tenant"), identity.get("subject")) if identity else None
+
+
 def _key(task_id: Any, answered_in: str, session: Session, identity: dict[str, Any] | None) -> tuple[Any, ...]:
-    owner = (identity.get("tenant"), identity.get("subject")) if identity else None
-    return (session.server.name, owner, answered_in, task_id)
+    return (session.server.name, _owner(identity), answered_in, task_id)
 
 
 def _usable(task_id: Any) -> bool:

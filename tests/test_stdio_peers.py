@@ -227,3 +227,50 @@ def test_relative_paths_are_read_from_the_clients_roots_and_tilde_names(tmp_path
                 assert str(outside / "secret.txt") in denied.value.error.message
 
     run(scenario)
+
+
+def _git(*args: str, cwd: Path) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=cwd, check=True,
+                   capture_output=True)
+
+
+def test_git_server_reads_nothing_outside_the_root(tmp_path, audit_db):
+    """mcp-server-git through the shim, run from outside the repository (as desktop clients
+    do): a .git file pointing at a repository outside the root, and a credential file named
+    by a revision ("HEAD:.env"), were read; a file or branch named relative to repo_path was
+    denied, read from the shim's directory."""
+    import sys
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    repo, linked = root / "repo", root / "linked"
+    for where in (repo, outside):
+        where.mkdir(parents=True)
+        _git("init", "-q", "-b", "main", cwd=where)
+    (outside / "secret.txt").write_text("outside data\n")
+    _git("add", "secret.txt", cwd=outside)
+    _git("commit", "-q", "-m", "outside", cwd=outside)
+    (repo / ".env").write_text("ADMIN_PIN=482913\n")
+    (repo / "README.md").write_text("readme\n")
+    _git("add", ".env", "README.md", cwd=repo)
+    _git("commit", "-q", "-m", "first", cwd=repo)
+    _git("branch", "feature/x", cwd=repo)
+    linked.mkdir()
+    (linked / ".git").write_text(f"gitdir: {outside / '.git'}\n")
+    server = [str(Path(sys.executable).parent / "mcp-server-git")]
+    command = shim_command(audit_db, "--root", str(root), server=server)
+    params = StdioServerParameters(command=command[0], args=command[1:], cwd=str(tmp_path))
+
+    async def scenario():
+        async with Client(params) as client:
+            for name, arguments in (("git_log", {"repo_path": str(linked)}),
+                                    ("git_show", {"repo_path": str(repo), "revision": "HEAD:.env"})):
+                with pytest.raises(MCPError) as denied:
+                    await client.call_tool(name, arguments)
+                assert denied.value.error.code == errors.POLICY_DENIED, name
+            (repo / "README.md").write_text("readme, changed\n")
+            for name, arguments in (("git_add", {"repo_path": str(repo), "files": ["README.md"]}),
+                                    ("git_diff", {"repo_path": str(repo), "target": "feature/x"})):
+                done = await client.call_tool(name, arguments)
+                assert not done.is_error, (name, done.content)
+
+    run(scenario)

@@ -73,8 +73,8 @@ def inspector_and_inputs(tmp_path, monkeypatch):
 
 def test_policy_input_names_the_task_and_the_creating_call(inspector_and_inputs):
     """input.request of the tasks/result answer is the tools/call that created the task,
-    with request.task naming it; a task created by another caller is not borrowed, and a
-    server task the firewall never saw created is still judged as a tool result."""
+    with request.task naming it; a server task the firewall never saw created is still
+    judged as a tool result."""
     inspector, inputs = inspector_and_inputs
     session = Session(ServerIdentity("srv"), transport="http", cwd=None, resolve_symlinks=False)
     alice = {"tenant": "acme", "subject": "alice", "roles": ["operator"]}
@@ -93,9 +93,9 @@ def test_policy_input_names_the_task_and_the_creating_call(inspector_and_inputs)
     assert answer["request"]["task"] == {"id": "t-1", "via": "tasks/result"}
     assert answer["request"]["params"]["arguments"] == {"name": "q3"}
 
-    send(C2S, {"jsonrpc": "2.0", "id": 3, "method": "tasks/result", "params": {"taskId": "t-1"}}, bob)
-    borrowed = send(S2C, {"jsonrpc": "2.0", "id": 3, "result": {"content": []}}, bob)
-    assert borrowed["method"] == "tools/call" and borrowed["tool"] is None  # not alice's call
+    refused = inspector.inspect(orjson.dumps(
+        {"jsonrpc": "2.0", "id": 3, "method": "tasks/result", "params": {"taskId": "t-1"}}), C2S, session, bob)
+    assert refused.forward is None  # alice's task (see test_a_task_is_its_creators)
 
     send(C2S, {"jsonrpc": "2.0", "id": 4, "method": "tasks/result", "params": {"taskId": "unseen"}})
     unseen = send(S2C, {"jsonrpc": "2.0", "id": 4, "result": {"content": []}})
@@ -138,3 +138,29 @@ def test_every_task_message_that_carries_text_is_read_for_injections(inspector_a
         assert outcome.verdicts[0].decision.action != "allow", outcome.verdicts[0]
         assert b"ignore all previous instructions" not in (outcome.forward or b"")
     assert served[-1].verdicts[0].method == "tools/call"
+
+
+def test_a_task_is_its_creators(inspector_and_inputs):
+    """Through a server that keeps tasks outside sessions, another tenant could fetch, read
+    and cancel a task by its id, and see it listed. The firewall saw who created it."""
+    inspector, _inputs = inspector_and_inputs
+    acme = {"tenant": "acme", "subject": "alice", "roles": ["operator"]}
+    globex = {"tenant": "globex", "subject": "bob", "roles": ["operator"]}
+    first = Session(ServerIdentity("srv"), transport="http", cwd=None, resolve_symlinks=False)
+    second = Session(ServerIdentity("srv"), transport="http", cwd=None, resolve_symlinks=False)
+
+    def send(session, direction, message, identity):
+        return inspector.inspect(orjson.dumps(message), direction, session, identity)
+
+    send(first, C2S, {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "fetch_report", "arguments": {}, "task": {"ttl": 1000}}}, acme)
+    send(first, S2C, {"jsonrpc": "2.0", "id": 1, "result": {"task": {"taskId": "t-acme", "status": "working"}}}, acme)
+    for i, method in enumerate(("tasks/result", "tasks/get", "tasks/cancel"), start=2):
+        out = send(second, C2S, {"jsonrpc": "2.0", "id": i, "method": method, "params": {"taskId": "t-acme"}}, globex)
+        assert out.forward is None and orjson.loads(out.reply)["error"]["data"]["reasons"][0]["code"] == "task_of_another_caller"
+        mine = send(first, C2S, {"jsonrpc": "2.0", "id": i, "method": method, "params": {"taskId": "t-acme"}}, acme)
+        assert mine.forward is not None
+    send(second, C2S, {"jsonrpc": "2.0", "id": 9, "method": "tasks/list"}, globex)
+    listed = send(second, S2C, {"jsonrpc": "2.0", "id": 9, "result": {"tasks": [
+        {"taskId": "t-acme", "status": "working"}, {"taskId": "t-unknown", "status": "working"}]}}, globex)
+    assert [t["taskId"] for t in orjson.loads(listed.forward)["result"]["tasks"]] == ["t-unknown"]
