@@ -631,7 +631,7 @@ def test_credential_patterns(text: str, rule: str, kept: str) -> None:
 def test_rules_read_the_original_text_not_each_others_output() -> None:
     """A bare secret key is recognised by the access key id written before it; redacting the
     id first must not hide that."""
-    for sep in (" ", ",", "\t", " | "):
+    for sep in (" ", ",", "\t", " | ", " secret ", ", secret key: "):
         text = "AKIAIOSFODNN7EXAMPLE" + sep + "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
         assert redact_text(text) == f"[REDACTED:aws-access-key-id]{sep}[REDACTED:aws-secret-access-key-paired]"
     # Not a secret key: no digit or no capital in the 40 characters.
