@@ -62,6 +62,12 @@ decision := {
 		input.direction == "client_to_server"
 		effect := data.mcpfw.rules.commands.effects(settings.commands)
 	} | {effect |
+		# Options smuggled into a revision or branch argument: any client's tools/call.
+		input.method == "tools/call"
+		input.kind == "request"
+		input.direction == "client_to_server"
+		effect := data.mcpfw.rules.commands.option_effects(settings.commands)
+	} | {effect |
 		# Secrets: the credential detector found something.
 		input.findings.secrets[0]
 		effect := data.mcpfw.rules.secrets.effects(settings.secrets)

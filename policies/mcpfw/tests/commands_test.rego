@@ -115,3 +115,14 @@ test_decision_tags_command_calls_only_for_client_requests if {
 	inp := inputs.tool_result("bash", {"command": "ls"}, {"content": [{"type": "text", "text": "ok"}]})
 	inputs.decide(inp).obligations == []
 }
+
+test_options_in_revision_arguments_are_denied_for_any_tool if {
+	# Through the whole decision: the route runs for every tools/call, not only command tools.
+	inp := inputs.tool_call("git_diff", {"repo_path": "/r", "target": "--output=/tmp/x"})
+	inputs.codes(inp) == {"option_injection"}
+	inputs.codes(inputs.tool_call("git_log", {"repo_path": "/r", "refs": ["main", "--all"]})) == {"option_injection"}
+	inputs.codes(inputs.tool_call("git_diff", {"repo_path": "/r", "target": "feature/x"})) == set()
+	# A file name that starts with "-" is the server's to handle.
+	inputs.codes(inputs.tool_call("read_file", {"path": "/r/-notes.txt"})) == set()
+	inputs.codes(inp) == set() with data.mcpfw.config.commands.option_arguments as []
+}
