@@ -63,27 +63,21 @@ effects(config) := {"obligations": {{"type": "tag", "tag": "command_execution"}}
 # option_effects(config) denies a call whose revision, branch or similar argument starts
 # with "-": a server that hands it to git (or another command) as is runs an option, not a
 # revision ("--output=/tmp/x", "--upload-pack=..."). config.option_arguments names those
-# arguments (top level or nested); a file name starting with "-" is left to the server.
+# top-level arguments (lower case; a string or an array of strings); a file name starting
+# with "-" is left to the server. No walk over the arguments: this runs on every call.
 option_effects(config) := {"deny": reasons} if {
-	input.method == "tools/call"
-	input.kind == "request"
-	names := {lower(n) | some n in object.get(config, "option_arguments", [])}
-	names[_]
 	reasons := {reason |
-		walk(input.tool.arguments, [path, value])
-		is_string(value)
-		startswith(value, "-")
-		key := _last_key(path)
-		lower(key) in names
+		some key, value in input.tool.arguments
+		lower(key) in config.option_arguments
+		some text in _strings(value)
+		startswith(text, "-")
 		reason := {"code": "option_injection", "message": sprintf(
 			"tool %q: argument %s starts with '-' (read as an option, not a value)",
-			[input.tool.name, data.mcpfw.lib.pointer(array.concat(["params", "arguments"], path))],
+			[input.tool.name, data.mcpfw.lib.pointer(["params", "arguments", key])],
 		)}
 	}
 }
 
-# The name of the member a walked value sits in (for an array element, the array's).
-_last_key(path) := keys[count(keys) - 1] if {
-	keys := [k | some k in path; is_string(k)]
-	count(keys) > 0
-}
+_strings(value) := [value] if is_string(value)
+
+_strings(value) := [v | some v in value; is_string(v)] if is_array(value)
