@@ -16,7 +16,9 @@ from .config import Config, ConfigError, load_config
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # name the subcommand whose options these are not, with its own usage
+        _owning_parser(parser, getattr(args, "handler", None)).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
@@ -34,6 +36,19 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _owning_parser(parser: argparse.ArgumentParser, handler: object) -> argparse.ArgumentParser:
+    """The (sub)parser whose default handler is ``handler`` (``parser`` itself if none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if child.get_default("handler") is handler and handler is not None:
+                    return child
+                found = _owning_parser(child, handler)
+                if found is not child:
+                    return found
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:

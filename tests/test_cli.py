@@ -223,3 +223,9 @@ def test_a_bundle_that_defines_no_decision_does_not_start(tmp_path):
     for args in (["config", "check", str(cfg)], ["stdio", "--config", str(cfg), "--", "cat"]):
         done = mcpfw(*args)
         assert done.returncode == 2 and "no rule defines data.mcpfw.decision" in done.stderr, done.stderr
+
+
+def test_an_unknown_option_is_reported_by_its_subcommand():
+    done = mcpfw("stdio", "--roots", "/tmp", "--", "cat")
+    assert done.returncode == 2 and "mcpfw stdio: error: unrecognized arguments: --roots" in done.stderr
+    assert "usage: mcpfw stdio" in done.stderr
