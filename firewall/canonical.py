@@ -110,7 +110,8 @@ def _looks_like_path(key: str | None, value: str) -> bool:
 _BASE_KEYS = ("repo_path", "repository", "cwd", "working_directory", "workdir")
 # Keys that name a git revision, which may carry a path: "HEAD:.env" is the file .env.
 _REVISION_KEYS = frozenset({"revision", "rev", "ref", "object", "commit", "target", "treeish", "tree_ish"})
-_REVISION_PATH = re.compile(r"^[^\s:/][^\s:]*:(?!//)([^\s]+)$")
+# "HEAD:path", "@{1}:path", and the index forms ":path" and ":0:path" (stages 0-3).
+_REVISION_PATH = re.compile(r"^(?:[^\s:/][^\s:]*)?:(?:[0-3]:)?(?!//)([^\s:][^\s]*)$")
 _GITDIR = "gitdir:"
 
 
@@ -126,6 +127,14 @@ def _path_ref(
         # The server may resolve it against another directory than the firewall's working
         # directory (server-filesystem uses its allowed directories): each reading counts.
         others = {canonical_path(text, cwd=base, resolve_symlinks=resolve_symlinks, expand_user=False) for base in bases}
+    if "$" in text:
+        # Some servers expand environment variables ("$HOME/repo": GitPython does), from an
+        # environment the shim's child shares: that reading counts too.
+        expanded = os.path.expandvars(text)
+        if expanded != text:
+            others.add(canonical_path(expanded, cwd=cwd, resolve_symlinks=resolve_symlinks))
+            if _is_relative(expanded):
+                others.update(canonical_path(expanded, cwd=b, resolve_symlinks=resolve_symlinks) for b in bases)
     if resolve_symlinks:
         # A ".git" file ("gitdir: /elsewhere/.git") makes a directory the work tree of a
         # repository elsewhere: git commands there read and write that one, as a symlink would.
@@ -138,24 +147,58 @@ def _path_ref(
 
 
 def _linked_git_dirs(directory: str) -> list[str]:
-    marker = posixpath.join(directory, ".git")
-    try:
-        if not os.path.isfile(marker):
+    """Places git commands run in ``directory`` read or write besides it: the repository a
+    ``.git`` file points at, the common directory of a worktree, borrowed object stores
+    (``objects/info/alternates``) and a working tree set elsewhere (``core.worktree``)."""
+    dot_git = posixpath.join(directory, ".git")
+    found: list[str] = []
+    if os.path.isfile(dot_git):
+        first = _lines(dot_git)[:1]
+        if not first or not first[0].startswith(_GITDIR):
             return []
-        with open(marker, "rb") as handle:
-            first = handle.read(4096).decode("utf-8", "replace").splitlines()[:1]
+        git_dir = os.path.realpath(posixpath.join(directory, first[0][len(_GITDIR):].strip()))
+        found.append(git_dir)
+    elif os.path.isdir(dot_git):
+        git_dir = dot_git
+    else:
+        return []
+    common = _lines(posixpath.join(git_dir, "commondir"))[:1]
+    git_dirs = [git_dir]
+    if common:
+        common_dir = os.path.realpath(posixpath.join(git_dir, common[0]))
+        found.append(common_dir)
+        git_dirs.append(common_dir)
+    for where in git_dirs:
+        objects = posixpath.join(where, "objects")
+        for line in _lines(posixpath.join(objects, "info", "alternates"))[:16]:
+            found.append(os.path.realpath(posixpath.join(objects, line)))
+        for value in _config_values(posixpath.join(where, "config"), "core", "worktree"):
+            found.append(os.path.realpath(posixpath.join(where, value)))
+    return found
+
+
+def _lines(path: str) -> list[str]:
+    """The non-empty, non-comment lines of a small file (its first 4 KiB), or none."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(4096).decode("utf-8", "replace")
     except (OSError, ValueError):
         return []
-    if not first or not first[0].startswith(_GITDIR):
-        return []
-    target = first[0][len(_GITDIR):].strip()
-    resolved = os.path.realpath(posixpath.join(directory, target))
-    # The repository itself, and for a worktree (".git/worktrees/x") the repository above it.
-    found = [resolved]
-    parts = resolved.split("/.git/", 1)
-    if len(parts) == 2:
-        found.append(parts[0] + "/.git")
-    return found
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _config_values(path: str, section: str, key: str) -> list[str]:
+    """Values of ``key`` in ``[section]`` of a git config file (its first 4 KiB)."""
+    values: list[str] = []
+    current = None
+    for line in _lines(path):
+        if line.startswith("["):
+            current = line.strip("[]").split(None, 1)[0].lower() if line.strip("[]") else None
+        elif current == section and "=" in line:
+            name, _, value = line.partition("=")
+            if name.strip().lower() == key:
+                values.append(value.strip().strip('"'))
+    return values
 
 
 def _is_relative(raw: str) -> bool:

@@ -833,3 +833,16 @@ def test_json_pointers_do_not_look_encoded_but_base64_and_hex_do():
     token = "ghp_" + "Q7x9" * 9
     for encoded in (base64.b64encode(token.encode()).decode(), token.encode().hex(), "YWJj/ZGVm/" + "QUJD" * 5):
         assert may_hide_secret(f"value: {encoded}"), encoded
+
+
+def test_a_locked_database_does_not_stop_the_start(db: Path) -> None:
+    """Held by another reader (a long `mcpfw audit sql`), the file is waited for as at run
+    time; only a file that cannot be written at all stops a block-mode start."""
+    AuditLog(db).close()
+    with duckdb.connect(str(db), read_only=True):
+        audit = AuditLog(db, lock_retry_seconds=0.05)
+    try:
+        audit.record(make_row(1))
+        assert audit.flush() is True
+    finally:
+        audit.close()

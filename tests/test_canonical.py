@@ -86,3 +86,38 @@ def test_multi_line_content_is_not_a_path(tmp_path):
     assert [p["canonical"] for p in found["paths"]] == ["/data/a.c"]
     keyed = extract_resources({"path": "/etc/pass\nwd"}, base_pointer="/a", cwd=str(tmp_path), resolve_symlinks=False)
     assert [p["raw"] for p in keyed["paths"]] == ["/etc/pass\nwd"]
+
+
+def _readings(arguments, cwd, bases=()):
+    from firewall.canonical import extract_resources
+
+    refs = extract_resources(arguments, base_pointer="/a", cwd=str(cwd), resolve_symlinks=True, bases=tuple(bases))
+    return {ref["pointer"]: {ref["canonical"], *ref.get("alternatives", [])} for ref in refs["paths"]}
+
+
+def test_git_indirections_count_as_the_places_they_name(tmp_path, monkeypatch):
+    """Inside the root, a repository can take its objects, refs or working tree from outside:
+    a worktree's commondir, objects/info/alternates, core.worktree; each place is a reading."""
+    import subprocess
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for repo in (outside, root / "common", root / "alternates", root / "worktree"):
+        repo.mkdir(parents=True)
+        subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (root / "common" / ".git" / "commondir").write_text(f"{outside / '.git'}\n")
+    (root / "alternates" / ".git" / "objects" / "info" / "alternates").write_text(f"{outside / '.git' / 'objects'}\n")
+    subprocess.run(["git", "-C", str(root / "worktree"), "config", "core.worktree", str(outside)], check=True)
+    expected = {"common": outside / ".git", "alternates": outside / ".git" / "objects", "worktree": outside}
+    for name, place in expected.items():
+        readings = _readings({"repo_path": str(root / name)}, root)["/a/repo_path"]
+        assert str(place) in readings, (name, readings)
+    # An ordinary repository names nothing else.
+    assert _readings({"repo_path": str(outside)}, root)["/a/repo_path"] == {str(outside)}
+
+
+def test_revisions_and_variables_that_name_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for revision in ("HEAD:.env", ":0:.env", ":.env", "@{1}:.env"):
+        assert _readings({"repo_path": "/r", "revision": revision}, tmp_path)["/a/revision"] == {"/r/.env"}, revision
+    assert _readings({"revision": "main"}, tmp_path) == {}
+    assert str(tmp_path / "home" / "repo") in _readings({"repo_path": "$HOME/repo"}, tmp_path)["/a/repo_path"]

@@ -152,6 +152,11 @@ class AuditLog:
             return
         problem = f"audit database {self.path} cannot be written: {self._store.last_error}"
         self._store.close(checkpoint=False)
+        if self._store.locked:
+            # Held by another process (a long `mcpfw audit sql`, another firewall): a state
+            # the writer waits out, as it does at run time, not a reason to refuse to start.
+            print(f"mcpfw: WARNING: {problem}; will retry", file=sys.stderr)
+            return
         if self.on_failure == "block":
             raise AuditUnavailableError(f"{problem} (audit.on_failure is block: not starting)")
         if not os.access(self.spill_path.parent, os.W_OK):

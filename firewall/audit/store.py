@@ -147,6 +147,7 @@ class DuckDBStore:
         self.behind: Callable[[], bool] | None = None  # the owner's backlog test (see GilYielder)
         self._hub: duckdb.DuckDBPyConnection | None = None
         self._schema_ready = False
+        self.locked = False  # the last failed ATTACH met another process's lock
 
     @property
     def wal_path(self) -> Path:
@@ -169,6 +170,7 @@ class DuckDBStore:
             return False
         try:
             started = time.perf_counter()
+            self.locked = False
             if not self._attach(hub, retry_seconds):
                 return False
             try:
@@ -333,7 +335,8 @@ class DuckDBStore:
             except duckdb.Error as exc:
                 self.last_error = _first_line(exc)
                 remaining = deadline - time.monotonic()
-                if not is_lock_conflict(exc) or remaining <= 0:
+                self.locked = is_lock_conflict(exc)
+                if not self.locked or remaining <= 0:
                     return False
                 self._stats.lock_retries += 1
                 time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
