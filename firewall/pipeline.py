@@ -13,6 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -159,6 +160,10 @@ class Inspector:
         self._cache: OrderedDict[str, Decision] | None = OrderedDict() if plan.cacheable else None
         self._cache_lock = threading.Lock()
         self._cache_reads = plan.reads
+
+    def share_tasks(self, directory: Path) -> None:
+        """Share MCP task records with the other processes that use ``directory``."""
+        self._tasks.share(directory)
 
     def prepare(self) -> None:
         """Make the calling thread ready to inspect: its own policy engine is built now rather

@@ -1,12 +1,18 @@
-"""MCP tasks (SEP-1686): which request created each task, so that the result fetched later
-with ``tasks/result`` is judged as that request's answer. A tool result is a tool result
-whichever way it arrives."""
+"""MCP tasks (SEP-1686): which request created each task, and who created it.
+
+The result fetched later with ``tasks/result`` is judged as the answer of the request that
+created the task (a tool result is a tool result whichever way it arrives), and only the
+caller that created a task may read, fetch or cancel it, or see it listed.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,32 +23,75 @@ __all__ = ["TaskTracker"]
 
 _OTHER = OTHER_DIRECTION
 _MAX_TASKS = 10_000
+_BY_ID = frozenset({"tasks/get", "tasks/result", "tasks/cancel"})
+_UNSEEN = object()
+
+
+class _Record:
+    """What the firewall knows of one task: who created it, and with which request."""
+
+    __slots__ = ("owner", "origin")
+
+    def __init__(self, owner: tuple[Any, Any] | None, origin: PendingRequest) -> None:
+        self.owner = owner
+        self.origin = origin
 
 
 class TaskTracker:
-    """Remembers task origins and tells what a ``tasks/result`` answer is to be judged as.
+    """Task records by server, by the side that runs the task and by task id.
 
     Tasks outlive a session (a stateless HTTP exchange is a session of its own, and a
-    client may fetch a result on another connection), so origins are kept per firewall,
-    keyed by server, by whoever created the task (tenant, subject) and by the side that
-    runs it; a task id alone names nothing another caller can borrow.
+    client may fetch a result on another connection), so records are kept per firewall
+    process; :meth:`share` makes the lean listener's worker processes share them through
+    files (written when a task is created, read when another worker is asked about it).
+    A shared record keeps the creating request's method and tool name, not its arguments.
     """
 
     def __init__(self, capacity: int = _MAX_TASKS) -> None:
-        self._origins: OrderedDict[tuple[Any, ...], PendingRequest] = OrderedDict()
-        self._owners: OrderedDict[tuple[Any, ...], Any] = OrderedDict()  # (server, side, id) -> owner
+        self._records: OrderedDict[tuple[Any, ...], _Record] = OrderedDict()
         self._capacity = capacity
         self._lock = threading.Lock()
+        self._shared: Path | None = None
+
+    def share(self, directory: Path) -> None:
+        """Keep records in ``directory`` too, for the other processes serving the same
+        servers (the lean listener's workers)."""
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._shared = directory
+
+    # -- learning ----------------------------------------------------------------------
+
+    def note(
+        self, pending: PendingRequest, body: dict[str, Any], direction: str, session: Session,
+        identity: dict[str, Any] | None,
+    ) -> None:
+        """A task-augmented request answered with a CreateTaskResult: remember it."""
+        if not isinstance(pending.params, dict) or "task" not in pending.params:
+            return
+        result = body.get("result")
+        task = result.get("task") if isinstance(result, dict) else None
+        task_id = task.get("taskId") if isinstance(task, dict) else None
+        if not _usable(task_id):
+            return
+        key = (session.server.name, direction, task_id)
+        record = _Record(_owner(identity), PendingRequest(pending.method, pending.params, pending.tool, 0.0))
+        with self._lock:
+            self._records[key] = record
+            self._records.move_to_end(key)
+            if len(self._records) > self._capacity:
+                self._records.popitem(last=False)
+        if self._shared is not None:
+            self._write(key, record)
+
+    # -- judging -----------------------------------------------------------------------
 
     def foreign(self, method: str, params: Any, direction: str, session: Session, identity: dict[str, Any] | None) -> bool:
-        """Whether a ``tasks/get|result|cancel`` request names a task that another caller
-        created (through this firewall): servers that keep tasks outside sessions would
-        hand it over."""
+        """Whether a ``tasks/get|result|cancel`` request names a task another caller
+        created: servers that keep tasks outside sessions would hand it over."""
         if method not in _BY_ID or not isinstance(params, dict) or not _usable(params.get("taskId")):
             return False
-        with self._lock:
-            owner = self._owners.get((session.server.name, _OTHER[direction], params["taskId"]), _UNSEEN)
-        return owner is not _UNSEEN and owner != _owner(identity)
+        record = self._find((session.server.name, _OTHER[direction], params["taskId"]))
+        return record is not None and record.owner != _owner(identity)
 
     def foreign_entries(
         self, result: Any, direction: str, session: Session, identity: dict[str, Any] | None
@@ -53,37 +102,13 @@ class TaskTracker:
             return []
         mine = _owner(identity)
         found: list[str] = []
-        with self._lock:
-            for i, task in enumerate(tasks):
-                task_id = task.get("taskId") if isinstance(task, dict) else None
-                if _usable(task_id):
-                    owner = self._owners.get((session.server.name, direction, task_id), _UNSEEN)
-                    if owner is not _UNSEEN and owner != mine:
-                        found.append(f"/result/tasks/{i}")
+        for i, task in enumerate(tasks):
+            task_id = task.get("taskId") if isinstance(task, dict) else None
+            if _usable(task_id):
+                record = self._find((session.server.name, direction, task_id))
+                if record is not None and record.owner != mine:
+                    found.append(f"/result/tasks/{i}")
         return found
-
-    def note(
-        self, pending: PendingRequest, body: dict[str, Any], direction: str, session: Session,
-        identity: dict[str, Any] | None,
-    ) -> None:
-        """A task-augmented request answered with a CreateTaskResult: remember what it was."""
-        if not isinstance(pending.params, dict) or "task" not in pending.params:
-            return
-        result = body.get("result")
-        task = result.get("task") if isinstance(result, dict) else None
-        task_id = task.get("taskId") if isinstance(task, dict) else None
-        if _usable(task_id):
-            key = _key(task_id, direction, session, identity)
-            where = (session.server.name, direction, task_id)
-            with self._lock:
-                self._origins[key] = PendingRequest(pending.method, pending.params, pending.tool, 0.0)
-                self._origins.move_to_end(key)
-                self._owners[where] = _owner(identity)
-                self._owners.move_to_end(where)
-                if len(self._origins) > self._capacity:
-                    self._origins.popitem(last=False)
-                if len(self._owners) > self._capacity:
-                    self._owners.popitem(last=False)
 
     def pending_for(
         self, method: str, params: Any, tool: dict[str, Any] | None, direction: str, session: Session,
@@ -101,25 +126,51 @@ class TaskTracker:
         # all) must not make the result an ordinary tasks/result, judged as no tool result.
         shown = task_id if isinstance(task_id, str) else orjson.dumps(task_id, default=str).decode()
         if _usable(task_id):
-            with self._lock:
-                origin = self._origins.get(_key(task_id, _OTHER[direction], session, identity))
-            if origin is not None:
+            record = self._find((session.server.name, _OTHER[direction], task_id))
+            if record is not None and record.owner == _owner(identity):
+                origin = record.origin
                 return PendingRequest(origin.method, origin.params, origin.tool, now, task=shown)
         if direction == C2S:  # servers run tasks for tools/call alone
             return PendingRequest("tools/call", None, None, now, task=shown)
         return PendingRequest(method, params, tool, now, task=shown)
 
+    # -- records -----------------------------------------------------------------------
 
-_BY_ID = frozenset({"tasks/get", "tasks/result", "tasks/cancel"})
-_UNSEEN = object()
+    def _find(self, key: tuple[Any, ...]) -> _Record | None:
+        with self._lock:
+            record = self._records.get(key)
+        if record is None and self._shared is not None:
+            record = self._read(key)
+        return record
+
+    def _path(self, key: tuple[Any, ...]) -> Path:
+        assert self._shared is not None
+        return self._shared / (hashlib.sha256(orjson.dumps(list(key))).hexdigest() + ".json")
+
+    def _write(self, key: tuple[Any, ...], record: _Record) -> None:
+        origin = record.origin
+        document = {"owner": record.owner, "method": origin.method,
+                    "tool": origin.tool.get("name") if origin.tool else None}
+        path = self._path(key)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            temporary.write_bytes(orjson.dumps(document))
+            os.replace(temporary, path)
+        except OSError:
+            pass  # the other workers then treat the task as unseen, as after a restart
+
+    def _read(self, key: tuple[Any, ...]) -> _Record | None:
+        try:
+            document = orjson.loads(self._path(key).read_bytes())
+            owner = tuple(document["owner"]) if document["owner"] is not None else None
+            tool = {"name": document["tool"], "arguments": {}} if document["tool"] else None
+            return _Record(owner, PendingRequest(document["method"], None, tool, 0.0))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
 
 def _owner(identity: dict[str, Any] | None) -> tuple[Any, Any] | None:
     return (identity.get("tenant"), identity.get("subject")) if identity else None
-
-
-def _key(task_id: Any, answered_in: str, session: Session, identity: dict[str, Any] | None) -> tuple[Any, ...]:
-    return (session.server.name, _owner(identity), answered_in, task_id)
 
 
 def _usable(task_id: Any) -> bool:

@@ -164,3 +164,25 @@ def test_a_task_is_its_creators(inspector_and_inputs):
     listed = send(second, S2C, {"jsonrpc": "2.0", "id": 9, "result": {"tasks": [
         {"taskId": "t-acme", "status": "working"}, {"taskId": "t-unknown", "status": "working"}]}}, globex)
     assert [t["taskId"] for t in orjson.loads(listed.forward)["result"]["tasks"]] == ["t-unknown"]
+
+
+def test_workers_share_who_created_a_task(tmp_path):
+    """Two lean workers: a task created through one is refused to another caller at the other
+    (sessionless requests land anywhere), and its result is judged as the creating call's."""
+    from firewall.tasks import TaskTracker
+    from firewall.session import PendingRequest
+
+    first, second = TaskTracker(), TaskTracker()
+    for tracker in (first, second):
+        tracker.share(tmp_path / "tasks")
+    session = Session(ServerIdentity("srv"), transport="http", cwd=None, resolve_symlinks=False)
+    acme, globex = {"tenant": "acme", "subject": "a"}, {"tenant": "globex", "subject": "b"}
+    call = PendingRequest("tools/call", {"name": "fetch", "arguments": {"k": "secret"}, "task": {}},
+                          {"name": "fetch", "arguments": {"k": "secret"}}, 0.0)
+    first.note(call, {"result": {"task": {"taskId": "t1"}}}, S2C, session, acme)
+    assert second.foreign("tasks/result", {"taskId": "t1"}, C2S, session, globex)
+    assert not second.foreign("tasks/result", {"taskId": "t1"}, C2S, session, acme)
+    judged = second.pending_for("tasks/result", {"taskId": "t1"}, None, C2S, session, acme)
+    assert judged.method == "tools/call" and judged.tool["name"] == "fetch"
+    assert second.foreign_entries({"tasks": [{"taskId": "t1"}, {"taskId": "t2"}]}, S2C, session, globex) == ["/result/tasks/0"]
+    assert "secret" not in "".join(p.read_text() for p in (tmp_path / "tasks").iterdir())  # no arguments on disk

@@ -12,6 +12,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ...config import Config
 from ...runtime import build_firewall, settle_heap
@@ -66,6 +67,9 @@ async def serve_lean(
             from .workers import SessionAffinity
 
             assert socket_dir is not None
+            # Tasks created through one worker may be asked about at another (sessionless
+            # requests, another connection): the workers share their task records.
+            core.inspector.share_tasks(Path(socket_dir) / "tasks")
             affinity = SessionAffinity(
                 worker_index, worker_count, socket_dir, core, timeout=config.proxy.upstream_timeout_seconds
             )
