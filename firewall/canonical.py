@@ -225,7 +225,7 @@ def extract_resources(
     """
     paths: list[dict[str, Any]] = []
     urls: list[dict[str, Any]] = []
-    cwd, bases = _call_base(arguments, cwd, bases, resolve_symlinks)
+    cwd = _call_base(arguments, resolve_symlinks) or cwd
     stack: list[tuple[str, str | None, Any]] = [(base_pointer, None, arguments)]
     while stack:
         if len(paths) + len(urls) >= _MAX_REFS:
@@ -257,16 +257,16 @@ def extract_resources(
     return {"paths": paths, "urls": urls}
 
 
-def _call_base(arguments: Any, cwd: str, bases: tuple[str, ...], resolve_symlinks: bool) -> tuple[str, tuple[str, ...]]:
-    """The directory relative paths of a call are read from: the one the call names
-    (``repo_path``...), else the firewall's. With a directory of its own, the firewall's
-    working directory is no reading of them; the server's directories and roots still are."""
+def _call_base(arguments: Any, resolve_symlinks: bool) -> str | None:
+    """The absolute directory a call names for itself (``repo_path``...), if any: its
+    relative paths are read from there instead of the firewall's working directory (the
+    server's directories and the roots still give readings of their own)."""
     if isinstance(arguments, dict):
         for key in _BASE_KEYS:
             value = arguments.get(key)
             if isinstance(value, str) and (value.startswith("/") or value == "~" or value.startswith("~/")):
-                return canonical_path(value, cwd=cwd, resolve_symlinks=resolve_symlinks), bases
-    return cwd, bases
+                return canonical_path(value, cwd="/", resolve_symlinks=resolve_symlinks)
+    return None
 
 
 def _escape(key: str) -> str:
