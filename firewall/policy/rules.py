@@ -4,6 +4,7 @@ used."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -37,7 +38,14 @@ class RuleHead:
 
 
 def rule_heads(modules: Mapping[str, str]) -> list[RuleHead]:
-    """Every rule of ``modules``, in file order."""
+    """Every rule of ``modules``, in file order (parsed once per distinct set of modules:
+    start-up checks and the engine's own check ask about the same bundle)."""
+    return list(_rule_heads(tuple(modules.items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _rule_heads(items: tuple[tuple[str, str], ...]) -> tuple[RuleHead, ...]:
+    modules = dict(items)
     engine = regorus.Engine()
     engine.set_rego_v0(False)
     for path, source in modules.items():
@@ -63,7 +71,7 @@ def rule_heads(modules: Mapping[str, str]) -> list[RuleHead]:
             span = var["span"]
             heads.append(RuleHead(package, var["value"], module["source"]["file"], span["start"], span["end"],
                                   span["line"], default, function, "Var" not in refr, partial_set))
-    return heads
+    return tuple(heads)
 
 
 def check_data_conflicts(modules: Mapping[str, str], data: Mapping[str, Any]) -> None:
