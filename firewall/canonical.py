@@ -22,6 +22,7 @@ _PATH_KEYS = frozenset(
         "repository", "location", "output", "output_path", "input_path", "uri",
     }
 )
+_MAX_DASHED = 64  # string arguments starting with "-" reported for option checks
 _MAX_REFS = 1024  # more than this in one message: the message is refused as unchecked (``truncated``)
 _MAX_LEN = 4096  # PATH_MAX: longer strings are canonicalised without asking the file system
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
@@ -217,7 +218,8 @@ def extract_resources(
     """Every string leaf of ``arguments`` that names a path or URL, canonicalised.
 
     A relative path is read from ``cwd`` (``canonical``) and from each of ``bases``
-    (``alternatives``, when they differ).
+    (``alternatives``, when they differ). ``dashed`` lists the strings that start with "-",
+    at any depth, by the member they sit in (option checks read it; the policy walks nothing).
 
     Past ``_MAX_REFS`` references the walk stops and the result carries ``"truncated":
     True``, which the default policy refuses: a reference the policy never saw must not
@@ -225,13 +227,14 @@ def extract_resources(
     """
     paths: list[dict[str, Any]] = []
     urls: list[dict[str, Any]] = []
+    dashed: list[dict[str, str]] = []
     cwd = _call_base(arguments, resolve_symlinks) or cwd
     stack: list[tuple[str, str | None, Any]] = [(base_pointer, None, arguments)]
     while stack:
         if len(paths) + len(urls) >= _MAX_REFS:
             paths.reverse()
             urls.reverse()
-            return {"paths": paths, "urls": urls, "truncated": True}
+            return {"paths": paths, "urls": urls, "truncated": True, **({"dashed": dashed} if dashed else {})}
         pointer, key, node = stack.pop()
         if isinstance(node, dict):
             for k, v in node.items():
@@ -242,6 +245,8 @@ def extract_resources(
                 if isinstance(v, (dict, list, str)):
                     stack.append((f"{pointer}/{i}", key, v))
         elif isinstance(node, str):
+            if node[:1] == "-" and key is not None and len(dashed) < _MAX_DASHED:
+                dashed.append({"pointer": pointer, "key": key})
             if _URL.match(node):
                 url = canonical_url(node)
                 if url is not None:
@@ -254,7 +259,10 @@ def extract_resources(
                 paths.append(_path_ref(pointer, node, cwd, bases, resolve_symlinks))
     paths.reverse()
     urls.reverse()
-    return {"paths": paths, "urls": urls}
+    found: dict[str, Any] = {"paths": paths, "urls": urls}
+    if dashed:
+        found["dashed"] = dashed
+    return found
 
 
 def _call_base(arguments: Any, resolve_symlinks: bool) -> str | None:

@@ -224,3 +224,17 @@ def test_a_request_too_deep_to_parse_is_answered_with_its_id(firewall, tmp_path)
     assert out.forward is None
     reply = orjson.loads(out.reply)
     assert reply["id"] == 7 and reply["error"]["code"] == -32600
+
+
+def test_options_in_revision_arguments_are_refused_at_any_depth(firewall, tmp_path):
+    """A server handing a revision to git as is would run "--output=/tmp/x" as an option."""
+    session = _session(tmp_path)
+    for arguments in ({"repo_path": str(tmp_path), "target": "--output=/tmp/x"},
+                      {"options": {"revision": "--upload-pack=touch /tmp/p"}},
+                      {"refs": ["main", "--all"]}):
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "git_log", "arguments": arguments}}
+        verdict = firewall.inspector.inspect(orjson.dumps(call), "client_to_server", session).verdicts[0]
+        assert [r["code"] for r in verdict.decision.reasons] == ["option_injection"], (arguments, verdict.decision)
+    fine = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "git_log", "arguments": {"repo_path": str(tmp_path), "target": "feature/x", "note": "-ok"}}}
+    assert firewall.inspector.inspect(orjson.dumps(fine), "client_to_server", session).verdicts[0].decision.allow

@@ -63,21 +63,16 @@ effects(config) := {"obligations": {{"type": "tag", "tag": "command_execution"}}
 # option_effects(config) denies a call whose revision, branch or similar argument starts
 # with "-": a server that hands it to git (or another command) as is runs an option, not a
 # revision ("--output=/tmp/x", "--upload-pack=..."). config.option_arguments names those
-# top-level arguments (lower case; a string or an array of strings); a file name starting
-# with "-" is left to the server. No walk over the arguments: this runs on every call.
+# arguments (lower case), at any depth; a file name starting with "-" is left to the
+# server. The firewall lists such strings in input.resources.dashed, so nothing is walked
+# here: this runs on every call.
 option_effects(config) := {"deny": reasons} if {
 	reasons := {reason |
-		some key, value in input.tool.arguments
-		lower(key) in config.option_arguments
-		some text in _strings(value)
-		startswith(text, "-")
+		some ref in object.get(input.resources, "dashed", [])
+		lower(ref.key) in config.option_arguments
 		reason := {"code": "option_injection", "message": sprintf(
 			"tool %q: argument %s starts with '-' (read as an option, not a value)",
-			[input.tool.name, data.mcpfw.lib.pointer(["params", "arguments", key])],
+			[input.tool.name, ref.pointer],
 		)}
 	}
 }
-
-_strings(value) := [value] if is_string(value)
-
-_strings(value) := [v | some v in value; is_string(v)] if is_array(value)

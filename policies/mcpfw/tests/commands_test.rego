@@ -116,13 +116,18 @@ test_decision_tags_command_calls_only_for_client_requests if {
 	inputs.decide(inp).obligations == []
 }
 
+# The firewall lists the arguments that start with "-" (firewall/canonical.py).
+dashed(inp, refs) := object.union(inp, {"resources": {"paths": [], "urls": [], "dashed": refs}})
+
 test_options_in_revision_arguments_are_denied_for_any_tool if {
 	# Through the whole decision: the route runs for every tools/call, not only command tools.
-	inp := inputs.tool_call("git_diff", {"repo_path": "/r", "target": "--output=/tmp/x"})
+	target := [{"pointer": "/params/arguments/target", "key": "target"}]
+	inp := dashed(inputs.tool_call("git_diff", {"repo_path": "/r", "target": "--output=/tmp/x"}), target)
 	inputs.codes(inp) == {"option_injection"}
-	inputs.codes(inputs.tool_call("git_log", {"repo_path": "/r", "refs": ["main", "--all"]})) == {"option_injection"}
-	inputs.codes(inputs.tool_call("git_diff", {"repo_path": "/r", "target": "feature/x"})) == set()
+	nested := [{"pointer": "/params/arguments/options/REVISION", "key": "REVISION"}]
+	inputs.codes(dashed(inputs.tool_call("git_log", {"options": {"REVISION": "--all"}}), nested)) == {"option_injection"}
 	# A file name that starts with "-" is the server's to handle.
-	inputs.codes(inputs.tool_call("read_file", {"path": "/r/-notes.txt"})) == set()
+	path := [{"pointer": "/params/arguments/path", "key": "path"}]
+	inputs.codes(dashed(inputs.tool_call("read_file", {"path": "-notes.txt"}), path)) == set()
 	inputs.codes(inp) == set() with data.mcpfw.config.commands.option_arguments as []
 }
