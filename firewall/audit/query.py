@@ -62,7 +62,7 @@ def query(
     path = Path(db_path).expanduser()
     if not path.is_file():
         raise QueryError(f"audit database not found: {path}", EXIT_UNAVAILABLE)
-    con = _connect_read_only(path, lock_retry_seconds)
+    con = connect_read_only(path, lock_retry_seconds)
     try:
         result = con.execute(sql)
         if result is None:  # only whitespace, comments or ";"
@@ -77,7 +77,8 @@ def query(
         con.close()
 
 
-def _connect_read_only(path: Path, lock_retry_seconds: float) -> duckdb.DuckDBPyConnection:
+def connect_read_only(path: Path, lock_retry_seconds: float) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the audit file, retrying briefly while a writer holds it."""
     # A writer holds the file for a few milliseconds per batch: retry briefly.
     deadline = time.monotonic() + lock_retry_seconds
     delay = 0.01

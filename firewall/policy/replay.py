@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from ..audit.query import EXIT_SQL_ERROR, EXIT_UNAVAILABLE, QueryError, _connect_read_only
+from ..audit.query import EXIT_SQL_ERROR, EXIT_UNAVAILABLE, QueryError, connect_read_only
 from .base import PolicyEngine
 from .decision import Decision, normalize_decision
 from .errors import PolicyEvaluationError
@@ -112,7 +112,7 @@ def replay(
 def _recorded(path: Path, where: str | None, limit: int | None, report: ReplayReport) -> Iterator[tuple[Any, ...]]:
     if not path.is_file():
         raise QueryError(f"audit database not found: {path}", EXIT_UNAVAILABLE)
-    con = _connect_read_only(path, 2.0)
+    con = connect_read_only(path, 2.0)
     try:
         condition = f"({where})" if where else "true"
         try:
