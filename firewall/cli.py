@@ -108,6 +108,20 @@ def _parser() -> argparse.ArgumentParser:
     asql.add_argument("--config", type=Path, default=None)
     asql.add_argument("--format", choices=["table", "json", "csv"], default="table")
     asql.set_defaults(handler=_cmd_audit_sql)
+    anom = asub.add_parser(
+        "anomalies", help="principals that suddenly send much more, are denied much more, or call a new tool",
+        description="Score every principal (tenant + subject, API key or client) against its own past, bucket "
+        "by bucket: request volume, denial share and first use of a tool. Read-only.")
+    anom.add_argument("--db", type=Path, default=None, help="the DuckDB audit file (default: the configured one)")
+    anom.add_argument("--config", type=Path, default=None)
+    anom.add_argument("--since", default="24h", help="report buckets from this long ago (1h, 7d) or this ISO time (default: 24h)")
+    anom.add_argument("--bucket", default="1h", help="bucket length (default: 1h)")
+    anom.add_argument("--lookback", default="7d", help="baseline window before each bucket (default: 7d)")
+    anom.add_argument("--min-score", type=float, default=3.0, help="flag from this score (default: 3, about 1 in 700)")
+    anom.add_argument("--min-history", type=int, default=24, help="buckets of history before rates are judged (default: 24)")
+    anom.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    anom.add_argument("--fail-on-anomaly", action="store_true", help="exit 1 when anything is flagged (for cron and CI)")
+    anom.set_defaults(handler=_cmd_audit_anomalies)
     aviews = asub.add_parser("views", help="list the ready-made views")
     aviews.set_defaults(handler=_cmd_audit_views)
     audit.set_defaults(handler=lambda a: (audit.print_help(), 2)[1])
@@ -361,6 +375,43 @@ def _cmd_audit_sql(args: argparse.Namespace) -> int:
     from .audit.query import run_sql
 
     return run_sql(_audit_db(args), args.sql, fmt=args.format, out=sys.stdout)
+
+
+def _cmd_audit_anomalies(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from .audit.anomaly import AnomalySettings, find_anomalies, parse_duration
+    from .audit.query import QueryError, write_csv, write_json, write_table
+
+    now = dt.datetime.now(dt.UTC)
+    try:
+        try:
+            since = now - parse_duration(args.since)
+        except ValueError:
+            since = dt.datetime.fromisoformat(args.since)
+            since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
+        settings = AnomalySettings(bucket=parse_duration(args.bucket), lookback=parse_duration(args.lookback),
+                                   since=since, min_score=args.min_score, min_history=args.min_history)
+    except ValueError as exc:
+        print(f"mcpfw: error: {exc}", file=sys.stderr)
+        return 2
+    db = _audit_db(args)
+    try:
+        found = find_anomalies(db, settings, now=now)
+    except QueryError as exc:
+        print(f"mcpfw: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    columns = [("bucket", "TIMESTAMP WITH TIME ZONE"), ("tenant", "VARCHAR"), ("principal", "VARCHAR"),
+               ("signal", "VARCHAR"), ("subject", "VARCHAR"), ("observed", "DOUBLE"), ("expected", "DOUBLE"),
+               ("score", "DOUBLE"), ("why", "VARCHAR")]
+    rows = [tuple(a.as_dict().values()) for a in found]
+    if args.format == "json":
+        write_json(columns, rows, sys.stdout)
+    elif args.format == "csv":
+        write_csv(columns, rows, sys.stdout)
+    else:
+        write_table(columns, rows, sys.stdout, max_width=90)
+    return 1 if args.fail_on_anomaly and found else 0
 
 
 def _cmd_audit_views(args: argparse.Namespace) -> int:
