@@ -106,6 +106,8 @@ class _Definitions:
             names[name] = entry
 
 
+_SERVER_DESCRIPTIONS = frozenset({"initialize", "server/discover"})
+_SERVER_INFO_TEXT = ("title", "description")  # optional fields: hiding them leaves a valid result
 _KIND_TABLE = {"tool": "tools", "prompt": "prompts", "resource": "resources", "resource_template": "resources"}
 
 
@@ -132,8 +134,8 @@ class PoisoningEnricher:
         if kind is Kind.RESPONSE and ctx.direction == S2C:
             if ctx.method in _LIST_METHODS:
                 self._scan_list(ctx)
-            elif ctx.method == "initialize":
-                self._scan_instructions(ctx)
+            elif ctx.method in _SERVER_DESCRIPTIONS:
+                self._scan_server(ctx)
         elif kind is Kind.REQUEST and ctx.direction == C2S:
             self._report_target(ctx)
 
@@ -157,14 +159,28 @@ class PoisoningEnricher:
                 items.append(entry)
         ctx.findings[self.name] = {"items": items, "scanned": scanned}
 
-    def _scan_instructions(self, ctx: MessageContext) -> None:
+    def _scan_server(self, ctx: MessageContext) -> None:
+        """The server's instructions and self-description, which clients show the model
+        (initialize, and server/discover of the 2026 era)."""
         result = ctx.message.body.get("result")
-        text = result.get("instructions") if isinstance(result, dict) else None
-        if not isinstance(text, str):
+        if not isinstance(result, dict):
             return
-        report = self._scanner.scan_item({"instructions": text})
-        items = [{"pointer": "/result", "kind": "server_instructions", "name": None, **report.as_dict("/result")}]
-        ctx.findings[self.name] = {"items": items if report.suspicious else [], "scanned": 1}
+        parts: list[tuple[str, str, str, dict[str, Any]]] = []  # (item pointer, kind, base of hits, text)
+        if isinstance(result.get("instructions"), str):
+            parts.append(("/result", "server_instructions", "/result", {"instructions": result["instructions"]}))
+        info = result.get("serverInfo")
+        if isinstance(info, dict):
+            for field in _SERVER_INFO_TEXT:
+                if isinstance(info.get(field), str):
+                    parts.append((f"/result/serverInfo/{field}", "server_info", "/result/serverInfo", {field: info[field]}))
+        if not parts:
+            return
+        items = []
+        for pointer, kind, base, text in parts:
+            report = self._scanner.scan_item(text)
+            if report.suspicious:
+                items.append({"pointer": pointer, "kind": kind, "name": None, **report.as_dict(base)})
+        ctx.findings[self.name] = {"items": items, "scanned": len(parts)}
 
     def _report_target(self, ctx: MessageContext) -> None:
         params = ctx.params if isinstance(ctx.params, dict) else {}

@@ -1,6 +1,7 @@
 # Package mcpfw.rules.poisoning keeps poisoned tool, prompt and resource
 # definitions away from the model (input.findings.poisoning: `items` on list
-# results and initialize results, `target` on a tools/call, prompts/get or
+# results and on the initialize and server/discover results (instructions,
+# serverInfo title and description), `target` on a tools/call, prompts/get or
 # resources/read of a definition listed with evidence).
 #
 # A definition is poisoned when its evidence has a hit whose severity is in
