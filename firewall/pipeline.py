@@ -161,6 +161,14 @@ class Inspector:
         self._cache_lock = threading.Lock()
         self._cache_reads = plan.reads
 
+    def with_enrichers(self, *extra: Enricher) -> Inspector:
+        """Another inspector on the same engine, audit log, approvals and settings, with
+        ``extra`` enrichers after this one's (a transport's own findings)."""
+        return Inspector(
+            self._engine, self._audit, bundle_digest=self._bundle_digest, limits=self._limits,
+            enrichers=(*self._enrichers, *extra), approvals=self._approvals, record_inputs=self._record_inputs,
+        )
+
     def share_tasks(self, directory: Path) -> None:
         """Share MCP task records with the other processes that use ``directory``."""
         self._tasks.share(directory)

@@ -248,3 +248,30 @@ def test_json_and_stateless_servers(tmp_path, flag):
                     return ok.content[0].text, denied.value.error.code
 
             assert anyio.run(scenario) == ("json", errors.POLICY_DENIED)
+
+
+def test_recorded_inputs_over_http_replay_unchanged(upstream, tmp_path):
+    # audit.record_inputs must hold on every transport: the HTTP side builds its own inspector.
+    config = make_config(tmp_path, [{"url": upstream[0], "name": "fixtures"}], policy=TEST_POLICY)
+    config = config.model_copy(update={"audit": config.audit.model_copy(update={"record_inputs": True})})
+
+    async def call(url: str) -> None:
+        async with Client(url) as client:
+            await client.call_tool("echo", {"message": "hello"})
+            with pytest.raises(MCPError):
+                await client.call_tool("echo", {"message": "forbidden"})
+
+    with InProcessFirewall(config) as fw:
+        anyio.run(call, f"{fw.url}/mcp")
+        recorded = audit_rows(tmp_path / "audit.duckdb", "method = 'tools/call' AND kind = 'request'", at_least=2, timeout=5)
+    assert [json.loads(r["policy_input"])["tool"]["arguments"]["message"] for r in recorded] == ["hello", "forbidden"]
+    from firewall.policy.engine import create_engine
+    from firewall.policy.bundle import load_bundle
+    from firewall.policy.replay import replay
+
+    engine = create_engine("regorus", load_bundle(tmp_path / "policy"))
+    try:
+        report = replay(tmp_path / "audit.duckdb", engine)
+    finally:
+        engine.close()
+    assert report.replayed >= 4 and report.changed == 0 and report.not_recorded == 0

@@ -15,20 +15,10 @@ from .sessions import HttpSessions
 def http_inspector(firewall: Firewall) -> Inspector:
     """The firewall's inspector, plus the enricher that shows the policy the MCP HTTP headers.
 
-    It shares the policy engine and the audit log with ``firewall.inspector`` and keeps
-    every enricher that one has.
+    Everything else is ``firewall.inspector``'s: engine, audit log, enrichers, approvals and
+    settings such as ``audit.record_inputs``.
     """
-    base = firewall.inspector
-    # Inspector exposes no accessor for its enrichers; keep them rather than lose detectors.
-    enrichers = tuple(getattr(base, "_enrichers", ()))
-    return Inspector(
-        firewall.engine,
-        firewall.audit,
-        bundle_digest=firewall.bundle.digest,
-        limits=firewall.config.limits,
-        enrichers=(*enrichers, HttpFindings()),
-        approvals=getattr(base, "_approvals", None),
-    )
+    return firewall.inspector.with_enrichers(HttpFindings())
 
 
 def build_router(config: Config) -> Router:
