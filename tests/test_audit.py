@@ -612,6 +612,9 @@ def test_secret_key_names(key: str, secret: bool) -> None:
         (OPENAI_KEY, "openai-api-key", ""),
         ("AIza" + "SyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6q", "google-api-key", ""),
         ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJl", "jwt", ""),
+        # a payload whose JSON starts with a space verifies as well
+        ("eyJhbGciOiJIUzI1NiJ9.IHsic3ViIjoiMTIzIn0.c2lnbmF0dXJl", "jwt", ""),
+        ("key mcpfw_0123456789ab_" + "Ab-_9" * 8 + "xyz", "mcpfw-api-key", "key "),
         ("postgres://app:p@ss:w0rd@db:5432/x", "url-credentials", "postgres://app:"),
         ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "authorization-header", "Authorization: Basic "),
         ("send it with bearer abcDEF123456ghiJKL", "bearer-token", "send it with bearer "),
