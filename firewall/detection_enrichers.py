@@ -487,7 +487,7 @@ class Purpose:
 
     def applies(self, client: str | None, key_id: str | None, server: str) -> bool:
         return (
-            (self.client is None or self.client == client)
+            (self.client is None or (isinstance(client, str) and self.client.strip().casefold() == client.strip().casefold()))
             and (self.key_id is None or self.key_id == key_id)
             and (self.server is None or self.server == server)
         )

@@ -123,7 +123,9 @@ class Session:
         meta = params.get("_meta")
         if isinstance(meta, dict) and _META_VERSION in meta:
             self._set_version(meta.get(_META_VERSION), None)
-            if isinstance(meta.get(_META_CLIENT), dict):
+            # The first clientInfo names the client for the session: a later request must not
+            # rename it (purposes, audit rows and tasks are bound to that name).
+            if isinstance(meta.get(_META_CLIENT), dict) and self.client_info is None:
                 self.client_info = meta[_META_CLIENT]
             if isinstance(meta.get(_META_CAPS), dict):
                 self.client_capabilities = meta[_META_CAPS]

@@ -80,6 +80,22 @@ def test_a_configured_purpose_is_not_overridden_by_the_clients_own_intent(detect
     assert finding["source"] == "purpose" and finding["label"] == "mismatch"
 
 
+def test_a_purpose_bound_to_a_client_name_holds_for_the_session(detectors):
+    """The name is matched without case, and a later _meta clientInfo does not rename the client."""
+    harness, _ = _harness(detectors, purposes=(Purpose(TASK, client="support-agent"),))
+    init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": " Support-Agent", "version": "1"}}
+    harness.exchange("initialize", init, {"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}})
+    _, finding = _call(harness, FAR[1], None, FAR[0])
+    assert finding["source"] == "purpose" and finding["label"] == "mismatch"
+    rename = {"io.modelcontextprotocol/protocolVersion": "2025-11-25",
+              "io.modelcontextprotocol/clientInfo": {"name": "someone-else", "version": "1"}}
+    _, finding = _call(harness, FAR[1], rename, FAR[0])
+    assert finding is not None and finding["source"] == "purpose" and finding["label"] == "mismatch"
+    assert harness.audit.rows[-1]["client_name"] == " Support-Agent"
+    _, finding = _call(harness, KEY)
+    assert finding is not None and finding["source"] == "purpose"
+
+
 def test_no_task_means_no_embedding():
     def refuse():
         raise AssertionError("the model must not be needed")
