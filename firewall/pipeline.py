@@ -357,8 +357,8 @@ class Inspector:
             # depend on the request (tool results, listings) cannot apply, so it is not passed.
             decision = _UNSOLICITED
             error_code = errors.INVALID_REQUEST
-        elif kind is Kind.REQUEST and self._tasks.foreign(method, params, direction, session, identity):
-            decision = _FOREIGN_TASK  # another caller's task (the firewall saw it created)
+        elif kind is Kind.REQUEST and (why := self._tasks.refusal(method, params, direction, session, identity)):
+            decision = _FOREIGN_TASK if why == "another" else _UNKNOWN_TASK
             error_code = errors.POLICY_DENIED
         else:
             decision = self._decide(ctx)
@@ -567,6 +567,10 @@ _UNSOLICITED = deny_decision(
 )
 _FOREIGN_TASK = deny_decision(
     "task_of_another_caller", "the task was created by another caller; only its creator may read or cancel it"
+)
+_UNKNOWN_TASK = deny_decision(
+    "task_unknown", "the firewall did not see this task created (before a restart, or elsewhere), so it cannot "
+    "check that the caller created it; start the task again"
 )
 _RATE_REASONS = frozenset({"rate_limited", "quota_exceeded"})
 _CACHE_ENTRIES = 1024  # remembered decisions (oldest forgotten first)

@@ -2,7 +2,9 @@
 
 The result fetched later with ``tasks/result`` is judged as the answer of the request that
 created the task (a tool result is a tool result whichever way it arrives), and only the
-caller that created a task may read, fetch or cancel it, or see it listed.
+caller that created a task may read, fetch or cancel it, or see it listed. An authenticated
+caller may name only tasks whose creator is known (as a session unknown to the firewall is
+refused), so a restart does not open other tenants' tasks.
 """
 
 from __future__ import annotations
@@ -85,18 +87,26 @@ class TaskTracker:
 
     # -- judging -----------------------------------------------------------------------
 
-    def foreign(self, method: str, params: Any, direction: str, session: Session, identity: dict[str, Any] | None) -> bool:
-        """Whether a ``tasks/get|result|cancel`` request names a task another caller
-        created: servers that keep tasks outside sessions would hand it over."""
+    def refusal(
+        self, method: str, params: Any, direction: str, session: Session, identity: dict[str, Any] | None
+    ) -> str | None:
+        """Why a ``tasks/get|result|cancel`` request may not name its task (servers that keep
+        tasks outside sessions would hand it over): ``"another"`` caller created it, or the
+        caller is authenticated and the task is ``"unknown"`` here (created before a restart,
+        through another firewall, or forgotten), so its creator cannot be checked. None: it may."""
         if method not in _BY_ID or not isinstance(params, dict) or not _usable(params.get("taskId")):
-            return False
+            return None
         record = self._find((session.server.name, _OTHER[direction], params["taskId"]))
-        return record is not None and record.owner != _owner(identity)
+        mine = _owner(identity)
+        if record is None:
+            return "unknown" if mine is not None else None
+        return "another" if record.owner != mine else None
 
     def foreign_entries(
         self, result: Any, direction: str, session: Session, identity: dict[str, Any] | None
     ) -> list[str]:
-        """Pointers of the entries of a ``tasks/list`` answer that other callers created."""
+        """Pointers of the entries of a ``tasks/list`` answer that other callers created (for
+        an authenticated caller, also those of unknown creator)."""
         tasks = result.get("tasks") if isinstance(result, dict) else None
         if not isinstance(tasks, list):
             return []
@@ -106,7 +116,7 @@ class TaskTracker:
             task_id = task.get("taskId") if isinstance(task, dict) else None
             if _usable(task_id):
                 record = self._find((session.server.name, direction, task_id))
-                if record is not None and record.owner != mine:
+                if (record.owner != mine) if record is not None else mine is not None:
                     found.append(f"/result/tasks/{i}")
         return found
 

@@ -97,8 +97,9 @@ def test_policy_input_names_the_task_and_the_creating_call(inspector_and_inputs)
         {"jsonrpc": "2.0", "id": 3, "method": "tasks/result", "params": {"taskId": "t-1"}}), C2S, session, bob)
     assert refused.forward is None  # alice's task (see test_a_task_is_its_creators)
 
-    send(C2S, {"jsonrpc": "2.0", "id": 4, "method": "tasks/result", "params": {"taskId": "unseen"}})
-    unseen = send(S2C, {"jsonrpc": "2.0", "id": 4, "result": {"content": []}})
+    # (an unauthenticated client: an authenticated one may not name a task of unknown creator)
+    send(C2S, {"jsonrpc": "2.0", "id": 4, "method": "tasks/result", "params": {"taskId": "unseen"}}, None)
+    unseen = send(S2C, {"jsonrpc": "2.0", "id": 4, "result": {"content": []}}, None)
     assert unseen["method"] == "tools/call" and unseen["request"]["task"]["id"] == "unseen"
 
 
@@ -163,7 +164,26 @@ def test_a_task_is_its_creators(inspector_and_inputs):
     send(second, C2S, {"jsonrpc": "2.0", "id": 9, "method": "tasks/list"}, globex)
     listed = send(second, S2C, {"jsonrpc": "2.0", "id": 9, "result": {"tasks": [
         {"taskId": "t-acme", "status": "working"}, {"taskId": "t-unknown", "status": "working"}]}}, globex)
-    assert [t["taskId"] for t in orjson.loads(listed.forward)["result"]["tasks"]] == ["t-unknown"]
+    # a task of unknown creator is hidden from an authenticated caller too
+    assert orjson.loads(listed.forward)["result"]["tasks"] == []
+
+
+def test_after_a_restart_an_authenticated_caller_cannot_name_a_task_of_unknown_creator(inspector_and_inputs):
+    """Ownership lives in the firewall process: a restarted firewall (a fresh inspector) must
+    not hand another tenant's task over because it no longer knows who created it."""
+    restarted, _ = inspector_and_inputs
+    session = Session(ServerIdentity("srv"), transport="http", cwd=None, resolve_symlinks=False)
+    globex = {"tenant": "globex", "subject": "bob", "roles": ["operator"]}
+    for i, method in enumerate(("tasks/result", "tasks/get", "tasks/cancel"), start=1):
+        out = restarted.inspect(orjson.dumps({"jsonrpc": "2.0", "id": i, "method": method,
+                                              "params": {"taskId": "t-acme"}}), C2S, session, globex)
+        assert out.forward is None
+        assert orjson.loads(out.reply)["error"]["data"]["reasons"][0]["code"] == "task_unknown"
+    # without authentication there is no caller to tell apart: a local stdio client keeps its tasks
+    local = Session(ServerIdentity("srv"), transport="stdio", cwd=None, resolve_symlinks=False)
+    out = restarted.inspect(orjson.dumps({"jsonrpc": "2.0", "id": 9, "method": "tasks/get",
+                                          "params": {"taskId": "t-acme"}}), C2S, local, None)
+    assert out.forward is not None
 
 
 def test_workers_share_who_created_a_task(tmp_path):
@@ -180,9 +200,10 @@ def test_workers_share_who_created_a_task(tmp_path):
     call = PendingRequest("tools/call", {"name": "fetch", "arguments": {"k": "secret"}, "task": {}},
                           {"name": "fetch", "arguments": {"k": "secret"}}, 0.0)
     first.note(call, {"result": {"task": {"taskId": "t1"}}}, S2C, session, acme)
-    assert second.foreign("tasks/result", {"taskId": "t1"}, C2S, session, globex)
-    assert not second.foreign("tasks/result", {"taskId": "t1"}, C2S, session, acme)
+    assert second.refusal("tasks/result", {"taskId": "t1"}, C2S, session, globex) == "another"
+    assert second.refusal("tasks/result", {"taskId": "t1"}, C2S, session, acme) is None
+    assert second.refusal("tasks/result", {"taskId": "t9"}, C2S, session, acme) == "unknown"
     judged = second.pending_for("tasks/result", {"taskId": "t1"}, None, C2S, session, acme)
     assert judged.method == "tools/call" and judged.tool["name"] == "fetch"
-    assert second.foreign_entries({"tasks": [{"taskId": "t1"}, {"taskId": "t2"}]}, S2C, session, globex) == ["/result/tasks/0"]
+    assert second.foreign_entries({"tasks": [{"taskId": "t1"}, {"taskId": "t2"}]}, S2C, session, acme) == ["/result/tasks/1"]
     assert "secret" not in "".join(p.read_text() for p in (tmp_path / "tasks").iterdir())  # no arguments on disk
