@@ -442,16 +442,25 @@ def _protocol_view(record: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _severely_poisoned(ctx: MessageContext) -> frozenset[str]:
-    """Names of the definitions in this list with a high-severity poisoning finding."""
+    """Names of the definitions in this list that the default policy calls poisoned: a
+    high-severity poisoning hit, or medium hits in two categories. They are not pinned on
+    first use: a pin would let a later session that never lists call them."""
     found = ctx.findings.get("poisoning")
     items = found.get("items") if isinstance(found, dict) else None
     if not isinstance(items, list):
         return frozenset()
-    return frozenset(
-        item["name"] for item in items
-        if isinstance(item, dict) and isinstance(item.get("name"), str)
-        and any(isinstance(h, dict) and h.get("severity") == "high" for h in item.get("hits") or ())
-    )
+    names = set()
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            continue
+        hits = [h for h in item.get("hits") or () if isinstance(h, dict)]
+        medium = {h.get("category") for h in hits if h.get("severity") == "medium"}
+        if any(h.get("severity") == "high" for h in hits) or len(medium) >= _MEDIUM_CATEGORIES:
+            names.add(item["name"])
+    return frozenset(names)
+
+
+_MEDIUM_CATEGORIES = 2  # the default policy's detectors.poisoning.medium_categories
 
 
 def _poisoned_pointers(ctx: MessageContext) -> dict[str, list[str]]:
