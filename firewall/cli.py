@@ -126,6 +126,19 @@ def _parser() -> argparse.ArgumentParser:
     aviews.set_defaults(handler=_cmd_audit_views)
     audit.set_defaults(handler=lambda a: (audit.print_help(), 2)[1])
 
+    metrics = sub.add_parser("metrics", help="Prometheus metrics of every firewall process sharing the metrics directory")
+    msub = metrics.add_subparsers(metavar="ACTION")
+    mserve = msub.add_parser("serve", help="serve /metrics (the sum over stdio shims, proxy workers and past processes)")
+    mserve.add_argument("--listen", default=None, help="HOST:PORT (default: metrics.listen, else 127.0.0.1:9464)")
+    mserve.add_argument("--dir", type=Path, default=None, help="the metrics directory (default: metrics.directory, else metrics/ next to the audit file)")
+    mserve.add_argument("--config", type=Path, default=None)
+    mserve.set_defaults(handler=_cmd_metrics_serve)
+    mshow = msub.add_parser("show", help="print the metrics once, in the Prometheus text format")
+    mshow.add_argument("--dir", type=Path, default=None, help="the metrics directory (default: metrics.directory, else metrics/ next to the audit file)")
+    mshow.add_argument("--config", type=Path, default=None)
+    mshow.set_defaults(handler=_cmd_metrics_show)
+    metrics.set_defaults(handler=lambda a: (metrics.print_help(), 2)[1])
+
     config = sub.add_parser("config", help="check or show the configuration")
     csub = config.add_subparsers(metavar="ACTION")
     ccheck = csub.add_parser("check", help="validate a configuration file")
@@ -412,6 +425,41 @@ def _cmd_audit_anomalies(args: argparse.Namespace) -> int:
     else:
         write_table(columns, rows, sys.stdout, max_width=90)
     return 1 if args.fail_on_anomaly and found else 0
+
+
+def _metrics_dir(args: argparse.Namespace) -> Path:
+    from .metrics import metrics_dir
+
+    return args.dir or metrics_dir(load_config(args.config))
+
+
+def _cmd_metrics_show(args: argparse.Namespace) -> int:
+    from .metrics import exposition, merged_snapshot
+
+    sys.stdout.write(exposition(merged_snapshot(_metrics_dir(args))).decode())
+    return 0
+
+
+def _cmd_metrics_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .metrics import serve_metrics
+
+    listen = args.listen or load_config(args.config).metrics.listen or "127.0.0.1:9464"
+    directory = _metrics_dir(args)
+    try:
+        server = serve_metrics(listen, directory)
+    except (OSError, ValueError) as exc:
+        print(f"mcpfw metrics serve: cannot listen on {listen}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return 2
+    print(f"mcpfw: serving metrics of {directory} on http://{listen}/metrics", file=sys.stderr)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.shutdown()
+    return 0
 
 
 def _cmd_audit_views(args: argparse.Namespace) -> int:

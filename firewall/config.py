@@ -331,6 +331,17 @@ class ApprovalsConfig(_Strict):
     )
 
 
+class MetricsConfig(_Strict):
+    """Prometheus metrics (counted by every firewall process, summed over a shared directory)."""
+
+    enabled: bool = True
+    directory: Path | None = Field(default=None, description="where processes write their counts (default: a metrics folder next to the audit file)")
+    listen: str | None = Field(
+        default=None, description="HOST:PORT where `mcpfw proxy` serves /metrics (stdio shims never listen: use `mcpfw metrics serve`)")
+    interval_seconds: Annotated[float, Field(ge=0.1, le=60)] = Field(
+        default=1.0, description="how often a process writes its counts when they changed")
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
@@ -346,6 +357,7 @@ class Config(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     rate_limits: RateLimitsConfig = Field(default_factory=RateLimitsConfig)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     def with_overrides(self, **sections: dict[str, Any]) -> Config:
         """A copy with the given fields replaced, e.g. ``policy={"bundle": p}``; None values are ignored."""
@@ -407,6 +419,7 @@ def _resolve_relative(config: Config, base: Path) -> Config:
         policy={"bundle": fix(config.policy.bundle)},
         audit={"path": fix(config.audit.path), "spill_path": fix(config.audit.spill_path)},
         registry={"file": fix(config.registry.file), "state": fix(config.registry.state)},
+        metrics={"directory": fix(config.metrics.directory)},
     )
     auth = config.auth
     api_keys = auth.api_keys.model_copy(update={"store": fix(auth.api_keys.store)})

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from .audit.log import AuditLog
 from .config import Config
 from .detection_enrichers import Detectors
-from .pipeline import Enricher, Inspector
+from .metrics import MeteredAudit, MetricsRecorder, SnapshotWriter, metrics_dir
+from .pipeline import AuditSink, Enricher, Inspector
 from .ratelimit import RateEnricher
 from .registry import build_registry_enricher
 from .policy.bundle import Bundle, load_bundle
@@ -29,12 +30,15 @@ class Firewall:
     audit: AuditLog
     inspector: Inspector
     detectors: Detectors
+    metrics: SnapshotWriter | None = None
 
     def close(self) -> None:
         """Flush every pending audit record and release the policy engine; safe to call
         more than once. Call it on the thread that built the firewall: a regorus engine
         freed from another thread is leaked instead."""
         self.audit.close()
+        if self.metrics is not None:
+            self.metrics.close()  # after the audit: its final counts of written rows
         self.engine.close()
 
 
@@ -68,11 +72,18 @@ def build_firewall(config: Config) -> Firewall:
     approvals = ApprovalGate(ApprovalStore(
         config.approvals.store or default_approval_store(), pending_seconds=config.approvals.pending_hours * 3600
     ))
+    sink: AuditSink = audit
+    metrics: SnapshotWriter | None = None
+    if config.metrics.enabled:
+        recorder = MetricsRecorder(audit)
+        metrics = SnapshotWriter(recorder, metrics_dir(config), config.metrics.interval_seconds)
+        metrics.start()
+        sink = MeteredAudit(audit, recorder)
     inspector = Inspector(
-        engine, audit, bundle_digest=bundle.digest, limits=config.limits, enrichers=enrichers, approvals=approvals,
+        engine, sink, bundle_digest=bundle.digest, limits=config.limits, enrichers=enrichers, approvals=approvals,
         record_inputs=config.audit.record_inputs,
     )
-    return Firewall(config, bundle, engine, audit, inspector, detectors)
+    return Firewall(config, bundle, engine, audit, inspector, detectors, metrics)
 
 
 def serving_modules(bundle: Bundle) -> dict[str, str]:

@@ -134,6 +134,15 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         return 2
     from ...policy.bundle import PolicyLoadError
 
+    if config.metrics.enabled and config.metrics.listen and args.worker_index is None:
+        from ...metrics import metrics_dir, serve_metrics
+
+        try:  # the supervisor (or the only process) serves the sum over every worker's counts
+            serve_metrics(config.metrics.listen, metrics_dir(config))
+        except (OSError, ValueError) as exc:
+            print(f"mcpfw proxy: cannot serve metrics on {config.metrics.listen}: {getattr(exc, 'strerror', None) or exc}",
+                  file=sys.stderr)
+            return 2
     try:
         if listener == "mitmproxy":
             from .mitm import run_mitmproxy
