@@ -106,6 +106,18 @@ class _Definitions:
             names[name] = entry
 
 
+def _uri_key(uri: str) -> str:
+    """A resource URI as servers may read it: the scheme (and an authority's host) without
+    case, as RFC 3986 has them, so "FILE:///x" finds what "file:///x" was listed as."""
+    scheme, sep, rest = uri.partition(":")
+    if not sep or not scheme.isascii() or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+        return uri
+    if rest.startswith("//"):
+        authority, slash, path = rest[2:].partition("/")
+        rest = "//" + authority.lower() + slash + path
+    return scheme.lower() + ":" + rest
+
+
 _SERVER_DESCRIPTIONS = frozenset({"initialize", "server/discover"})
 _SERVER_INFO_TEXT = ("title", "description")  # optional fields: hiding them leaves a valid result
 _KIND_TABLE = {"tool": "tools", "prompt": "prompts", "resource": "resources", "resource_template": "resources"}
@@ -153,8 +165,9 @@ class PoisoningEnricher:
             name = (item.get("uri") or item.get("uriTemplate")) if kind.startswith("resource") else item.get("name")
             entry = {"pointer": pointer, "kind": kind, "name": name, **report.as_dict(pointer)}
             if isinstance(name, str):
+                key = _uri_key(name) if kind.startswith("resource") else name
                 for state in states:
-                    state.update(_KIND_TABLE[kind], name, entry if report.suspicious else None)
+                    state.update(_KIND_TABLE[kind], key, entry if report.suspicious else None)
             if report.suspicious:
                 items.append(entry)
         ctx.findings[self.name] = {"items": items, "scanned": scanned}
@@ -190,6 +203,7 @@ class PoisoningEnricher:
             table, key = "prompts", params.get("name")
         elif ctx.method == "resources/read":
             table, key = "resources", params.get("uri")
+            key = _uri_key(key) if isinstance(key, str) else key
         else:
             return
         if not isinstance(key, str):
