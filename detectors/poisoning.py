@@ -192,16 +192,18 @@ class PoisoningScanner:
                 score = self._scorer(text)
                 if best is None or score > best[0]:
                     best = (score, pointer)
+        hits = list(dict.fromkeys(hits))  # a key read as written and as words may hit twice
         hits.sort(key=lambda h: (SEVERITIES.index(h.severity) * -1, h.pointer, h.start))
         score, where = best if best else (None, None)
         return ItemReport(digest, tuple(hits[:_MAX_HITS]), score, where)
 
 
 def _definition_strings(item: Any) -> Iterator[tuple[str, str]]:
-    """Every string value of a definition, and the property names of its schemas.
+    """Every string value of a definition, and every object key in it.
 
-    Property names count: "full-schema poisoning" hides orders in them
-    (say, a required parameter named ``content_of_ssh_id_rsa``).
+    Keys count: "full-schema poisoning" hides orders in property names (a required
+    parameter named ``content_of_ssh_id_rsa``), in ``$defs``, annotation or ``_meta`` keys.
+    A key is read as written and, when it differs, as words ("read_ssh_key" -> "read ssh key").
     """
     yield from strings(item, "")
     stack = [("", item)]
@@ -210,16 +212,20 @@ def _definition_strings(item: Any) -> Iterator[tuple[str, str]]:
         if isinstance(node, dict):
             for key, value in node.items():
                 here = f"{where}/{escape(key)}"
-                if key == "properties" and isinstance(value, dict):
-                    for name in value:
-                        # Names become words: "read_ssh_key" -> "read ssh key".
-                        yield f"{here}/{escape(name)}", re.sub(r"[_\-.]+", " ", name)
+                if isinstance(key, str):
+                    yield here, key
+                    worded = _SEPARATOR.sub(" ", key)
+                    if worded != key:
+                        yield here, worded
                 if isinstance(value, (dict, list)):
                     stack.append((here, value))
         elif isinstance(node, list):
             stack.extend((f"{where}/{i}", v) for i, v in enumerate(node) if isinstance(v, (dict, list)))
 
 
+# One separator between two word characters, replaced one for one so spans stay valid;
+# "~/.ssh" keeps its dot.
+_SEPARATOR = re.compile(r"(?<=[^\W_])[_\-.](?=[^\W_])")
 _EMOJI_CONTEXT = re.compile(r"[^\w\s]")
 # Markdown emphasis and code marks at the edge of a word (not the "_" inside read_file).
 _EMPHASIS = re.compile(r"(?<![\w*_~`])[*_~`]+|[*_~`]+(?![\w*_~`])")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import re
 import sys
+import unicodedata
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -113,12 +115,48 @@ class _Context:
         return self.store.view()
 
 
+# Characters a terminal acts on or does not draw: C0 and C1 controls, DEL, format
+# characters (bidi, zero-width, tags), line and paragraph separators, variation selectors.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_CANDIDATE = re.compile(r"[^\n\x20-\x7e]")
+_SHORT = {"\t": "\\t", "\r": "\\r"}
+
+
+def visible(text: str) -> str:
+    """``text`` with every control or invisible character written as an escape (``\\x1b``,
+    ``\\u202e``); newlines are kept."""
+    return _CANDIDATE.sub(_escape_char, text)
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    c = m.group()
+    if c in _SHORT:
+        return _SHORT[c]
+    code = ord(c)
+    if unicodedata.category(c) not in _INVISIBLE_CATEGORIES and not (
+        0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF
+    ):
+        return c
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+class _Visible:
+    """Standard output for people: what a server wrote cannot move the cursor, erase or
+    hide lines, or reorder text on the reviewer's terminal."""
+
+    def __init__(self, raw: TextIO) -> None:
+        self.raw = raw
+
+    def write(self, text: str) -> int:
+        return self.raw.write(visible(text))
+
+
 def _runner(action: Callable[[_Context, argparse.Namespace, TextIO], int]) -> Callable[[argparse.Namespace], int]:
     """The handler for an action: files and errors taken care of once."""
 
     def run(args: argparse.Namespace) -> int:
         try:
-            return action(_Context(args), args, sys.stdout)
+            return action(_Context(args), args, _Visible(sys.stdout))  # type: ignore[arg-type]
         except (RegistryFileError, ReviewError) as exc:
             print(f"mcpfw registry: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -131,7 +169,20 @@ def _short(digest: str | None) -> str:
 
 
 def _json(value: Any, out: TextIO) -> None:
-    out.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    # The same strings, with what orjson leaves raw (C1, bidi, separators) as \\u escapes.
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+    out.write(_CANDIDATE.sub(_json_escape, text) + "\n")
+
+
+def _json_escape(m: re.Match[str]) -> str:
+    c = m.group()
+    if visible(c) == c:
+        return c
+    code = ord(c)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 # -- list -----------------------------------------------------------------------------------
@@ -231,9 +282,10 @@ def _print_change(ctx: _Context, r: Row, scanner: Any, out: TextIO) -> None:
     elif "diff" in details:
         for name, text in details["diff"].items():
             out.write(f"  {name}:\n")
-            out.write("".join(f"    {line}\n" for line in text.splitlines()))
+            # split("\n"), not splitlines(): other separators are shown escaped, not obeyed.
+            out.write("".join(f"    {line}\n" for line in text.split("\n")))
     elif details.get("observed") is not None:
-        out.write("  definition:\n" + "".join(f"    {line}\n" for line in pretty_json(details["observed"]).splitlines()))
+        out.write("  definition:\n" + "".join(f"    {line}\n" for line in pretty_json(details["observed"]).split("\n")))
     hits = {(h["rule"], h["severity"], h["pointer"] or "/") for h in _poisoning(scanner, details.get("observed"))}
     for rule, severity, pointer in sorted(hits):
         out.write(f"  ! poisoning: {rule} ({severity}) at {pointer}\n")
@@ -318,7 +370,7 @@ def _export(ctx: _Context, args: argparse.Namespace, out: TextIO) -> int:
     as_json = args.format == "json" if args.format else bool(args.output and is_json(args.output))
     data = render_document(doc, as_json=as_json)
     if args.output is None:
-        out.write(data.decode("utf-8"))
+        getattr(out, "raw", out).write(data.decode("utf-8"))  # a registry file, kept exact
     else:
         atomic_write(args.output, data)
     return EXIT_OK

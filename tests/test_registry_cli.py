@@ -157,3 +157,21 @@ def test_registry_commands_judge_in_the_mode_the_firewall_runs(tmp_path, capsys)
     args = _parser().parse_args(["proxy", "--upstream", "http://127.0.0.1:1/mcp", *flag, "--registry-mode", "strict"])
     config = _serving_config(args)
     assert config.registry.file == registry and config.registry.mode == "strict"
+
+
+def test_review_output_shows_control_characters_escaped(tmp_path, capsys):
+    registry = tmp_path / "registry.yaml"
+    flag = ("--registry", str(registry))
+    Firewall(registry).session("srv").list_tools([tool("add")])
+    sneaky = "Adds.\x1b[2K\r\x1b[1A\x1b[8m hidden\x9b2K \u202eevil\u200b\u2028next\x7f"
+    Firewall(registry).session("srv").list_tools([tool("add", sneaky), tool("new\x1b[8m")])
+    for argv in (("diff", "srv"), ("list",)):
+        code, out = run(capsys, "registry", *argv, *flag)
+        assert not any(c in out for c in "\x1b\r\x9b\u202e\u200b\u2028\x7f"), out
+    code, out = run(capsys, "registry", "diff", "srv", *flag)
+    assert "\\x1b[2K\\r\\x1b[1A\\x1b[8m hidden\\x9b2K \\u202eevil\\u200b\\u2028next\\x7f" in out
+    assert "tool 'new\\x1b[8m' new" in out
+    code, out = run(capsys, "registry", "diff", "srv", "--json", *flag)
+    assert not any(c in out for c in "\x1b\x9b\u202e\u200b\u2028\x7f")
+    changes = {c["name"]: c for c in json.loads(out)["changes"]}
+    assert changes["add"]["observed"]["description"] == sneaky  # the same text, escaped as JSON
