@@ -193,6 +193,13 @@ class KeyStore:
         self._conn = conn
         return conn
 
+    def check(self) -> None:
+        """Open the database (creating it if needed) and close it again; :class:`KeyStoreError`
+        if it cannot be opened. A start-up probe: the process that runs it may not serve."""
+        with self._lock:
+            self._connect()
+        self.close()
+
     def close(self) -> None:
         """Close the database connection (it reopens on the next use)."""
         with self._lock:

@@ -140,23 +140,59 @@ def expand_env(value: str, *, where: str) -> str:
 
 
 def build_authenticator(config: Config) -> Authenticator:
-    """The process's authenticator; its verifiers load keys and stores once, here."""
+    """The process's authenticator; its verifiers load keys and stores once, here.
+
+    Settings that can never work raise :class:`ConfigError` naming the setting.
+    """
     auth = config.auth
     jwt = keys = None
     if auth.mode != "off":
         if auth.jwt is not None:
-            from .jwt import JwtVerifier
-
-            jwt = JwtVerifier(auth.jwt)
+            jwt = _jwt_verifier(auth)
             # Warm the key cache off the serving thread: the first request should not wait on the IdP.
             threading.Thread(target=jwt.refresh, name="mcpfw-jwks-warmup", daemon=True).start()
         if auth.api_keys.enabled:
-            from .apikeys import KeyStore, default_key_store
-
-            keys = KeyStore(default_key_store(auth.api_keys))
+            keys = _key_store(auth, create=True)
         if jwt is None and keys is None:
-            raise ValueError("auth.mode is on but neither auth.jwt nor auth.api_keys is enabled")
+            raise ConfigError("auth.mode is on but neither auth.jwt nor auth.api_keys is enabled")
     return Authenticator(auth, jwt=jwt, keys=keys)
+
+
+def check_auth(config: Config, *, create_store: bool = True) -> None:
+    """Start-up probe of the identity settings, without the network: the JWKS file and the
+    algorithms must be usable and the API key store must open. Raises :class:`ConfigError`.
+
+    ``create_store=False`` (``mcpfw config check``) opens the store only if it exists.
+    """
+    auth = config.auth
+    if auth.mode == "off":
+        return
+    if auth.jwt is not None:
+        _jwt_verifier(auth)
+    if auth.api_keys.enabled:
+        _key_store(auth, create=create_store)
+
+
+def _jwt_verifier(auth: AuthConfig) -> Any:
+    from .jwt import JwtVerifier
+
+    assert auth.jwt is not None
+    try:
+        return JwtVerifier(auth.jwt)
+    except ValueError as exc:  # its messages name the setting (auth.jwt.jwks_file, auth.jwt.algorithms)
+        raise ConfigError(str(exc)) from None
+
+
+def _key_store(auth: AuthConfig, *, create: bool) -> Any:
+    from .apikeys import KeyStore, KeyStoreError, default_key_store
+
+    store = KeyStore(default_key_store(auth.api_keys))
+    if create or store.path.exists():
+        try:
+            store.check()
+        except KeyStoreError as exc:
+            raise ConfigError(f"auth.api_keys.store: {exc}") from None
+    return store
 
 
 def stdio_identity(config: Config, environ: dict[str, str] | None = None) -> Identity | None:

@@ -42,7 +42,7 @@ from joserfc import jwk, jws
 from joserfc.errors import JoseError
 from joserfc.util import urlsafe_b64decode
 
-from ..config import JwtConfig
+from ..config import REFUSED_JWT_ALGORITHMS, JwtConfig
 from . import AuthError, Identity
 
 log = logging.getLogger("mcpfw.auth")
@@ -61,7 +61,7 @@ MIN_RSA_BITS = 2048
 FILE_CHECK_SECONDS = 1.0
 """How often the hot path looks at a JWKS file's modification time."""
 
-_NEVER_ALLOWED = frozenset({"none", "HS256", "HS384", "HS512"})
+_NEVER_ALLOWED = REFUSED_JWT_ALGORITHMS
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _REFUSED_HEADERS = ("crit", "b64")  # extensions this verifier does not implement (RFC 7515 4.1.11, RFC 7797)
 
