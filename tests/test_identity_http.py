@@ -7,7 +7,9 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -305,6 +307,25 @@ def test_client_credentials_never_reach_the_upstream(tmp_path, idp, monkeypatch)
     assert acme["authorization"] == "Bearer upstream-secret-for-acme" and acme["x-firewall"] == "mcpfw"
     assert "authorization" not in globex and "x-api-key" not in globex and globex["x-firewall"] == "mcpfw"
     assert bearer not in json.dumps(upstream.seen) and key not in json.dumps(upstream.seen)
+
+
+def test_a_key_store_failing_at_run_time_tells_the_client_nothing_of_it(tmp_path, idp, caplog):
+    """The caller gets 503 and a generic message; the path and the OS error go to the log."""
+    store_dir = tmp_path / "store"
+    keys = KeyStore(store_dir / "keys.sqlite")
+    _, key = keys.create("acme", "ci")
+    keys.close()
+    upstreams = [{"url": "http://127.0.0.1:9/mcp", "name": "unreached"}]
+    config = auth_config(tmp_path, upstreams, idp, api_keys={"store": str(store_dir / "keys.sqlite")})
+    with InProcessFirewall(config) as fw:
+        shutil.rmtree(store_dir)
+        store_dir.write_text("")  # where the store was, now a file: it cannot be reopened
+        with caplog.at_level(logging.ERROR, logger="mcpfw.auth"):
+            answer = http("POST", f"{fw.url}/mcp", json_body=INIT, headers={**ACCEPT, "x-api-key": key})
+    assert answer.status_code == 503
+    assert answer.json()["error"]["message"] == "mcpfw: the API key store is unavailable"
+    assert str(store_dir) not in answer.text and "File exists" not in answer.text
+    assert f"{store_dir}/keys.sqlite: cannot open the key store: File exists" in caplog.text
 
 
 # -- as a user runs it: mcpfw proxy with the --auth-* flags ------------------------------------

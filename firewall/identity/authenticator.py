@@ -14,6 +14,7 @@ passed on to the upstream (see :meth:`Authenticator.upstream_headers`).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -22,6 +23,8 @@ from typing import Any
 
 from ..config import AuthConfig, Config, ConfigError
 from . import AuthError, Identity
+
+log = logging.getLogger("mcpfw.auth")
 
 _KEY_PREFIX = "mcpfw_"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -87,8 +90,11 @@ class Authenticator:
 
         try:
             return self._keys.verify(presented)
-        except KeyStoreError as exc:  # fail closed, and say it is the firewall's fault
-            raise AuthError(503, None, f"the API key store is unavailable: {exc}") from None
+        except KeyStoreError as exc:
+            # Fail closed and say it is the firewall's fault; the path and OS error are for
+            # the operator, not for a caller who has not even been identified.
+            log.error("API key store unavailable: %s", exc)
+            raise AuthError(503, None, "the API key store is unavailable") from None
 
     # -- what the firewall says back -------------------------------------------------
 
