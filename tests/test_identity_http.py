@@ -171,6 +171,20 @@ def test_a_stolen_session_id_gets_nothing(firewall, idp):
     assert rows[-1]["subject"] == "mallory"
 
 
+def test_a_token_cannot_pose_as_an_api_key_to_take_its_session(firewall, idp):
+    """A key's default subject is key:<name>; a token claiming that subject in the key's
+    tenant would own the key's sessions and tasks, so it is refused."""
+    _, secret = firewall.keys.create("acme", "ci", roles=["admin"])
+    opened = post(firewall, "acme", secret)
+    sid = opened.headers["mcp-session-id"]
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+    posing = token(idp, firewall, sub="key:ci", roles=["admin"])
+    taken = post(firewall, "acme", posing, listing, **{"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"})
+    assert taken.status_code == 401 and "get-env" not in taken.text
+    assert 'error_description="token subject uses the prefix \'key:\' reserved for API keys"' in taken.headers["www-authenticate"]
+    assert post(firewall, "acme", secret, listing, **{"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}).status_code == 200
+
+
 def test_a_session_id_the_firewall_does_not_know_gets_nothing(firewall, idp):
     """Opened before a restart, or forgotten to make room: whose it is cannot be told, so it
     is not handed to whoever presents it first (the client opens a new session)."""

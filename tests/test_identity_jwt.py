@@ -300,6 +300,15 @@ def test_tenant_default_and_missing_tenant(idp: IdP, keys: dict[str, Any], refus
     refused(make_verifier(idp), token, "token names no tenant")
 
 
+def test_subjects_reserved_for_api_keys_are_refused(idp: IdP, keys: dict[str, Any], refused) -> None:
+    """``key:<name>`` is an API key's subject: a token claiming it would share the key's sessions."""
+    reserved = "token subject uses the prefix 'key:' reserved for API keys"
+    refused(make_verifier(idp), mint(keys["rsa1"], idp.issuer, sub="key:ci"), reserved)
+    refused(make_verifier(idp, subject_claim="oid"), mint(keys["rsa1"], idp.issuer, oid="key:"), reserved)
+    for subject in ("keyring", "monkey:ci", "Key:ci", "ci:key:"):
+        assert make_verifier(idp).verify(mint(keys["rsa1"], idp.issuer, sub=subject), [AUD]).subject == subject
+
+
 def test_malformed_claims_are_refused(idp: IdP, keys: dict[str, Any], refused) -> None:
     verifier = make_verifier(idp)
     refused(verifier, mint(keys["rsa1"], idp.issuer, roles={"admin": True}), "malformed claim: roles")
