@@ -269,6 +269,7 @@ class RecordingUpstream:
 
     def __init__(self) -> None:
         self.seen: list[dict[str, str]] = []
+        self.paths: list[str] = []
         self.port = free_port()
         self._loop = None
         self._runner: web.AppRunner | None = None
@@ -277,6 +278,7 @@ class RecordingUpstream:
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.seen.append({k.lower(): v for k, v in request.headers.items()})
+        self.paths.append(request.path_qs)
         body = await request.json()
         result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "rec", "version": "1"}}
         return web.json_response({"jsonrpc": "2.0", "id": body.get("id"), "result": result})
@@ -321,6 +323,28 @@ def test_client_credentials_never_reach_the_upstream(tmp_path, idp, monkeypatch)
     assert acme["authorization"] == "Bearer upstream-secret-for-acme" and acme["x-firewall"] == "mcpfw"
     assert "authorization" not in globex and "x-api-key" not in globex and globex["x-firewall"] == "mcpfw"
     assert bearer not in json.dumps(upstream.seen) and key not in json.dumps(upstream.seen)
+
+
+def test_a_token_in_the_query_string_is_refused_not_forwarded(tmp_path, idp):
+    """RFC 6750's access_token in the URL: 400 telling the client why, even beside a good header,
+    so that the token reaches neither the upstream nor the logs of whatever is in between."""
+    with RecordingUpstream() as upstream:
+        upstreams = [{"url": f"http://127.0.0.1:{upstream.port}/mcp", "name": "rec"}]
+        with InProcessFirewall(auth_config(tmp_path, upstreams, idp)) as fw:
+            url = f"{fw.url}/mcp"
+            bearer = idp.token(sub="alice", tenant="acme", roles=["reader"], aud=url)
+            headers = {**ACCEPT, "authorization": f"Bearer {bearer}"}
+            queries = (f"access_token={bearer}", "ACCESS_TOKEN=x", "a=1;access_token=x", "access%5Ftoken=x", "access_token")
+            refused = [http("POST", f"{url}?{query}", json_body=INIT, headers=headers) for query in queries]
+            passed = http("POST", f"{url}?access_token_hint=1&q=access_token", json_body=INIT, headers=headers)
+    for answer in refused:
+        assert answer.status_code == 400
+        assert answer.json()["error"]["message"] == (
+            "mcpfw: access_token in the URL query is not accepted: send the token in the Authorization header")
+        assert 'error="invalid_request"' in answer.headers["www-authenticate"]
+    assert passed.status_code == 200, passed.content
+    assert upstream.paths == ["/mcp?access_token_hint=1&q=access_token"]
+    assert len(audit_rows(tmp_path / "audit.duckdb", "'credential_in_query' IN reason_codes", at_least=5)) == 5
 
 
 def test_a_key_store_failing_at_run_time_tells_the_client_nothing_of_it(tmp_path, idp, caplog):

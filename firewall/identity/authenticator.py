@@ -9,7 +9,8 @@ One object per process combines the OAuth bearer-token check (:mod:`.jwt`) and A
   the client at the firewall's Protected Resource Metadata (RFC 9728).
 
 When the firewall authenticates, it is the resource server: the client's token is never
-passed on to the upstream (see :meth:`Authenticator.upstream_headers`).
+passed on to the upstream (the HTTP transports drop :attr:`Authenticator.credential_headers`
+and refuse a request with ``access_token`` in its URL query).
 """
 
 from __future__ import annotations
