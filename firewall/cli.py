@@ -206,6 +206,9 @@ def _cmd_stdio(args: argparse.Namespace) -> int:
         print("mcpfw stdio: no server command given (usage: mcpfw stdio [options] -- COMMAND [ARGS...])", file=sys.stderr)
         return 2
     config = _serving_config(args)
+    from .identity.authenticator import check_auth
+
+    check_auth(config)
     from .policy.bundle import PolicyLoadError
     from .runtime import build_firewall
     from .session import ServerIdentity, Session
@@ -488,6 +491,9 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
         for upstream in config.proxy.upstreams:  # header values from the environment, ...
             route_from_config(upstream)
+        from .identity.authenticator import check_auth
+
+        check_auth(config, create_store=False)  # the JWKS file, the key store if it exists
     except PolicyError as exc:
         print(f"{args.file}: policy: {exc}", file=sys.stderr)
         return 2

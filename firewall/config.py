@@ -230,6 +230,18 @@ class DetectorsConfig(_Strict):
     )
 
 
+REFUSED_JWT_ALGORITHMS = frozenset({"none", "HS256", "HS384", "HS512"})
+"""Never accepted: the firewall shares no secret with the issuer (an HS256 token "signed"
+with the issuer's public key must not verify)."""
+
+
+def _http_url(value: str) -> str:
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"not an http(s) URL with a host: {value!r}")
+    return value
+
+
 class JwtConfig(_Strict):
     """OAuth 2.1 bearer tokens (JWTs) from one issuer, checked against its JWKS."""
 
@@ -252,6 +264,27 @@ class JwtConfig(_Strict):
     scope_claims: list[str] = Field(default_factory=lambda: ["scope", "scp"])
     claims: list[str] = Field(default_factory=list, description="further claims copied into identity.claims for the policy")
     default_tenant: str | None = Field(default=None, description="tenant of tokens without the tenant claim (default: refuse them)")
+
+    @field_validator("issuer")
+    @classmethod
+    def _check_issuer(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _check_algorithms(cls, value: list[str]) -> list[str]:
+        refused = [name for name in value if name in REFUSED_JWT_ALGORITHMS]
+        if refused:
+            raise ValueError(f"{', '.join(refused)} not allowed (the firewall holds no shared secret; "
+                             "use an asymmetric algorithm such as RS256 or ES256)")
+        if not value:
+            raise ValueError("no algorithm allowed")
+        return value
 
 
 class ApiKeysConfig(_Strict):
@@ -278,6 +311,12 @@ class AuthConfig(_Strict):
     authorization_servers: list[str] = Field(default_factory=list, description="advertised in resource metadata (default: [jwt.issuer])")
     scopes_supported: list[str] = Field(default_factory=list)
     required_scopes: list[str] = Field(default_factory=list, description="scopes every request needs (else 403 insufficient_scope)")
+
+    @model_validator(mode="after")
+    def _someone_can_authenticate(self) -> AuthConfig:
+        if self.mode != "off" and self.jwt is None and not self.api_keys.enabled:
+            raise ValueError(f"auth.mode is {self.mode} but neither auth.jwt nor auth.api_keys is enabled: nobody could authenticate")
+        return self
 
 
 class RateLimitRule(_Strict):
@@ -394,15 +433,16 @@ def load_config(path: str | Path | None) -> Config:
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: " + _describe(exc)) from None
+        raise ConfigError(f"{path}: " + describe_errors(exc)) from None
     return _resolve_relative(config, path.parent)
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_errors(exc: ValidationError, section: str = "") -> str:
+    """Pydantic's errors on one line, each led by its dotted key (under ``section``, if given)."""
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{key}: {err['msg']}")
+        key = ".".join([section, *(str(p) for p in err["loc"])] if section else [str(p) for p in err["loc"]])
+        lines.append(f"{key or '(top level)'}: {err['msg']}")
     return "; ".join(lines)
 
 

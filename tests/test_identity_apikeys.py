@@ -394,3 +394,34 @@ def test_required_scopes_are_advertised_as_supported():
     config = AuthConfig(mode="required", scopes_supported=["mcp:read"], required_scopes=["mcp:tools", "mcp:read"])
     assert Authenticator(config).metadata("https://fw.example/mcp")["scopes_supported"] == ["mcp:read", "mcp:tools"]
     assert "scopes_supported" not in Authenticator(AuthConfig(mode="required")).metadata("https://fw.example/mcp")
+
+
+def test_a_key_store_that_cannot_open_stops_the_firewall_at_start(tmp_path):
+    """Not at the first request, with nothing logged: at start, naming the setting."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    marker = tmp_path / "server-started"
+    config = tmp_path / "mcpfw.yaml"
+    config.write_text(f"auth:\n  mode: required\n  api_keys:\n    store: {blocker}/keys.sqlite\n")
+    audit = str(tmp_path / "audit.duckdb")
+    fragment = f"auth.api_keys.store: {blocker}/keys.sqlite: cannot open the key store"
+    for args in (["proxy", "--upstream", "http://127.0.0.1:9/mcp", "--listen", "127.0.0.1:0", "--audit", audit,
+                  "--auth", "required", "--keys-store", f"{blocker}/keys.sqlite"],
+                 ["stdio", "--config", str(config), "--audit", audit, "--", "touch", str(marker)]):
+        done = subprocess.run([sys.executable, "-m", "firewall.cli", *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and fragment in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not marker.exists()
+
+
+def test_config_check_opens_an_existing_key_store_and_creates_none(tmp_path):
+    store = tmp_path / "keys.sqlite"
+    config = tmp_path / "mcpfw.yaml"
+    config.write_text(f"auth:\n  mode: required\n  api_keys:\n    store: {store}\n")
+    done = subprocess.run([sys.executable, "-m", "firewall.cli", "config", "check", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not store.exists(), done.stderr  # a check creates nothing
+    store.write_text("not a database")
+    done = subprocess.run([sys.executable, "-m", "firewall.cli", "config", "check", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and f"auth.api_keys.store: {store}: cannot open the key store" in done.stderr, done.stderr

@@ -7,7 +7,9 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -169,6 +171,20 @@ def test_a_stolen_session_id_gets_nothing(firewall, idp):
     assert rows[-1]["subject"] == "mallory"
 
 
+def test_a_token_cannot_pose_as_an_api_key_to_take_its_session(firewall, idp):
+    """A key's default subject is key:<name>; a token claiming that subject in the key's
+    tenant would own the key's sessions and tasks, so it is refused."""
+    _, secret = firewall.keys.create("acme", "ci", roles=["admin"])
+    opened = post(firewall, "acme", secret)
+    sid = opened.headers["mcp-session-id"]
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
+    posing = token(idp, firewall, sub="key:ci", roles=["admin"])
+    taken = post(firewall, "acme", posing, listing, **{"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"})
+    assert taken.status_code == 401 and "get-env" not in taken.text
+    assert 'error_description="token subject uses the prefix \'key:\' reserved for API keys"' in taken.headers["www-authenticate"]
+    assert post(firewall, "acme", secret, listing, **{"mcp-session-id": sid, "mcp-protocol-version": "2025-11-25"}).status_code == 200
+
+
 def test_a_session_id_the_firewall_does_not_know_gets_nothing(firewall, idp):
     """Opened before a restart, or forgotten to make room: whose it is cannot be told, so it
     is not handed to whoever presents it first (the client opens a new session)."""
@@ -253,6 +269,7 @@ class RecordingUpstream:
 
     def __init__(self) -> None:
         self.seen: list[dict[str, str]] = []
+        self.paths: list[str] = []
         self.port = free_port()
         self._loop = None
         self._runner: web.AppRunner | None = None
@@ -261,6 +278,7 @@ class RecordingUpstream:
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.seen.append({k.lower(): v for k, v in request.headers.items()})
+        self.paths.append(request.path_qs)
         body = await request.json()
         result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "rec", "version": "1"}}
         return web.json_response({"jsonrpc": "2.0", "id": body.get("id"), "result": result})
@@ -305,6 +323,47 @@ def test_client_credentials_never_reach_the_upstream(tmp_path, idp, monkeypatch)
     assert acme["authorization"] == "Bearer upstream-secret-for-acme" and acme["x-firewall"] == "mcpfw"
     assert "authorization" not in globex and "x-api-key" not in globex and globex["x-firewall"] == "mcpfw"
     assert bearer not in json.dumps(upstream.seen) and key not in json.dumps(upstream.seen)
+
+
+def test_a_token_in_the_query_string_is_refused_not_forwarded(tmp_path, idp):
+    """RFC 6750's access_token in the URL: 400 telling the client why, even beside a good header,
+    so that the token reaches neither the upstream nor the logs of whatever is in between."""
+    with RecordingUpstream() as upstream:
+        upstreams = [{"url": f"http://127.0.0.1:{upstream.port}/mcp", "name": "rec"}]
+        with InProcessFirewall(auth_config(tmp_path, upstreams, idp)) as fw:
+            url = f"{fw.url}/mcp"
+            bearer = idp.token(sub="alice", tenant="acme", roles=["reader"], aud=url)
+            headers = {**ACCEPT, "authorization": f"Bearer {bearer}"}
+            queries = (f"access_token={bearer}", "ACCESS_TOKEN=x", "a=1;access_token=x", "access%5Ftoken=x", "access_token")
+            refused = [http("POST", f"{url}?{query}", json_body=INIT, headers=headers) for query in queries]
+            passed = http("POST", f"{url}?access_token_hint=1&q=access_token", json_body=INIT, headers=headers)
+    for answer in refused:
+        assert answer.status_code == 400
+        assert answer.json()["error"]["message"] == (
+            "mcpfw: access_token in the URL query is not accepted: send the token in the Authorization header")
+        assert 'error="invalid_request"' in answer.headers["www-authenticate"]
+    assert passed.status_code == 200, passed.content
+    assert upstream.paths == ["/mcp?access_token_hint=1&q=access_token"]
+    assert len(audit_rows(tmp_path / "audit.duckdb", "'credential_in_query' IN reason_codes", at_least=5)) == 5
+
+
+def test_a_key_store_failing_at_run_time_tells_the_client_nothing_of_it(tmp_path, idp, caplog):
+    """The caller gets 503 and a generic message; the path and the OS error go to the log."""
+    store_dir = tmp_path / "store"
+    keys = KeyStore(store_dir / "keys.sqlite")
+    _, key = keys.create("acme", "ci")
+    keys.close()
+    upstreams = [{"url": "http://127.0.0.1:9/mcp", "name": "unreached"}]
+    config = auth_config(tmp_path, upstreams, idp, api_keys={"store": str(store_dir / "keys.sqlite")})
+    with InProcessFirewall(config) as fw:
+        shutil.rmtree(store_dir)
+        store_dir.write_text("")  # where the store was, now a file: it cannot be reopened
+        with caplog.at_level(logging.ERROR, logger="mcpfw.auth"):
+            answer = http("POST", f"{fw.url}/mcp", json_body=INIT, headers={**ACCEPT, "x-api-key": key})
+    assert answer.status_code == 503
+    assert answer.json()["error"]["message"] == "mcpfw: the API key store is unavailable"
+    assert str(store_dir) not in answer.text and "File exists" not in answer.text
+    assert f"{store_dir}/keys.sqlite: cannot open the key store: File exists" in caplog.text
 
 
 # -- as a user runs it: mcpfw proxy with the --auth-* flags ------------------------------------

@@ -16,6 +16,8 @@ import os
 import random
 import secrets
 import string
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -296,6 +298,15 @@ def test_tenant_default_and_missing_tenant(idp: IdP, keys: dict[str, Any], refus
     token = mint(keys["rsa1"], idp.issuer, tenant=None)
     assert make_verifier(idp, default_tenant="shared").verify(token, [AUD]).tenant == "shared"
     refused(make_verifier(idp), token, "token names no tenant")
+
+
+def test_subjects_reserved_for_api_keys_are_refused(idp: IdP, keys: dict[str, Any], refused) -> None:
+    """``key:<name>`` is an API key's subject: a token claiming it would share the key's sessions."""
+    reserved = "token subject uses the prefix 'key:' reserved for API keys"
+    refused(make_verifier(idp), mint(keys["rsa1"], idp.issuer, sub="key:ci"), reserved)
+    refused(make_verifier(idp, subject_claim="oid"), mint(keys["rsa1"], idp.issuer, oid="key:"), reserved)
+    for subject in ("keyring", "monkey:ci", "Key:ci", "ci:key:"):
+        assert make_verifier(idp).verify(mint(keys["rsa1"], idp.issuer, sub=subject), [AUD]).subject == subject
 
 
 def test_malformed_claims_are_refused(idp: IdP, keys: dict[str, Any], refused) -> None:
@@ -764,3 +775,59 @@ def test_refresh_warms_the_cache(idp: IdP, keys: dict[str, Any], clock: FakeCloc
     assert idp.jwks_fetches == 1
     assert verifier.verify(mint(keys["rsa1"], idp.issuer), [AUD])
     assert idp.jwks_fetches == 1
+
+
+# -- settings that can never work: one line and exit 2 from every command, never a traceback ---
+
+MCPFW = [sys.executable, "-m", "firewall.cli"]
+PUBLIC = "proxy:\n  public_url: http://127.0.0.1:9\n"
+BROKEN_SETTINGS = {
+    "missing jwks_file": ("auth:\n  mode: required\n  jwt: {issuer: 'https://idp.example', jwks_file: missing.json}\n",
+                          "auth.jwt.jwks_file: {dir}/missing.json: No such file or directory"),
+    "jwks_file not JSON": ("auth:\n  mode: required\n  jwt: {issuer: 'https://idp.example', jwks_file: mcpfw.yaml}\n",
+                           "auth.jwt.jwks_file: {dir}/mcpfw.yaml: not JSON"),
+    "HS256": ("auth:\n  mode: required\n  jwt: {issuer: 'https://idp.example', algorithms: [HS256]}\n",
+              "auth.jwt.algorithms: Value error, HS256 not allowed"),
+    "unknown algorithm": ("auth:\n  mode: required\n  jwt: {issuer: 'https://idp.example', algorithms: [XY999]}\n",
+                          "auth.jwt.algorithms: unknown JWS algorithm 'XY999'"),
+    "nobody can authenticate": ("auth:\n  mode: optional\n  api_keys: {enabled: false}\n",
+                                "neither auth.jwt nor auth.api_keys is enabled"),
+    "issuer not a URL": ("auth:\n  mode: required\n  jwt: {issuer: not-a-url}\n", "auth.jwt.issuer: Value error, not an http(s) URL"),
+    "ftp issuer": ("auth:\n  mode: required\n  jwt: {issuer: 'ftp://idp.example'}\n", "auth.jwt.issuer: Value error, not an http(s) URL"),
+    "empty issuer": ("auth:\n  mode: required\n  jwt: {issuer: ''}\n", "auth.jwt.issuer: Value error, not an http(s) URL"),
+    "file jwks_url": ("auth:\n  mode: required\n  jwt: {issuer: 'https://idp.example', jwks_url: 'file:///etc/passwd'}\n",
+                      "auth.jwt.jwks_url: Value error, not an http(s) URL"),
+}
+
+
+def one_line_exit_2(done: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert fragment in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("case", list(BROKEN_SETTINGS))
+def test_settings_that_cannot_work_stop_every_command(tmp_path: Path, case: str) -> None:
+    text, fragment = BROKEN_SETTINGS[case]
+    config = tmp_path / "mcpfw.yaml"
+    config.write_text(PUBLIC + text)
+    fragment = fragment.format(dir=tmp_path)
+    marker = tmp_path / "server-started"
+    audit = str(tmp_path / "audit.duckdb")
+    for args in (["config", "check", str(config)],
+                 ["proxy", "--config", str(config), "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9/mcp", "--audit", audit],
+                 ["stdio", "--config", str(config), "--audit", audit, "--", "touch", str(marker)]):
+        one_line_exit_2(subprocess.run([*MCPFW, *args], capture_output=True, text=True, timeout=60), fragment)
+    assert not marker.exists()
+
+
+def test_proxy_auth_flags_that_cannot_work(tmp_path: Path) -> None:
+    base = ["proxy", "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:9/mcp", "--public-url", "http://127.0.0.1:9",
+            "--audit", str(tmp_path / "audit.duckdb")]
+    for flags, fragment in [
+        (["--auth-issuer", "ftp://idp.example"], "proxy: auth.jwt.issuer: Value error, not an http(s) URL"),
+        (["--auth-issuer", "https://idp.example", "--auth-jwks-url", "file:///etc/passwd"], "proxy: auth.jwt.jwks_url"),
+        (["--auth-issuer", "https://idp.example", "--auth-jwks-file", str(tmp_path / "none.json")],
+         f"auth.jwt.jwks_file: {tmp_path}/none.json: No such file or directory"),
+    ]:
+        one_line_exit_2(subprocess.run([*MCPFW, *base, *flags], capture_output=True, text=True, timeout=60), fragment)

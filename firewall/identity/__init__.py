@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+API_KEY_SUBJECT_PREFIX = "key:"
+"""An API key's default subject is ``key:<name>``; a bearer token's subject may not start so,
+or it would own the sessions and tasks of the key with that name in its tenant."""
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """An authenticated caller."""
@@ -59,4 +64,4 @@ class AuthError(Exception):
         self.scope = scope
 
 
-__all__ = ["AuthError", "Identity"]
+__all__ = ["API_KEY_SUBJECT_PREFIX", "AuthError", "Identity"]

@@ -50,7 +50,7 @@ import orjson
 from ..config import ApiKeysConfig
 from ..paths import state_dir
 from ..private_db import open_private_db
-from . import AuthError, Identity
+from . import API_KEY_SUBJECT_PREFIX, AuthError, Identity
 
 KEY_PREFIX = "mcpfw_"
 KEY_ID_HEX = 12  # digits of the public key id (48 random bits)
@@ -115,7 +115,7 @@ class KeyRecord:
     @property
     def effective_subject(self) -> str:
         """The subject the key authenticates as: its own, else ``key:<name>``."""
-        return self.subject or f"key:{self.name}"
+        return self.subject or f"{API_KEY_SUBJECT_PREFIX}{self.name}"
 
     def status(self, now: float | None = None) -> str:
         """``revoked``, ``expired`` or ``active``."""
@@ -192,6 +192,13 @@ class KeyStore:
             raise KeyStoreError(f"{self.path}: cannot open the key store: {_reason(exc)}") from None
         self._conn = conn
         return conn
+
+    def check(self) -> None:
+        """Open the database (creating it if needed) and close it again; :class:`KeyStoreError`
+        if it cannot be opened. A start-up probe: the process that runs it may not serve."""
+        with self._lock:
+            self._connect()
+        self.close()
 
     def close(self) -> None:
         """Close the database connection (it reopens on the next use)."""

@@ -9,11 +9,13 @@ One object per process combines the OAuth bearer-token check (:mod:`.jwt`) and A
   the client at the firewall's Protected Resource Metadata (RFC 9728).
 
 When the firewall authenticates, it is the resource server: the client's token is never
-passed on to the upstream (see :meth:`Authenticator.upstream_headers`).
+passed on to the upstream (the HTTP transports drop :attr:`Authenticator.credential_headers`
+and refuse a request with ``access_token`` in its URL query).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -22,6 +24,8 @@ from typing import Any
 
 from ..config import AuthConfig, Config, ConfigError
 from . import AuthError, Identity
+
+log = logging.getLogger("mcpfw.auth")
 
 _KEY_PREFIX = "mcpfw_"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -87,8 +91,11 @@ class Authenticator:
 
         try:
             return self._keys.verify(presented)
-        except KeyStoreError as exc:  # fail closed, and say it is the firewall's fault
-            raise AuthError(503, None, f"the API key store is unavailable: {exc}") from None
+        except KeyStoreError as exc:
+            # Fail closed and say it is the firewall's fault; the path and OS error are for
+            # the operator, not for a caller who has not even been identified.
+            log.error("API key store unavailable: %s", exc)
+            raise AuthError(503, None, "the API key store is unavailable") from None
 
     # -- what the firewall says back -------------------------------------------------
 
@@ -140,23 +147,59 @@ def expand_env(value: str, *, where: str) -> str:
 
 
 def build_authenticator(config: Config) -> Authenticator:
-    """The process's authenticator; its verifiers load keys and stores once, here."""
+    """The process's authenticator; its verifiers load keys and stores once, here.
+
+    Settings that can never work raise :class:`ConfigError` naming the setting.
+    """
     auth = config.auth
     jwt = keys = None
     if auth.mode != "off":
         if auth.jwt is not None:
-            from .jwt import JwtVerifier
-
-            jwt = JwtVerifier(auth.jwt)
+            jwt = _jwt_verifier(auth)
             # Warm the key cache off the serving thread: the first request should not wait on the IdP.
             threading.Thread(target=jwt.refresh, name="mcpfw-jwks-warmup", daemon=True).start()
         if auth.api_keys.enabled:
-            from .apikeys import KeyStore, default_key_store
-
-            keys = KeyStore(default_key_store(auth.api_keys))
+            keys = _key_store(auth, create=True)
         if jwt is None and keys is None:
-            raise ValueError("auth.mode is on but neither auth.jwt nor auth.api_keys is enabled")
+            raise ConfigError("auth.mode is on but neither auth.jwt nor auth.api_keys is enabled")
     return Authenticator(auth, jwt=jwt, keys=keys)
+
+
+def check_auth(config: Config, *, create_store: bool = True) -> None:
+    """Start-up probe of the identity settings, without the network: the JWKS file and the
+    algorithms must be usable and the API key store must open. Raises :class:`ConfigError`.
+
+    ``create_store=False`` (``mcpfw config check``) opens the store only if it exists.
+    """
+    auth = config.auth
+    if auth.mode == "off":
+        return
+    if auth.jwt is not None:
+        _jwt_verifier(auth)
+    if auth.api_keys.enabled:
+        _key_store(auth, create=create_store)
+
+
+def _jwt_verifier(auth: AuthConfig) -> Any:
+    from .jwt import JwtVerifier
+
+    assert auth.jwt is not None
+    try:
+        return JwtVerifier(auth.jwt)
+    except ValueError as exc:  # its messages name the setting (auth.jwt.jwks_file, auth.jwt.algorithms)
+        raise ConfigError(str(exc)) from None
+
+
+def _key_store(auth: AuthConfig, *, create: bool) -> Any:
+    from .apikeys import KeyStore, KeyStoreError, default_key_store
+
+    store = KeyStore(default_key_store(auth.api_keys))
+    if create or store.path.exists():
+        try:
+            store.check()
+        except KeyStoreError as exc:
+            raise ConfigError(f"auth.api_keys.store: {exc}") from None
+    return store
 
 
 def stdio_identity(config: Config, environ: dict[str, str] | None = None) -> Identity | None:

@@ -11,7 +11,7 @@ and checks the claims (RFC 7519, RFC 9068, the MCP authorization spec):
 * the key is picked by ``kid`` from the issuer's JWKS and must suit the algorithm;
 * ``iss`` must equal the configured issuer, ``aud`` must name this resource, ``exp`` must be
   present and in the future, ``nbf``/``iat`` must not be in the future (with leeway), and the
-  subject claim must be present.
+  subject claim must be present and must not start with ``key:`` (API keys' subjects).
 
 Keys come from a JWKS file (re-read when it changes), a JWKS URL, or the URL that
 discovery at the issuer names (OpenID Connect discovery, then RFC 8414 metadata). Imported
@@ -42,8 +42,8 @@ from joserfc import jwk, jws
 from joserfc.errors import JoseError
 from joserfc.util import urlsafe_b64decode
 
-from ..config import JwtConfig
-from . import AuthError, Identity
+from ..config import REFUSED_JWT_ALGORITHMS, JwtConfig
+from . import API_KEY_SUBJECT_PREFIX, AuthError, Identity
 
 log = logging.getLogger("mcpfw.auth")
 
@@ -61,7 +61,7 @@ MIN_RSA_BITS = 2048
 FILE_CHECK_SECONDS = 1.0
 """How often the hot path looks at a JWKS file's modification time."""
 
-_NEVER_ALLOWED = frozenset({"none", "HS256", "HS384", "HS512"})
+_NEVER_ALLOWED = REFUSED_JWT_ALGORITHMS
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _REFUSED_HEADERS = ("crit", "b64")  # extensions this verifier does not implement (RFC 7515 4.1.11, RFC 7797)
 
@@ -231,6 +231,8 @@ class JwtVerifier:
         subject = _identifier(_claim(claims, self._subject_claim), self._subject_claim)
         if subject is None:
             raise _refuse("token has no subject")
+        if subject.startswith(API_KEY_SUBJECT_PREFIX):
+            raise _refuse(f"token subject uses the prefix {API_KEY_SUBJECT_PREFIX!r} reserved for API keys")
         tenant = _identifier(_claim(claims, self._tenant_claim), self._tenant_claim) or self._default_tenant
         if tenant is None:
             raise _refuse("token names no tenant")

@@ -71,7 +71,9 @@ def _auth_overrides(args: argparse.Namespace, current: Any) -> Any:
     """The auth section with the command line's flags applied (flags win over the file)."""
     from pathlib import Path
 
-    from ...config import AuthConfig, ConfigError, JwtConfig
+    from pydantic import ValidationError
+
+    from ...config import AuthConfig, ConfigError, describe_errors
 
     data = current.model_dump()
     jwt_flags = {
@@ -85,7 +87,6 @@ def _auth_overrides(args: argparse.Namespace, current: Any) -> Any:
         if data.get("jwt") is None and "issuer" not in jwt_flags:
             raise ConfigError("proxy: --auth-jwks-url/--auth-jwks-file/--auth-audience need --auth-issuer (or auth.jwt in the config)")
         data["jwt"] = {**(data.get("jwt") or {}), **jwt_flags}
-        JwtConfig.model_validate(data["jwt"])
     if args.auth_scope:
         data["required_scopes"] = args.auth_scope
     if args.keys_store:
@@ -94,14 +95,17 @@ def _auth_overrides(args: argparse.Namespace, current: Any) -> Any:
         data["mode"] = args.auth_mode
     elif jwt_flags and data["mode"] == "off":
         data["mode"] = "required"
-    return AuthConfig.model_validate(data)
+    try:
+        return AuthConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("proxy: " + describe_errors(exc, "auth")) from None
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from ...cli import _serving_config
-    from ...config import ConfigError, ProxyConfig
+    from ...config import ConfigError, ProxyConfig, describe_errors
 
     config = _serving_config(args)
     try:
@@ -109,7 +113,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
             k: v for k, v in _proxy_overrides(args, config.proxy).items() if v is not None
         }})
     except ValidationError as exc:
-        raise ConfigError("proxy: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        raise ConfigError("proxy: " + describe_errors(exc)) from None
     config = config.model_copy(update={"proxy": proxy, "auth": _auth_overrides(args, config.auth)})
     listener = proxy.listener if proxy.listener != "auto" else ("lean" if proxy.mode == "reverse" else "mitmproxy")
     if proxy.mode == "reverse" and not proxy.upstreams:
@@ -125,6 +129,9 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         print("mcpfw proxy: bearer tokens need the firewall's public URL (--public-url / proxy.public_url), "
               "auth.resource or an audience (--auth-audience / auth.jwt.audience)", file=sys.stderr)
         return 2
+    from ...identity.authenticator import check_auth
+
+    check_auth(config)  # here, before workers or mitmproxy start: they would report it less plainly
     from .runner import parse_listen
 
     try:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urljoin, urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urljoin, urlsplit
 
 import orjson
 
@@ -327,6 +327,11 @@ class HttpInspection:
         route = ex.route
         identity: Identity | None = None
         try:
+            if _token_in_query(ex.upstream_path):
+                # Refused rather than stripped: the client must learn that it sends its token
+                # where proxies and servers log it, and the upstream must never receive it.
+                raise AuthError(400, "invalid_request", "access_token in the URL query is not accepted: "
+                                "send the token in the Authorization header")
             identity = auth.authenticate(
                 headers.get("authorization"), headers.get(auth.credential_headers[1]), self.audiences(ex)
             )
@@ -372,7 +377,7 @@ class HttpInspection:
         requests = _requests_in(parsed)
         msg_id, method = requests[0] if len(requests) == 1 else (None, None)
         session = self.sessions.new_session(ex.route, "http")
-        reason = {401: "unauthenticated", 403: "forbidden"}.get(err.status, "auth_unavailable")
+        reason = {400: "credential_in_query", 401: "unauthenticated", 403: "forbidden"}.get(err.status, "auth_unavailable")
         decision_id = self.inspector.record_transport_error(
             session, C2S, code=errors.AUTH_FAILED, reason_code=reason, message=err.description,
             kind="request" if msg_id is not None else None, method=method, msg_id=msg_id, size=len(body),
@@ -380,7 +385,7 @@ class HttpInspection:
         )
         data = {"decision_id": decision_id, "reasons": [{"code": reason, "message": err.description}]}
         reply = error_reply(msg_id, errors.AUTH_FAILED, f"mcpfw: {err.description}", data, status=err.status)
-        if err.status in (401, 403):
+        if err.status in (400, 401, 403):
             reply.headers["www-authenticate"] = self.auth.challenge(err, self._metadata_url(ex))
         return reply
 
@@ -820,6 +825,18 @@ class SseFilter:
         if public == block.data.strip():
             return block.raw
         return format_event(public, event="endpoint", event_id=block.id, retry=block.retry)
+
+
+_QUERY_SEPARATORS = re.compile(r"[&;]")
+
+
+def _token_in_query(path: str) -> bool:
+    """Whether the query names ``access_token`` (RFC 6750 2.3), in any case or encoding and
+    with ``;`` as a separator too: servers differ in how they read a query."""
+    query = path.partition("?")[2]
+    return bool(query) and any(
+        unquote_plus(part.partition("=")[0]).strip().lower() == "access_token" for part in _QUERY_SEPARATORS.split(query)
+    )
 
 
 def _mcp_stream_request(req: Request) -> bool:
