@@ -357,6 +357,11 @@ class Inspector:
             # depend on the request (tool results, listings) cannot apply, so it is not passed.
             decision = _UNSOLICITED
             error_code = errors.INVALID_REQUEST
+        elif kind is Kind.REQUEST and session.has_pending(direction, body["id"]):
+            # JSON-RPC ids must be unique among a sender's open requests: a second one would
+            # take the first one's place in the tables (its answer, its rate-limit slot).
+            decision = _DUPLICATE_ID
+            error_code = errors.INVALID_REQUEST
         elif kind is Kind.REQUEST and (why := self._tasks.refusal(method, params, direction, session, identity)):
             decision = _FOREIGN_TASK if why == "another" else _UNKNOWN_TASK
             error_code = errors.POLICY_DENIED
@@ -567,6 +572,9 @@ _UNSOLICITED = deny_decision(
 )
 _FOREIGN_TASK = deny_decision(
     "task_of_another_caller", "the task was created by another caller; only its creator may read or cancel it"
+)
+_DUPLICATE_ID = deny_decision(
+    "duplicate_request_id", "a request with this id is still open in this session; ids must be unique among open requests"
 )
 _UNKNOWN_TASK = deny_decision(
     "task_unknown", "the firewall did not see this task created (before a restart, or elsewhere), so it cannot "

@@ -191,6 +191,11 @@ class Session:
             if len(table) > _MAX_PENDING:
                 table.popitem(last=False)
 
+    def has_pending(self, direction: str, msg_id: Any) -> bool:
+        """Whether a request forwarded in ``direction`` with this id awaits its response."""
+        with self._lock:
+            return (type(msg_id).__name__, msg_id) in self._pending[direction]
+
     def pop_pending(self, request_direction: str, msg_id: Any) -> PendingRequest | None:
         """The request a response answers, removed from the table (None if unknown).
 

@@ -238,3 +238,35 @@ def test_options_in_revision_arguments_are_refused_at_any_depth(firewall, tmp_pa
     fine = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
             "params": {"name": "git_log", "arguments": {"repo_path": str(tmp_path), "target": "feature/x", "note": "-ok"}}}
     assert firewall.inspector.inspect(orjson.dumps(fine), "client_to_server", session).verdicts[0].decision.allow
+
+
+def test_an_id_still_open_is_refused_and_cannot_free_a_concurrency_slot(tmp_path, monkeypatch):
+    """A second request under the id of one still in flight took its place in the session's
+    tables: with a concurrency limit, every repeat freed the previous call's slot."""
+    monkeypatch.setenv("MCPFW_HOME", str(tmp_path / "home"))
+    raw = {"audit": {"path": str(tmp_path / "a.duckdb")},
+           "rate_limits": {"backend": "memory", "rules": [{"name": "inflight", "concurrent": 2}]}}
+    from firewall.config import Config
+
+    fw = build_firewall(Config.model_validate(raw))
+    try:
+        session = _session(tmp_path)
+        inspect = fw.inspector.inspect
+
+        def call(msg_id):
+            frame = {"jsonrpc": "2.0", "id": msg_id, "method": "tools/call", "params": {"name": "slow", "arguments": {}}}
+            return inspect(orjson.dumps(frame), "client_to_server", session)
+
+        assert call(1).forward is not None
+        for _ in range(4):
+            again = call(1)
+            assert again.forward is None
+            assert again.verdicts[0].decision.reason_codes == ["duplicate_request_id"]
+            assert orjson.loads(again.reply)["error"]["code"] == -32600
+        assert call(2).forward is not None
+        assert call(3).verdicts[0].decision.reason_codes == ["rate_limited"]  # two in flight: the limit holds
+        answer = inspect(orjson.dumps({"jsonrpc": "2.0", "id": 1, "result": {"content": []}}), "server_to_client", session)
+        assert answer.forward is not None
+        assert call(1).forward is not None  # answered: the id may be used again
+    finally:
+        fw.close()
