@@ -443,6 +443,14 @@ class Inspector:
         )
         return settled if settled is not None else (decision, None)
 
+    def end_session(self, session: Session) -> None:
+        """The session is over (its client left, its server exited): enrichers give back what
+        its unanswered requests still hold (rate limits' concurrent slots, kept in Redis)."""
+        for enricher in self._enrichers:
+            ended = getattr(enricher, "session_ended", None)
+            if ended is not None:
+                ended(session.id)
+
     def abandon(self, session: Session, direction: str, msg_id: Any) -> None:
         """A forwarded request that will never be answered (its upstream failed): forget it,
         and let enrichers give back what it held (a rate limit's concurrent slot)."""

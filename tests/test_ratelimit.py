@@ -750,3 +750,50 @@ def test_a_request_the_upstream_never_answers_gives_its_slot_back(tmp_path, pref
         fw.close()
     assert first.forward is not None and blocked.verdicts[0].error_code == errors.RATE_LIMITED
     assert after.forward is not None and sess.pop_pending("client_to_server", 1) is None
+
+
+def test_a_stdio_session_that_ends_mid_call_gives_its_redis_slot_back(tmp_path, redis_prefix):
+    """The client left while a call ran: the shim stops the server, and the slot the call held
+    in Redis (shared with every other shim of the tenant) must not stay taken for the TTL."""
+    import subprocess
+    import sys
+
+    from support import everything_server
+
+    config = tmp_path / "mcpfw.yaml"
+    config.write_text(
+        f"rate_limits:\n  backend: redis\n  redis_url: {REDIS_URL}\n  key_prefix: '{redis_prefix}'\n"
+        "  rules: [{name: one, concurrent: 1, methods: [tools/call]}]\n"
+    )
+    command = [sys.executable, "-m", "firewall.cli", "stdio", "--config", str(config), "--audit", str(tmp_path / "a.duckdb"),
+               "--registry", str(tmp_path / "registry.yaml"), "--", *everything_server()]
+    init = (b'{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},'
+            b'"clientInfo":{"name":"t","version":"1"}}}\n{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+
+    def session(call: bytes, leave_early: bool) -> list[dict]:
+        shim = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert shim.stdin is not None and shim.stdout is not None
+        shim.stdin.write(init)
+        shim.stdin.flush()
+        def answer(msg_id: int) -> dict:  # (notifications the server sends in between are skipped)
+            while "id" not in (message := orjson.loads(shim.stdout.readline())) or message["id"] != msg_id:
+                pass
+            return message
+
+        answers = [answer(0)]
+        shim.stdin.write(call)
+        shim.stdin.flush()
+        if leave_early:
+            time.sleep(1.0)  # the long call is running on the server
+        else:
+            answers.append(answer(1))
+        shim.stdin.close()
+        shim.wait(timeout=30)
+        return answers
+
+    long_call = (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"trigger-long-running-operation",'
+                 b'"arguments":{"duration":30,"steps":2}}}\n')
+    session(long_call, leave_early=True)
+    echo = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}\n'
+    answers = session(echo, leave_early=False)
+    assert "result" in answers[1], answers[1]  # not -32055: the first session's slot was given back

@@ -238,6 +238,8 @@ class RateEnricher:
         if slots:
             self._release(slots)
 
+    session_ended = release_session  # the pipeline's notice (Inspector.end_session)
+
     def _hold(self, key: tuple[str, str, Any], rate: dict[str, Any], slots: list[tuple[str, str]]) -> None:
         dropped: list[tuple[str, str]] = []
         with self._lock:

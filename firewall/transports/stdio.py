@@ -176,6 +176,9 @@ class StdioShim:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            # Calls still open when the client left or the server exited will not be
+            # answered: what they hold in shared stores (Redis slots) is given back now.
+            self._inspector.end_session(self._session)
         server_in.close()
         self._client_out.close()
         if returncode < 0:
