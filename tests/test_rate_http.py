@@ -96,3 +96,15 @@ def test_redis_down_fails_closed_and_says_so(tmp_path, prefix):
     assert error["code"] == errors.POLICY_DENIED and error["data"]["reasons"][0]["code"] == "rate_store_unavailable"
     (row,) = audit_rows(tmp_path / "audit.duckdb", f"decision_id = '{error['data']['decision_id']}'")
     assert json.loads(row["rate"])["error"]
+
+
+def test_memory_counters_with_several_workers_are_refused_at_start(tmp_path, prefix):
+    """Each worker would count alone: a limit of 4 let 8 of 12 through with two workers."""
+    import subprocess
+    import sys
+
+    config_path = write_config(tmp_path / "mcpfw.yaml", f"http://127.0.0.1:{free_port()}/mcp", prefix, "memory")
+    done = subprocess.run([sys.executable, "-m", "firewall.cli", "proxy", "--config", str(config_path), "--workers", "2",
+                           "--listen", f"127.0.0.1:{free_port()}", "--audit", str(tmp_path / "a.duckdb")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "backend memory counts in each process" in done.stderr and "Traceback" not in done.stderr

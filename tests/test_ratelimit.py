@@ -495,6 +495,19 @@ def test_values_cannot_forge_another_key(prefix):
     assert judge(enricher, request_ctx(session(), 2, ident=identity("a", "b,subject=c")))["exceeded"] == []
 
 
+def test_long_values_are_kept_as_digests_in_keys(backend_prefix):
+    """A client-chosen tool name of megabytes must not become a counter key of megabytes."""
+    backend, prefix = backend_prefix
+    enricher = RateEnricher(limits_config(prefix, backend, rules=[{"name": "t", "per": ["tool"], "requests": 1}]))
+    huge = "é" * 1_000_000
+    first = judge(enricher, request_ctx(session(), 1, tool=huge))
+    key = first["limits"][0]["key"]
+    assert key.startswith("tool=sha256%3A") and len(key) < 100
+    assert judge(enricher, request_ctx(session(), 2, tool=huge))["exceeded"] == ["t"]  # still one counter per name
+    assert judge(enricher, request_ctx(session(), 3, tool=huge + "x"))["exceeded"] == []
+    assert judge(enricher, request_ctx(session(), 4, tool="search"))["limits"][0]["key"] == "tool=search"
+
+
 class SpyCounter(MemoryCounter):
     def __init__(self) -> None:
         super().__init__()

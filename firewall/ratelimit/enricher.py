@@ -23,6 +23,7 @@ and the policy decides by ``input.rate.on_error`` (deny by default: fail closed)
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import threading
@@ -166,7 +167,10 @@ class RateEnricher:
             if value is None or value == "":
                 parts.append(f"{dim}={MISSING}")
             else:
-                parts.append(f"{dim}={_encode(value if isinstance(value, str) else str(value))}")
+                text = value if isinstance(value, str) else str(value)
+                if len(text) > _MAX_KEY_VALUE:  # a client's invented name must not become a huge key
+                    text = "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+                parts.append(f"{dim}={_encode(text)}")
         return ",".join(parts) or "*"
 
     @staticmethod
@@ -270,6 +274,9 @@ class RateEnricher:
             if now >= self._quiet_until:  # once per outage, not once per response
                 self._quiet_until = now + _WARN_EVERY
                 log.warning("rate limits: cannot release in-flight slots (they lapse after %ss): %s", self._ttl, exc)
+
+
+_MAX_KEY_VALUE = 128  # characters of a dimension's value kept as they are in a counter key
 
 
 @functools.lru_cache(maxsize=4096)

@@ -156,6 +156,11 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 
             return run_mitmproxy(config, listen)
         workers = proxy.workers or os.cpu_count() or 1
+        limits = config.rate_limits
+        if workers > 1 and limits.rules and limits.backend == "memory":
+            print(f"mcpfw proxy: rate_limits.backend memory counts in each process: with {workers} workers every "
+                  "limit would let through that many times as much; use backend: redis, or workers: 1", file=sys.stderr)
+            return 2
         if workers > 1 and args.worker_index is None:
             from .workers import run_workers
 
