@@ -92,10 +92,17 @@ class _Vocabulary:
             return "" if value is None else "other"
         if value in self._seen:
             return value
-        if len(self._seen) >= self._cap or len(value) > _MAX_LABEL:
+        if len(self._seen) >= self._cap or len(value) > _MAX_LABEL or _holds_secret(value):
             return "other"
         self._seen.add(value)
         return value
+
+
+def _holds_secret(value: str) -> bool:
+    """Whether a credential rule finds something in ``value`` (a token sent as a tool name)."""
+    from .audit.redact import redact_text
+
+    return redact_text(value) != value
 
 
 class MetricsRecorder:
@@ -251,7 +258,39 @@ def merged_snapshot(directory: Path, *, now: float | None = None) -> dict[str, A
             live = (path.name != _RETIRED and not document.get("closed")
                     and now - float(document.get("written", 0)) <= _LIVE_SECONDS)
             _merge(total, document, gauges=live)
+    _cap_series(total)
     return total
+
+
+def _cap_series(total: dict[str, Any]) -> None:
+    """Each process bounds its labels, but processes come and go: over the merged counts,
+    a capped label keeps its most frequent values and the rest are summed as 'other'."""
+    for kind in ("counters", "histograms"):
+        for name, series in total[kind].items():
+            for position, label in enumerate(METRICS[name][2]):
+                cap = _CAP.get(label)
+                if cap is None:
+                    continue
+                weight: dict[str, float] = {}
+                for key, values in series.items():
+                    amount = values if kind == "counters" else values[-1]
+                    weight[key[position]] = weight.get(key[position], 0.0) + amount
+                if len(weight) <= cap:
+                    continue
+                kept = set(sorted((v for v in weight if v != "other"), key=lambda v: (-weight[v], v))[: cap - 1])
+                capped: dict[tuple[str, ...], Any] = {}
+                for key, values in series.items():
+                    if key[position] not in kept:
+                        key = (*key[:position], "other", *key[position + 1:])
+                    current = capped.get(key)
+                    if current is None:
+                        capped[key] = values if kind == "counters" else list(values)
+                    elif kind == "counters":
+                        capped[key] = current + values
+                    else:
+                        capped[key] = [a + b for a, b in zip(current, values, strict=True)]
+                series.clear()
+                series.update(capped)
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -116,13 +116,14 @@ def _call(i: int, tool: str) -> bytes:
 def test_repeated_inputs_are_decided_once_and_alike():
     inspector, sink, session = _inspector()
     _Counting.calls = 0
-    outcomes = [inspector.inspect(_call(i, tool), C2S, session) for i in range(6) for tool in ("echo", "rm")]
+    # (ids unique among open requests: a repeated open id is refused before the policy)
+    outcomes = [inspector.inspect(_call(2 * i + (tool == "rm"), tool), C2S, session) for i in range(6) for tool in ("echo", "rm")]
     assert _Counting.calls == 2  # one evaluation per distinct input (the ids differ)
     for outcome, tool in zip(outcomes, ["echo", "rm"] * 6):
         assert outcome.denied == (tool == "rm")
     denied = [o for o in outcomes if o.denied]
     assert all(b'"id":' in o.reply and b"rm is not allowed" in o.reply for o in denied)
-    assert [orjson.loads(o.reply)["id"] for o in denied] == [0, 1, 2, 3, 4, 5]
+    assert [orjson.loads(o.reply)["id"] for o in denied] == [1, 3, 5, 7, 9, 11]
     assert [r["decision"] for r in sink.rows] == ["allow", "deny"] * 6
 
 

@@ -108,3 +108,28 @@ def test_labels_are_bounded_and_methods_outside_the_spec_are_other():
 def test_an_empty_directory_exposes_zeroes(tmp_path):
     found = samples(exposition(merged_snapshot(tmp_path / "none")).decode())
     assert value(found, "mcpfw_processes") == 0 and value(found, "mcpfw_audit_rows_pending") == 0
+
+
+def test_labels_stay_bounded_over_many_processes_and_hold_no_credentials(tmp_path):
+    """Each process admits its own few hundred names: the sum over processes is capped again,
+    and a token sent as a tool name never becomes a label."""
+    import orjson
+
+    from firewall.metrics import SnapshotWriter
+
+    base = {"server": "s", "transport": "stdio", "direction": "client_to_server", "kind": "request",
+            "method": "tools/call", "decision": "allow"}
+    for process in range(4):
+        recorder = MetricsRecorder()
+        for i in range(400):
+            recorder.record({**base, "tool": f"p{process}-tool-{i}"})
+        recorder.record({**base, "tool": "lookup " + "ghp_" + "Q7x9" * 9})
+        writer = SnapshotWriter(recorder, tmp_path)
+        writer.write(closed=True)
+    text = exposition(merged_snapshot(tmp_path)).decode()
+    found = samples(text)
+    tools = {dict(labels)["tool"] for name, labels in found if name == "mcpfw_tool_calls_total"}
+    assert len(tools) == 512 and "other" in tools
+    assert value(found, "mcpfw_tool_calls_total") == 4 * 401  # nothing lost to the cap
+    assert "ghp_" not in text
+    assert orjson.loads((tmp_path / "retired.json").read_bytes())  # the ended processes folded into one

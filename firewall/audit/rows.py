@@ -28,6 +28,7 @@ Keys that are not columns are ignored (logged once per key name).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import time
@@ -172,7 +173,7 @@ def _converter(name: str) -> Callable[[Any, SecretRules], Any]:
     if name == "error":
         return lambda value, rules: redact_text(_text(value) or "", rules, max_chars=MAX_STORED_CHARS)
     if name == "message_id":
-        return lambda value, _rules: value if isinstance(value, str) else _json_text(value)
+        return lambda value, rules: _client_text(value if isinstance(value, str) else _json_text(value) or "", rules)
     if name in _FLOAT_COLUMNS:
         return lambda value, _rules: value if type(value) is float else _float(value)
     return lambda value, _rules: _coerce(name, value)
@@ -205,6 +206,25 @@ _PLAIN_TEXT = frozenset(
     if name not in JSON_COLUMNS and name not in LIST_COLUMNS and name not in _INT_COLUMNS
     and name not in _FLOAT_COLUMNS and name not in ("ts", "error")
 )
+# Text the peers choose (a tool name, a method, a client name, an id) can carry a credential
+# like any argument; names repeat, so each distinct one is redacted once.
+_CLIENT_TEXT = frozenset({"tool", "method", "client_name", "message_id"})
+_SHORTEST_SECRET = 8  # characters: shorter text holds no credential a rule would find
+
+
+def _client_text(value: str, rules: SecretRules) -> str:
+    if len(value) < _SHORTEST_SECRET:
+        return value
+    if len(value) > 256 or value[:1] == '"':  # (a string JSON-RPC id: unique, not worth remembering)
+        return redact_text(value, rules, max_chars=MAX_STORED_CHARS)
+    return _client_text_memo(value, rules)
+
+
+@functools.lru_cache(maxsize=8192)
+def _client_text_memo(value: str, rules: SecretRules) -> str:
+    return redact_text(value, rules)
+
+
 _TS, _DECISION_ID, _ARGS_DIGEST, _REASON_CODES = (_INDEX[n] for n in ("ts", "decision_id", "args_digest", "reason_codes"))
 
 
@@ -225,7 +245,7 @@ def to_stored_row(row: Mapping[str, Any], rules: SecretRules) -> StoredRow:
         if index is None:
             continue
         if type(value) is str and name in plain:
-            values[index] = value
+            values[index] = value if name not in _CLIENT_TEXT else _client_text(value, rules)
         else:
             values[index] = convert[name](value, rules)
     if values[_TS] is None:
