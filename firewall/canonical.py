@@ -298,7 +298,9 @@ def extract_resources(
     paths: list[dict[str, Any]] = []
     urls: list[dict[str, Any]] = []
     dashed: list[dict[str, str]] = []
-    cwd = _call_base(arguments, resolve_symlinks) or cwd
+    call_base = _call_base(arguments, resolve_symlinks)
+    if call_base:
+        cwd, bases = call_base[0], (*call_base[1:], *bases)
     stack: list[tuple[str, str | None, Any]] = [(base_pointer, None, arguments)]
     while stack:
         if len(paths) + len(urls) >= _MAX_REFS:
@@ -335,16 +337,16 @@ def extract_resources(
     return found
 
 
-def _call_base(arguments: Any, resolve_symlinks: bool) -> str | None:
-    """The absolute directory a call names for itself (``repo_path``...), if any: its
-    relative paths are read from there instead of the firewall's working directory (the
-    server's directories and the roots still give readings of their own)."""
+def _call_base(arguments: Any, resolve_symlinks: bool) -> list[str]:
+    """The readings of the absolute directory a call names for itself (``repo_path``...), if
+    any: its relative paths are read from each instead of the firewall's working directory
+    (the server's directories and the roots still give readings of their own)."""
     if isinstance(arguments, dict):
         for key in _BASE_KEYS:
             value = arguments.get(key)
             if isinstance(value, str) and (value.startswith("/") or value == "~" or value.startswith("~/")):
-                return canonical_path(value, cwd="/", resolve_symlinks=resolve_symlinks)
-    return None
+                return path_readings(value, cwd="/", resolve_symlinks=resolve_symlinks)
+    return []
 
 
 def _escape(key: str) -> str:

@@ -192,3 +192,12 @@ def test_ordinary_paths_have_one_reading(tmp_path):
     for raw in ("sub/notes.txt", f"{tmp_path}/sub/./notes.txt", f"{tmp_path}/link/notes.txt",
                 f"file://{tmp_path}/sub/notes.txt", f"{tmp_path}/sub/x/../notes.txt"):
         assert _readings({"path": raw}, tmp_path, bases=[tmp_path])["/a/path"] == {f"{tmp_path}/sub/notes.txt"}, raw
+
+
+def test_relative_paths_are_read_from_every_reading_of_the_calls_directory(tmp_path):
+    """mcp-server-git opens repo_path as written: "a%2fb" is one directory, two levels
+    below which "../../x" lies outside the root."""
+    root = tmp_path / "root"
+    (root / "a%2fb").mkdir(parents=True)
+    readings = _readings({"repo_path": f"{root}/a%2fb", "files": ["../../etc/passwd"]}, root)["/a/files/0"]
+    assert str(tmp_path / "etc" / "passwd") in readings and str(root / "etc" / "passwd") in readings
