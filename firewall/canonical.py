@@ -30,38 +30,116 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
 
 def _decode(text: str) -> str:
     """Undo percent-encoding, repeatedly, so that double encoding cannot hide a path."""
-    for _ in range(3):
+    return _levels(text)[-1]
+
+
+def _levels(text: str) -> list[str]:
+    """``text`` and each stage of undoing its percent-encoding (three at most)."""
+    levels = [text]
+    while "%" in text and len(levels) < 4:
         decoded = unquote(text)
         if decoded == text:
             break
+        levels.append(decoded)
         text = decoded
-    return text
+    return levels
+
+
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+_TAB_OR_NEWLINE = re.compile(r"[\t\n\r]")
+# Dot segments as a WHATWG URL parser knows them, %2e included.
+_DOT_SEGMENTS = {".": ".", "%2e": ".", "..": "..", ".%2e": "..", "%2e.": "..", "%2e%2e": ".."}
+
+
+def _file_url(value: str) -> str | None:
+    """``value`` as URL parsers take it (leading and trailing spaces and controls stripped, tabs
+    and newlines dropped, as WHATWG and urllib do) if that is a file: URL, else None."""
+    text = value.strip(_C0_OR_SPACE)
+    if "\t" in text or "\n" in text or "\r" in text:
+        text = _TAB_OR_NEWLINE.sub("", text)
+    return text if text[:5].lower() == "file:" else None
+
+
+def _url_texts(url: str, raw: str) -> list[str]:
+    """The paths a server may take a file: URL for: its WHATWG path (Node's URL, pydantic's
+    AnyUrl: "\\" is "/", "%2e" a dot, "file:etc/passwd" is /etc/passwd) and its urllib path
+    (relative in "file:etc/passwd"), each percent-decoded (fully first) or not."""
+    rest = url[5:].split("#", 1)[0].split("?", 1)[0].replace("\\", "/")
+    if rest.startswith("//"):  # the host: a posix server drops it or refuses the URL
+        slash = rest.find("/", 2)
+        rest = rest[slash:] if slash >= 0 else "/"
+    segments = [_DOT_SEGMENTS.get(seg.lower(), seg) for seg in rest.split("/")]
+    whatwg = "/" + posixpath.normpath("/" + "/".join(segments)).lstrip("/")
+    texts = _levels(whatwg)[::-1]
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        return texts
+    if parts.scheme.lower() == "file":
+        texts.extend(_levels(parts.path or "/")[::-1])
+    return texts
+
+
+def _resolve(path: str, resolve_symlinks: bool) -> list[str]:
+    """The places the absolute ``path`` may name: physically (symlinks followed before ".."
+    as the kernel does: Python's open, git) and lexically (".." collapsed first, then
+    symlinks: Node's path.resolve and fs.realpath in server-filesystem)."""
+    lexical = posixpath.normpath(path)
+    if lexical.startswith("//"):
+        lexical = "/" + lexical.lstrip("/")
+    if not resolve_symlinks:
+        return [lexical]
+    if "\x00" in path:
+        # Node and Python refuse a name with a NUL; C code ends the name there.
+        return [lexical, *_resolve(path.split("\x00", 1)[0] or "/", True)]
+    readings = []
+    # Longer than PATH_MAX no system call can open it, and a server that shortens it (as
+    # the normalisation did) opens what is checked here: no symlink walk over it.
+    if "/.." in path and len(path) <= _MAX_LEN:
+        readings.append(_realpath(path))
+    readings.append(_realpath(lexical) if len(lexical) <= _MAX_LEN else lexical)
+    return readings
+
+
+def _realpath(path: str) -> str:
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError):
+        return posixpath.normpath(path)
+
+
+def path_readings(
+    raw: str, *, cwd: str, resolve_symlinks: bool, bases: tuple[str, ...] = (), expand_user: bool = True
+) -> list[str]:
+    """Every absolute path a server may take ``raw`` for, the canonical one first.
+
+    Plain paths are read as servers read them (no percent-decoding) and decoded (each
+    stage); file: URLs as WHATWG and urllib parse them. A relative path is read from ``cwd``
+    and from each of ``bases``; ``expand_user=False`` reads ``~name/...`` from ``cwd`` as a
+    relative path, as servers that expand only ``~`` and ``~/`` do (from ``bases`` it always
+    is). Each is resolved physically and lexically (``_resolve``)."""
+    url = _file_url(raw)
+    texts = dict.fromkeys(_url_texts(url, raw)) if url is not None else _levels(raw)[::-1]
+    found: dict[str, None] = {}
+    for text in texts:
+        home = text == "~" or text.startswith("~/")
+        # A relative URL path (urllib's "file:etc") is read from the working directory only.
+        places = (cwd,) if url is not None or text.startswith("/") or home else (cwd, *bases)
+        for index, place in enumerate(places):
+            path = text
+            if path.startswith("~") and (home or (expand_user and index == 0)):
+                path = os.path.expanduser(path)
+            if not path.startswith("/"):
+                path = posixpath.join(place, path)
+            for reading in _resolve(path, resolve_symlinks):
+                found[reading] = None
+    return list(found)
 
 
 def canonical_path(raw: str, *, cwd: str, resolve_symlinks: bool, expand_user: bool = True) -> str:
-    """Absolute, decoded, normalised path; symlinks resolved when the files are on this host.
-    ``expand_user=False`` reads ``~name/...`` as a relative path, as servers that expand only
-    ``~`` and ``~/`` do."""
-    text = raw
-    if text[:5].lower() == "file:":
-        # file:///p, file://host/p and the one-slash form file:/p all name /p.
-        text = urlsplit(text).path or "/"
-    text = _decode(text)
-    if text.startswith("~") and (expand_user or text == "~" or text.startswith("~/")):
-        text = os.path.expanduser(text)
-    if not text.startswith("/"):
-        text = posixpath.join(cwd, text)
-    text = posixpath.normpath(text)
-    if text.startswith("//"):
-        text = "/" + text.lstrip("/")
-    # Longer than PATH_MAX no system call can open it, and a server that shortens it (as
-    # this normalisation did) opens what is checked here: no symlink walk over it.
-    if resolve_symlinks and "\x00" not in text and len(text) <= _MAX_LEN:
-        try:
-            text = os.path.realpath(text)
-        except (OSError, ValueError):
-            pass
-    return text
+    """The canonical reading of ``raw`` (``path_readings``): decoded, absolute, normalised,
+    symlinks resolved (as the kernel does) when the files are on this host."""
+    return path_readings(raw, cwd=cwd, resolve_symlinks=resolve_symlinks, expand_user=expand_user)[0]
 
 
 def canonical_url(raw: str) -> dict[str, Any] | None:
@@ -102,8 +180,14 @@ def _looks_like_path(key: str | None, value: str) -> bool:
         return True
     # Under any other key, a single line that starts like a path. Text of several lines
     # (file contents such as "/* licence */\n...") is content, not a file argument.
-    starts = value.startswith(("/", "~/", "./", "../", "~")) or value in (".", "..") or value[:5].lower() == "file:"
-    return starts and "\n" not in value and "\r" not in value
+    if "\n" in value or "\r" in value:
+        return False
+    if value.startswith(("/", "~/", "./", "../", "~")) or value in (".", ".."):
+        return True
+    # A file: URL, also as URL parsers read it (" file:///p", "fi\tle:///p"), but not prose
+    # such as "File: notes".
+    url = _file_url(value)
+    return url is not None and url[5:6].strip() != ""
 
 
 # Arguments that name the directory a call works in (mcp-server-git's repo_path): the other
@@ -121,21 +205,17 @@ def _path_ref(
 ) -> dict[str, Any]:
     """A PathRef for ``raw`` (``path``: the part of ``raw`` that names the file, if not all)."""
     text = raw if path is None else path
-    canonical = canonical_path(text, cwd=cwd, resolve_symlinks=resolve_symlinks)
+    # The server may resolve a relative path against another directory than the firewall's
+    # working directory (server-filesystem uses its allowed directories): each reading counts.
+    canonical, *rest = path_readings(text, cwd=cwd, resolve_symlinks=resolve_symlinks, bases=bases)
     ref: dict[str, Any] = {"pointer": pointer, "raw": raw, "canonical": canonical}
-    others: set[str] = set()
-    if bases and _is_relative(text):
-        # The server may resolve it against another directory than the firewall's working
-        # directory (server-filesystem uses its allowed directories): each reading counts.
-        others = {canonical_path(text, cwd=base, resolve_symlinks=resolve_symlinks, expand_user=False) for base in bases}
+    others = set(rest)
     if "$" in text:
         # Some servers expand environment variables ("$HOME/repo": GitPython does), from an
         # environment the shim's child shares: that reading counts too.
         expanded = os.path.expandvars(text)
         if expanded != text:
-            others.add(canonical_path(expanded, cwd=cwd, resolve_symlinks=resolve_symlinks))
-            if _is_relative(expanded):
-                others.update(canonical_path(expanded, cwd=b, resolve_symlinks=resolve_symlinks) for b in bases)
+            others.update(path_readings(expanded, cwd=cwd, resolve_symlinks=resolve_symlinks, bases=bases))
     if resolve_symlinks:
         # A ".git" file ("gitdir: /elsewhere/.git") makes a directory the work tree of a
         # repository elsewhere: git commands there read and write that one, as a symlink would.
@@ -202,16 +282,6 @@ def _config_values(path: str, section: str, key: str) -> list[str]:
     return values
 
 
-def _is_relative(raw: str) -> bool:
-    """Whether a server may read ``raw`` from a directory of its own: anything but an
-    absolute path, ``~`` and ``~/...`` (``~name/...`` is relative to server-filesystem,
-    which expands only the current user's home, and ``~nobody`` expands to nothing)."""
-    if raw[:5].lower() == "file:":
-        return False
-    text = _decode(raw)
-    return not (text.startswith(("/", "~/")) or text == "~")
-
-
 def extract_resources(
     arguments: Any, *, base_pointer: str, cwd: str, resolve_symlinks: bool, bases: tuple[str, ...] = ()
 ) -> dict[str, list[dict[str, Any]]]:
@@ -228,7 +298,9 @@ def extract_resources(
     paths: list[dict[str, Any]] = []
     urls: list[dict[str, Any]] = []
     dashed: list[dict[str, str]] = []
-    cwd = _call_base(arguments, resolve_symlinks) or cwd
+    call_base = _call_base(arguments, resolve_symlinks)
+    if call_base:
+        cwd, bases = call_base[0], (*call_base[1:], *bases)
     stack: list[tuple[str, str | None, Any]] = [(base_pointer, None, arguments)]
     while stack:
         if len(paths) + len(urls) >= _MAX_REFS:
@@ -251,7 +323,7 @@ def extract_resources(
                 url = canonical_url(node)
                 if url is not None:
                     urls.append({"pointer": pointer, "raw": node, **url})
-                if node[:7].lower() == "file://":
+                if _file_url(node) is not None:
                     paths.append(_path_ref(pointer, node, cwd, bases, resolve_symlinks))
             elif key is not None and key.lower() in _REVISION_KEYS and (rev := _REVISION_PATH.match(node)):
                 paths.append(_path_ref(pointer, node, cwd, bases, resolve_symlinks, path=rev.group(1)))
@@ -265,16 +337,16 @@ def extract_resources(
     return found
 
 
-def _call_base(arguments: Any, resolve_symlinks: bool) -> str | None:
-    """The absolute directory a call names for itself (``repo_path``...), if any: its
-    relative paths are read from there instead of the firewall's working directory (the
-    server's directories and the roots still give readings of their own)."""
+def _call_base(arguments: Any, resolve_symlinks: bool) -> list[str]:
+    """The readings of the absolute directory a call names for itself (``repo_path``...), if
+    any: its relative paths are read from each instead of the firewall's working directory
+    (the server's directories and the roots still give readings of their own)."""
     if isinstance(arguments, dict):
         for key in _BASE_KEYS:
             value = arguments.get(key)
             if isinstance(value, str) and (value.startswith("/") or value == "~" or value.startswith("~/")):
-                return canonical_path(value, cwd="/", resolve_symlinks=resolve_symlinks)
-    return None
+                return path_readings(value, cwd="/", resolve_symlinks=resolve_symlinks)
+    return []
 
 
 def _escape(key: str) -> str:

@@ -121,3 +121,83 @@ def test_revisions_and_variables_that_name_files(tmp_path, monkeypatch):
         assert _readings({"repo_path": "/r", "revision": revision}, tmp_path)["/a/revision"] == {"/r/.env"}, revision
     assert _readings({"revision": "main"}, tmp_path) == {}
     assert str(tmp_path / "home" / "repo") in _readings({"repo_path": "$HOME/repo"}, tmp_path)["/a/repo_path"]
+
+
+def test_percent_00_is_a_name_character_and_symlinks_are_still_followed(tmp_path):
+    """Servers do not percent-decode: "%00" is part of the name and the kernel follows the
+    symlink before it."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "shared").symlink_to(outside)
+    readings = _readings({"path": f"{root}/shared/pwned%00.txt"}, root)["/a/path"]
+    assert str(outside / "pwned%00.txt") in readings
+    # What a server doing open(path, "w") writes.
+    with open(f"{root}/shared/pwned%00.txt", "w") as handle:
+        handle.write("x")
+    assert (outside / "pwned%00.txt").exists()
+
+
+def test_dot_dot_after_a_symlink_is_read_physically_and_lexically(tmp_path):
+    """The kernel follows "link" before "..", Node's path.resolve drops "link/.." first:
+    both places count."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "repo").mkdir(parents=True)
+    (outside / "ssl").mkdir(parents=True)
+    (outside / "passwd").write_text("secret\n")
+    (root / "repo" / "link").symlink_to(outside / "ssl")
+    raw = f"{root}/repo/link/../passwd"
+    assert open(raw).read() == "secret\n"
+    assert _readings({"path": raw}, root)["/a/path"] == {str(outside / "passwd"), str(root / "repo" / "passwd")}
+    # Relative, from the server's directories too.
+    relative = _readings({"path": "repo/link/../passwd"}, tmp_path, bases=[root])["/a/path"]
+    assert str(outside / "passwd") in relative and str(root / "repo" / "passwd") in relative
+
+
+def test_encoded_slashes_stay_inside_their_segment(tmp_path):
+    """"%2f" is a name character to servers: "a%2fb%2fc%2fd/../../../../x" climbs four levels
+    from the directory named "a%2fb%2fc%2fd". The decoded reading counts as well."""
+    root = tmp_path / "r1" / "r2" / "r3" / "root"
+    (root / "a%2fb%2fc%2fd").mkdir(parents=True)
+    (tmp_path / "r1" / "etc").mkdir()
+    (tmp_path / "r1" / "etc" / "passwd").write_text("secret\n")
+    raw = f"{root}/a%2fb%2fc%2fd/../../../../etc/passwd"
+    assert open(raw).read() == "secret\n"
+    for encoded in ("a%2fb%2fc%2fd", "a%252fb%252fc%252fd"):
+        readings = _readings({"path": f"{root}/{encoded}/../../../../etc/passwd"}, root)["/a/path"]
+        assert str(tmp_path / "r1" / "etc" / "passwd") in readings, (encoded, readings)
+        assert f"{root}/etc/passwd" in readings
+
+
+def test_file_url_spellings_that_url_parsers_accept(tmp_path):
+    """WHATWG parsers (Node's URL, pydantic's AnyUrl) drop surrounding spaces, tabs and
+    newlines, read "\\" as "/" and make "file:etc/passwd" absolute: each is /etc/passwd."""
+    from pydantic import AnyUrl, TypeAdapter
+
+    spellings = [" file:///etc/passwd", "fi\nle:///etc/passwd", "fi\tle:///etc/passwd", "file:etc/passwd",
+                 "file:\\\\\\etc\\passwd", "FILE:/./etc/%2e%2e/etc/passwd", "file://localhost/etc/passwd"]
+    for raw in spellings:
+        assert TypeAdapter(AnyUrl).validate_python(raw).path == "/etc/passwd", raw
+        for key in ("uri", "path"):
+            assert "/etc/passwd" in _readings({key: raw}, tmp_path)[f"/a/{key}"], (key, raw)
+    # Under a key that does not name a file, a URL-like value counts; prose does not.
+    assert "/etc/passwd" in _readings({"note": " file:///etc/passwd"}, tmp_path)["/a/note"]
+    assert _readings({"note": "File: notes from Monday"}, tmp_path) == {}
+
+
+def test_ordinary_paths_have_one_reading(tmp_path):
+    """No extra readings (and no false denials) for plain paths inside the root."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "sub")
+    for raw in ("sub/notes.txt", f"{tmp_path}/sub/./notes.txt", f"{tmp_path}/link/notes.txt",
+                f"file://{tmp_path}/sub/notes.txt", f"{tmp_path}/sub/x/../notes.txt"):
+        assert _readings({"path": raw}, tmp_path, bases=[tmp_path])["/a/path"] == {f"{tmp_path}/sub/notes.txt"}, raw
+
+
+def test_relative_paths_are_read_from_every_reading_of_the_calls_directory(tmp_path):
+    """mcp-server-git opens repo_path as written: "a%2fb" is one directory, two levels
+    below which "../../x" lies outside the root."""
+    root = tmp_path / "root"
+    (root / "a%2fb").mkdir(parents=True)
+    readings = _readings({"repo_path": f"{root}/a%2fb", "files": ["../../etc/passwd"]}, root)["/a/files/0"]
+    assert str(tmp_path / "etc" / "passwd") in readings and str(root / "etc" / "passwd") in readings

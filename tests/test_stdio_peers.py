@@ -274,3 +274,32 @@ def test_git_server_reads_nothing_outside_the_root(tmp_path, audit_db):
                 assert not done.is_error, (name, done.content)
 
     run(scenario)
+
+
+def test_filesystem_server_takes_percent_escapes_literally(tmp_path, audit_db):
+    """server-filesystem does not percent-decode: "%00" is a name character (the symlink
+    before it is followed) and "%2f" stays inside its segment ("a%2fb/../.." climbs two
+    levels). Decoded, both paths stayed in the root and the firewall passed them."""
+    served = tmp_path / "served"
+    project, outside = served / "project", served / "outside"
+    (project / "a%2fb").mkdir(parents=True)
+    outside.mkdir()
+    (project / "shared").symlink_to(outside)
+    (served / "secret.txt").write_text("outside the root\n")
+    (project / "a%2fb" / "notes.txt").write_text("inside\n")
+    command = shim_command(audit_db, "--root", str(project), server=filesystem_server(served))
+
+    async def scenario():
+        async with Client(params_for(command)) as client:
+            with pytest.raises(MCPError) as denied:
+                await client.call_tool("write_file", {"path": f"{project}/shared/pwned%00.txt", "content": "x"})
+            assert denied.value.error.code == errors.POLICY_DENIED
+            with pytest.raises(MCPError) as denied:
+                await client.call_tool("read_text_file", {"path": f"{project}/a%2fb/../../secret.txt"})
+            assert denied.value.error.code == errors.POLICY_DENIED
+            assert str(served / "secret.txt") in denied.value.error.message
+            ok = await client.call_tool("read_text_file", {"path": f"{project}/a%2fb/notes.txt"})
+            assert not ok.is_error and ok.content[0].text == "inside\n"
+
+    run(scenario)
+    assert not (outside / "pwned%00.txt").exists()

@@ -4,10 +4,11 @@
 # It checks the file arguments the firewall extracted from a client request
 # (input.resources.paths; input.resources.truncated when there were more than
 # it extracts, which is refused as paths_unchecked) and only ever their
-# canonical form: absolute,
-# %-escapes decoded, "." and ".." resolved, symlinks resolved for local
-# servers. Tricks such as "/data/../etc/shadow" or "%2e%2e" in the raw
-# argument therefore cannot get around it. Responses are never checked.
+# canonical form and alternatives: absolute, "." and ".." resolved, read
+# undecoded and %-decoded, ".." taken before and after symlinks (resolved for
+# local servers), file: URLs as URL parsers read them. Tricks such as
+# "/data/../etc/shadow", "%2e%2e", "%2f" or "link/.." in the raw argument
+# therefore cannot get around it. Responses are never checked.
 #
 # The decision calls effects(data.mcpfw.config.filesystem) for requests that
 # name files; `deny` below is the same result as a set, for tests and tools.
