@@ -6,6 +6,8 @@
 #   quota_exceeded          a bytes quota is exceeded
 #   rate_store_unavailable  the counter store failed (input.rate.error) and
 #                           input.rate.on_error is not "allow": fail closed.
+#                           The client is not told why (the error names the
+#                           store's address); the audit row's rate column is.
 #                           With "allow" the request passes, tagged
 #                           "rate_store_unavailable".
 #
@@ -33,9 +35,7 @@ effects(rate) := {
 	"deny": {limit_reason(limit) |
 		some limit in rate.limits
 		limit.exceeded == true
-	} | {{"code": "rate_store_unavailable", "message": sprintf(
-		"rate limits cannot be checked, failing closed: %v", [rate.error],
-	)} |
+	} | {{"code": "rate_store_unavailable", "message": "rate limits cannot be checked (the counter store is unavailable); failing closed"} |
 		is_string(rate.error)
 		not rate.on_error == "allow"
 	},
