@@ -41,12 +41,17 @@ class OversizedEvent:
 
 
 class SseParser:
-    """Turns a byte stream into blocks as soon as each one is complete."""
+    """Turns a byte stream into blocks as soon as each one is complete.
+
+    Work is linear in the bytes received however they are chunked: each byte is searched
+    for a line end once.
+    """
 
     def __init__(self, max_event_bytes: int) -> None:
         self._limit = max_event_bytes
         self._buf = bytearray()  # the current, incomplete block
         self._scan = 0  # start of the first line of _buf not yet read
+        self._seen = 0  # _buf[_scan:_seen] holds no line end: searches resume here
         self._first_line = True
         self._after_cr = False  # the last line ended with a CR at the end of a chunk
         self._discarding = False
@@ -83,6 +88,7 @@ class SseParser:
         buf = self._buf
         if skip_lf and self._scan == len(buf):
             self._scan += 1
+            self._seen = self._scan
         buf += chunk
         self._read_lines(out)
         return out
@@ -90,15 +96,16 @@ class SseParser:
     def _read_lines(self, out: list[SseEvent | OversizedEvent]) -> None:
         buf = self._buf
         scan = self._scan
-        lf_only = b"\r" not in buf  # TypeScript servers: plain finds instead of the regex
+        pos = self._seen
+        lf_only = buf.find(b"\r", pos) < 0  # TypeScript servers: plain finds instead of the regex
         while True:
             if lf_only:
-                stop = buf.find(b"\n", scan)
+                stop = buf.find(b"\n", pos)
                 if stop < 0:
                     break
                 end = stop + 1
             else:
-                match = _EOL.search(buf, scan)
+                match = _EOL.search(buf, pos)
                 if match is None:
                     break
                 stop, end = match.start(), match.end()
@@ -109,7 +116,7 @@ class SseParser:
                 self._first_line = False
                 if line.startswith(_BOM):
                     line = line[3:]
-            scan = end
+            scan = pos = end
             if line:
                 self._field(line)
                 continue
@@ -119,8 +126,9 @@ class SseParser:
             else:
                 out.append(self._dispatch(bytes(buf[:end])))
             del buf[:end]
-            scan = 0
+            scan = pos = 0
         self._scan = scan
+        self._seen = len(buf)
         if len(buf) > self._limit:
             self._begin_discard(out)
 
@@ -161,7 +169,7 @@ class SseParser:
         self._tail = bytes(buf[-_KEEP:])
         self._at_line_start = self._scan == len(buf)
         del buf[:]
-        self._scan = 0
+        self._scan = self._seen = 0
 
     def _discard(self, chunk: bytes, pos: int, out: list[SseEvent | OversizedEvent]) -> bytes | None:
         """Skip the rest of an oversized block; return what follows it, or None if it goes on."""
