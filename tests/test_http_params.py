@@ -85,6 +85,24 @@ def test_values_must_agree_with_the_arguments():
         {"mcp-param-region": "x"}, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, None, known=False)
 
 
+def test_numbers_agree_only_when_their_values_are_exactly_equal():
+    schema = {"properties": {"n": {"type": "number", "x-mcp-header": "N"}}}
+    bindings = mcp_headers.param_bindings(schema)
+
+    def agrees(header: str, value: float) -> bool:
+        return mcp_headers.param_mismatch({"mcp-param-n": header}, call("t", {"n": value}), bindings, known=True) is None
+
+    for header, value in [("10", 10), ("10.0", 10), ("1e1", 10), ("1E+1", 10.0), ("-0", 0), ("0.1", 0.1),
+                          ("1e+20", 1e20), ("100000000000000000000", 1e20), ("9007199254740993", 2**53 + 1)]:
+        assert agrees(header, value), (header, value)
+    # float() called these equal: Python's digit separators, padding, a sign JSON lacks, and
+    # integers beyond a double's precision; Decimal's own range ends before the last one's exponent.
+    for header, value in [("1_0", 10), (" 10", 10), ("+10", 10), ("010", 10), ("10.", 10), ("0x0a", 10),
+                          ("٣", 3), ("9007199254740992", 2**53 + 1), ("10.000000000000001", 10), ("NaN", 0),
+                          ("1e-999999999999999999999", 0)]:
+        assert not agrees(header, value), (header, value)
+
+
 # -- through the firewall -----------------------------------------------------------------
 
 

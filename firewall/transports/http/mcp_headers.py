@@ -13,6 +13,7 @@ import binascii
 import re
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ...pipeline import C2S, MessageContext
@@ -101,6 +102,7 @@ def mismatch(headers: dict[str, str], body: Any) -> str | None:
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _PRIMITIVE = frozenset({"string", "integer", "boolean", "number"})
 _MAX_DEPTH = 8
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")  # [0-9]: not other scripts' digits
 
 
 class ParamBinding(tuple[str, tuple[str, ...], str]):
@@ -171,13 +173,26 @@ def _agrees(header_value: str, value: Any) -> bool:
     if isinstance(value, bool):
         return header_value == ("true" if value else "false")
     if isinstance(value, (int, float)):
-        try:
-            return float(header_value) == float(value) and header_value.strip() == header_value
-        except ValueError:
-            return False
+        return _same_number(header_value, value)
     if isinstance(value, str):
         return header_value == value
     return False
+
+
+def _same_number(header_value: str, value: int | float) -> bool:
+    """The header, read as the JSON number it spells, has exactly the body's value.
+
+    Numbers compare as numbers (as the spec asks), so ``42``, ``42.0`` and ``4.2e1`` all agree
+    with 42 (a Python client writes ``1e+20`` for the float 1e20); but never through floats,
+    which would make 2**53 agree with 2**53 + 1. A float argument counts as its shortest
+    decimal, the text clients write. ``1_0``, ``+10``, ``007``, `` 10`` are not JSON numbers.
+    """
+    if _JSON_NUMBER.fullmatch(header_value) is None:
+        return False
+    try:
+        return Decimal(header_value) == (Decimal(value) if isinstance(value, int) else Decimal(repr(value)))
+    except InvalidOperation:  # an exponent beyond Decimal's range: no argument has that value
+        return False
 
 
 def param_mismatch(

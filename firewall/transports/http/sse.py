@@ -3,7 +3,8 @@
 Lines end with CRLF, LF or a lone CR (servers differ: TypeScript ones write LF, Python
 ones CRLF), a blank line dispatches the block, ``:`` starts a comment, and one space after
 a field's colon is dropped. The parser keeps each block's bytes exactly as received, so a
-block the firewall does not change is forwarded byte for byte.
+block the firewall does not change is forwarded byte for byte (one exception: see
+:class:`SseParser`).
 """
 
 from __future__ import annotations
@@ -41,19 +42,29 @@ class OversizedEvent:
 
 
 class SseParser:
-    """Turns a byte stream into blocks as soon as each one is complete."""
+    """Turns a byte stream into blocks as soon as each one is complete.
+
+    Work is linear in the bytes received however they are chunked: each byte is searched
+    for a line end once. Blocks and their bytes do not depend on the chunking, with one
+    exception: a block whose blank line is a lone CR that is the last byte received so far
+    is passed on at once with an LF added (CRLF, the same line end to a client), and an LF
+    that arrives next is not passed again. Holding the block for the next byte instead
+    would stall a server that ends its lines with CR alone.
+    """
 
     def __init__(self, max_event_bytes: int) -> None:
         self._limit = max_event_bytes
         self._buf = bytearray()  # the current, incomplete block
         self._scan = 0  # start of the first line of _buf not yet read
+        self._seen = 0  # _buf[_scan:_seen] holds no line end: searches resume here
         self._first_line = True
-        self._after_cr = False  # the last line ended with a CR at the end of a chunk
+        self._after_cr = False  # a line of this block ended with a CR, the last byte received
+        self._lf_added = False  # the last block ended so and was given the LF
         self._discarding = False
         self._at_line_start = True
         self._dropped = 0
         self._head = b""
-        self._tail = b""
+        self._tail = bytearray()
         self._clear_fields()
 
     def _clear_fields(self) -> None:
@@ -71,58 +82,68 @@ class SseParser:
     def feed(self, chunk: bytes) -> list[SseEvent | OversizedEvent]:
         """Parse ``chunk``; return every block it completes, in order."""
         out: list[SseEvent | OversizedEvent] = []
+        if self._lf_added and chunk:
+            self._lf_added = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
         if not chunk:
             return out
         skip_lf = self._after_cr and chunk[:1] == b"\n"  # the LF of a CRLF split across chunks
         self._after_cr = False
         if self._discarding:
             rest = self._discard(chunk, 1 if skip_lf else 0, out)
-            if rest is None:
+            if not rest:
                 return out
             chunk, skip_lf = rest, False
-        buf = self._buf
-        if skip_lf and self._scan == len(buf):
-            self._scan += 1
-        buf += chunk
+        self._buf += chunk
+        if skip_lf:  # the CR ended the last line read, so _scan == _seen == the LF's offset
+            self._scan = self._seen = self._scan + 1
         self._read_lines(out)
         return out
 
     def _read_lines(self, out: list[SseEvent | OversizedEvent]) -> None:
         buf = self._buf
         scan = self._scan
-        lf_only = b"\r" not in buf  # TypeScript servers: plain finds instead of the regex
+        pos = self._seen
+        lf_only = buf.find(b"\r", pos) < 0  # TypeScript servers: plain finds instead of the regex
         while True:
+            lone_cr = False
             if lf_only:
-                stop = buf.find(b"\n", scan)
+                stop = buf.find(b"\n", pos)
                 if stop < 0:
                     break
                 end = stop + 1
             else:
-                match = _EOL.search(buf, scan)
+                match = _EOL.search(buf, pos)
                 if match is None:
                     break
-                stop, end = match.start(), match.end()
-                if end == len(buf) and match.group() == b"\r":
-                    self._after_cr = True
+                stop, end = match.span()
+                lone_cr = end == len(buf) and end - stop == 1 and buf[stop] == 13
             line = bytes(buf[scan:stop])
             if self._first_line:
                 self._first_line = False
                 if line.startswith(_BOM):
                     line = line[3:]
-            scan = end
+            scan = pos = end
             if line:
                 self._field(line)
+                self._after_cr = lone_cr
                 continue
-            if end > self._limit:
-                out.append(OversizedEvent(end, bytes(buf[:_KEEP]), bytes(buf[end - _KEEP:end])))
+            lf = b"\n" if lone_cr else b""
+            self._lf_added = lone_cr
+            if end + len(lf) > self._limit:
+                tail = (bytes(buf[max(0, end - _KEEP) : end]) + lf)[-_KEEP:]
+                head = (bytes(buf[: min(end, _KEEP)]) + lf)[:_KEEP]
+                out.append(OversizedEvent(end + len(lf), head, tail))
                 self._clear_fields()
             else:
-                out.append(self._dispatch(bytes(buf[:end])))
+                out.append(self._dispatch(bytes(buf[:end]) + lf))
             del buf[:end]
-            scan = 0
+            scan = pos = 0
         self._scan = scan
+        self._seen = len(buf)
         if len(buf) > self._limit:
-            self._begin_discard(out)
+            self._begin_discard()
 
     def _field(self, line: bytes) -> None:
         if line[:1] == b":":
@@ -153,15 +174,27 @@ class SseParser:
 
     # -- blocks beyond the limit ---------------------------------------------------
 
-    def _begin_discard(self, out: list[SseEvent | OversizedEvent]) -> None:
+    def _begin_discard(self) -> None:
         buf = self._buf
         self._discarding = True
-        self._dropped = len(buf)
-        self._head = bytes(buf[:_KEEP])
-        self._tail = bytes(buf[-_KEEP:])
+        self._first_line = False  # a BOM after this is not at the start of the stream
         self._at_line_start = self._scan == len(buf)
+        self._dropped = 0
+        self._head = b""
+        self._tail = bytearray()
+        self._drop(buf)
         del buf[:]
-        self._scan = 0
+        self._scan = self._seen = 0
+
+    def _drop(self, piece: bytes | bytearray) -> None:
+        """Count ``piece`` into the oversized block, keeping its first and last bytes."""
+        self._dropped += len(piece)
+        if len(self._head) < _KEEP:
+            self._head += piece[: _KEEP - len(self._head)]
+        tail = self._tail
+        tail += piece[-_KEEP:]
+        if len(tail) > 2 * _KEEP:
+            del tail[:-_KEEP]
 
     def _discard(self, chunk: bytes, pos: int, out: list[SseEvent | OversizedEvent]) -> bytes | None:
         """Skip the rest of an oversized block; return what follows it, or None if it goes on."""
@@ -170,20 +203,21 @@ class SseParser:
             if match is None:
                 if pos < len(chunk):
                     self._at_line_start = False
-                self._dropped += len(chunk)
-                self._tail = (self._tail + chunk)[-_KEEP:]
+                self._drop(chunk)
                 return None
-            end = match.end()
-            if end == len(chunk) and match.group() == b"\r":
-                self._after_cr = True
-            if match.start() == pos and self._at_line_start:
-                self._dropped += end
-                self._tail = (self._tail + chunk[:end])[-_KEEP:]
-                out.append(OversizedEvent(self._dropped, self._head, self._tail))
+            stop, end = match.span()
+            lone_cr = end == len(chunk) and end - stop == 1 and chunk[stop] == 13
+            if stop == pos and self._at_line_start:
+                self._drop(chunk[:end] + b"\n" if lone_cr else chunk[:end])
+                self._lf_added = lone_cr
+                out.append(OversizedEvent(self._dropped, bytes(self._head), bytes(self._tail[-_KEEP:])))
                 self._discarding = False
                 self._at_line_start = True
+                self._head = b""
+                self._tail = bytearray()
                 self._clear_fields()
                 return chunk[end:]
+            self._after_cr = lone_cr
             self._at_line_start = True
             pos = end
 
