@@ -211,27 +211,22 @@ def _rate_anomalies(row: tuple[Any, ...], settings: AnomalySettings) -> list[Ano
     k, tenant, principal, requests, denials, n, r1, r2, d1 = row
     n = max(int(n), 1)
     start = dt.datetime.fromtimestamp(k * settings.bucket_seconds, dt.UTC)
-    found: list[Anomaly] = []
     mean = r1 / n
     spread = math.sqrt(max(r2 / n - mean * mean, mean, 1.0))
-    score = (requests - mean) / spread
-    if requests >= settings.min_count and score >= settings.min_score:
-        found.append(Anomaly(
-            start, tenant, principal, "request_rate", "", requests, round(mean, 2), round(score, 1),
-            f"{requests} requests in the bucket; usually {mean:.1f} ± {spread:.1f} "
-            f"over the {n} buckets before",
-        ))
     share = (d1 + 0.5) / (r1 + 1.0)  # the principal's own denial share, never exactly 0 or 1
     expected = requests * share
-    spread = math.sqrt(max(requests * share * (1 - share), 1.0))
-    score = (denials - expected) / spread
-    if denials >= settings.min_denials and score >= settings.min_score:
-        found.append(Anomaly(
-            start, tenant, principal, "denial_rate", "", denials, round(expected, 2), round(score, 1),
-            f"{denials} of {requests} requests denied; {d1:g} of {r1:g} before "
-            f"({100 * d1 / r1 if r1 else 0:.1f} %)",
-        ))
-    return found
+    denial_spread = math.sqrt(max(requests * share * (1 - share), 1.0))
+    checks = (  # (signal, observed, expected, score, least observed count, why)
+        ("request_rate", requests, mean, (requests - mean) / spread, settings.min_count,
+         f"{requests} requests in the bucket; usually {mean:.1f} ± {spread:.1f} over the {n} buckets before"),
+        ("denial_rate", denials, expected, (denials - expected) / denial_spread, settings.min_denials,
+         f"{denials} of {requests} requests denied; {d1:g} of {r1:g} before ({100 * d1 / r1 if r1 else 0:.1f} %)"),
+    )
+    return [
+        Anomaly(start, tenant, principal, signal, "", observed, round(baseline, 2), round(score, 1), why)
+        for signal, observed, baseline, score, least, why in checks
+        if observed >= least and score >= settings.min_score
+    ]
 
 
 def _new_tool_anomaly(row: tuple[Any, ...], settings: AnomalySettings) -> Anomaly | None:
