@@ -146,6 +146,30 @@ def test_oversized_body_is_refused_before_the_upstream(tmp_path):
     assert rows and rows[0]["decision"] == "deny"
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_an_oversized_answer_becomes_an_error_for_its_request(tmp_path, framing):
+    """The lean listener does not read an answer over the size limit: the client gets -32053
+    for its request (not a 200 of padding), and the audit log says why."""
+    result = b'{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"' + b"x" * 20_000 + b'"}]}}'
+
+    def answer(conn: socket.socket) -> None:
+        read_request(conn)
+        if framing == "length":
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(result), result))
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                         b"%x\r\n%s\r\n0\r\n\r\n" % (len(result), result))
+        time.sleep(0.5)
+
+    with RawServer(answer) as server, firewall_for(tmp_path, server.port, max_message_bytes=4096) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+    assert r.status_code == 502
+    error = r.json()
+    assert error["id"] == 7 and error["error"]["code"] == errors.MESSAGE_TOO_LARGE
+    row = reason_of(tmp_path, error["error"]["data"]["decision_id"])
+    assert row["direction"] == "server_to_client" and row["error_code"] == errors.MESSAGE_TOO_LARGE and row["decision"] == "deny"
+
+
 def test_slow_loris_clients_are_cut_off_while_others_are_served(tmp_path):
     with RawServer(hang) as server, firewall_for(tmp_path, server.port) as fw:
         slow_headers = socket.create_connection(("127.0.0.1", fw.port))

@@ -650,6 +650,19 @@ class HttpInspection:
         body = self._errors_for_open(ex, errors.UPSTREAM_UNAVAILABLE, message, None)
         return Reply(status, body, {"content-type": "application/json"})
 
+    def oversized_answer(self, ex: Exchange) -> Reply:
+        """A response body over the message size limit, not read whole: recorded, and answered
+        with a -32053 error for each request it would have answered."""
+        session = ex.session or self.sessions.new_session(ex.route, "http")
+        limit = self.max_message_bytes
+        outcome = self.inspector.refuse_oversized(limit + 1, limit, S2C, session)
+        message = f"mcpfw: the server's answer exceeds the {limit}-byte message limit"
+        if ex.kind == "mcp" and ex.open_ids and ex.session is not None:
+            body = self._errors_for_open(ex, errors.MESSAGE_TOO_LARGE, message, outcome)
+            return Reply(502, body, {"content-type": "application/json"})
+        data = {"decision_id": outcome.verdicts[0].decision_id}
+        return error_reply(None, errors.MESSAGE_TOO_LARGE, message, data, status=502)
+
     def stream_failed(self, ex: Exchange, reason: str) -> bytes:
         """The upstream broke off an event stream: error events for requests still unanswered."""
         if not ex.open_ids:

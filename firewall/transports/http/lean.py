@@ -263,8 +263,9 @@ class LeanListener:
                 conn.reply(core.upstream_failed(ex, f"the response broke off: {exc.why}"))
             return
         status = upstream.status
-        if body is None:
-            body = b" " * (self._limit + 1)  # the pipeline refuses it by size, as any other message
+        if body is None:  # over the size limit: not read, not passed
+            conn.reply(core.oversized_answer(ex))
+            return
         if plan == "metadata":
             body = core.metadata_body(ex, body)
         else:
