@@ -198,6 +198,71 @@ def test_slow_loris_clients_are_cut_off_while_others_are_served(tmp_path):
     assert reasons.count(["client_timeout"]) == 2
 
 
+def _answer(sock: socket.socket, timeout: float = 5) -> bytes:
+    sock.settimeout(timeout)
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return out
+
+
+def test_a_header_that_never_ends_is_cut_at_the_head_limit(tmp_path):
+    """httptools keeps an unfinished header in memory, copied at every chunk: the head limit
+    must apply before the header ends, or one client stalls the event loop for all."""
+    with RawServer(hang) as server, firewall_for(tmp_path, server.port) as fw:
+        attacker = socket.create_connection(("127.0.0.1", fw.port))
+        attacker.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+        sent = 0
+        try:
+            for _ in range(64):  # 1 MiB in 16 KiB pieces, each a read of its own
+                attacker.sendall(b"a" * 16384)
+                sent += 16384
+                time.sleep(0.002)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _answer(attacker)
+        attacker.close()
+    assert answer.startswith(b"HTTP/1.1 431")
+    assert sent < 1024 * 1024 or answer  # refused along the way
+    rows = audit_rows(tmp_path / "audit.duckdb", "'unreadable_request' IN reason_codes", at_least=1)
+    assert "request head over 65536 bytes" in rows[0]["error"]
+
+
+def test_malformed_framing_is_refused_and_recorded(tmp_path):
+    with RawServer(hang) as server, firewall_for(tmp_path, server.port) as fw:
+        sock = socket.create_connection(("127.0.0.1", fw.port))
+        sock.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
+        answer = _answer(sock)
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 400")
+    (row,) = audit_rows(tmp_path / "audit.duckdb", "'unreadable_request' IN reason_codes", at_least=1)
+    assert row["error"].startswith("malformed HTTP request") and row["decision"] == "deny"
+
+
+def test_silent_and_excess_connections_do_not_hold_the_listener(tmp_path):
+    """A connection that sends nothing is closed at the client deadline (not after the 300 s
+    idle sweep), and one client address cannot open more than its share."""
+    config = make_config(tmp_path, [{"url": "http://127.0.0.1:9/mcp", "name": "up"}],
+                         client_timeout_seconds=1, max_connections_per_client=3)
+    with InProcessFirewall(config) as fw:
+        silent = [socket.create_connection(("127.0.0.1", fw.port)) for _ in range(3)]
+        extra = socket.create_connection(("127.0.0.1", fw.port))
+        assert _answer(extra, timeout=2) == b""  # closed at once: the address has 3 open
+        extra.close()
+        started = time.monotonic()
+        answers = [_answer(s, timeout=5) for s in silent]
+        assert time.monotonic() - started < 3
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers)
+        for s in silent:
+            s.close()
+        time.sleep(0.1)
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)  # room again
+        assert r.status_code == 502  # (the upstream is a closed port)
+
+
 @pytest.mark.parametrize("kind", ["refused", "reset"])
 def test_mitmproxy_engine_answers_upstream_failures_with_jsonrpc_errors(tmp_path, kind):
     """The mitmproxy engine answers like the lean listener, not with mitmproxy's HTML page."""

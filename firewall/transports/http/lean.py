@@ -42,6 +42,17 @@ _NO_ROUTE = plain(404, "mcpfw: no upstream is configured for this path\n")
 _SWEEP_SECONDS = 30.0
 
 
+def _connection_budget() -> int:
+    """Client connections a process can hold and still open upstream connections, the audit
+    file and the rest: the open-file limit less a reserve."""
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 60_000
+    return max(64, (soft - 256) // 2)  # about one upstream connection per client connection
+
+
 class Affinity(Protocol):
     """Keeps every request of an MCP session in the worker process that owns the session."""
 
@@ -72,7 +83,11 @@ class LeanListener:
         self.settings = settings
         self.affinity = affinity
         self._limit = core.max_message_bytes
-        self._server_settings = ServerSettings(client_timeout=settings.client_timeout_seconds, max_body=self._limit)
+        self._server_settings = ServerSettings(
+            client_timeout=settings.client_timeout_seconds, max_body=self._limit,
+            max_connections=settings.max_connections or _connection_budget(),
+            max_connections_per_client=settings.max_connections_per_client,
+        )
         self._connections: set[ServerConnection] = set()
         self._servers: list[asyncio.AbstractServer] = []
         self._origins = {route.name: Origin.of(route.scheme, route.netloc) for route in router.routes}
@@ -163,6 +178,10 @@ class LeanListener:
         if match is None:
             return _NO_ROUTE
         return self.core.refuse(match[0], code=errors.MESSAGE_TOO_LARGE, reason="too_large", message="", status=413, size=size)
+
+    def unreadable(self, status: int, why: str) -> None:
+        self.core.refuse(self.router.routes[0], code=errors.INVALID_REQUEST, reason="unreadable_request",
+                         status=status, message=why)
 
     def too_slow(self, request: IncomingRequest | None, size: int) -> Reply | None:
         """A client too slow with its headers (None: a bare 408 is sent) or its body."""

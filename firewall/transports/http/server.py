@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ class ServerSettings:
     max_head_bytes: int = 64 * 1024
     max_headers: int = 128
     idle_timeout: float = 300.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 0  # open client connections at most (0: no limit)
+    max_connections_per_client: int = 0  # from one client address at most (0: no limit)
 
 
 @dataclass(slots=True, eq=False)
@@ -66,6 +69,10 @@ class Handler(Protocol):
 
     def upgrade(self, request: IncomingRequest, conn: ServerConnection, rest: bytes) -> None: ...
 
+    def unreadable(self, status: int, why: str) -> None:
+        """Record a request refused before it could be read (malformed, a head too large)."""
+        ...
+
 
 class ServerConnection(asyncio.Protocol):
     """One client connection: parse, hand each request over, write its response."""
@@ -88,6 +95,9 @@ class ServerConnection(asyncio.Protocol):
         self._url = b""
         self._raw: list[tuple[bytes, bytes]] = []
         self._head_size = 0
+        self._head_fed = 0  # bytes received while a request's head is incomplete
+        self._head_began = False  # its first bytes came in the chunk being fed
+        self._peer: str | None = None
         self._parsing: IncomingRequest | None = None
         self._body: list[bytes] = []
         self._body_size = 0
@@ -118,10 +128,33 @@ class ServerConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small SSE events go out at once
+        if not self._internal and not self._admit(transport):
+            return
         self._registry.add(self)
+        if not self._internal and not self._preface:
+            # A client that connects and sends nothing still gets a deadline: idle sockets
+            # would otherwise hold file descriptors until the idle sweep.
+            self._deadline = self._loop.call_later(self._settings.client_timeout, self._expire)
         if self._preface:
             preface, self._preface = self._preface, b""
             self.data_received(preface)  # before anything the socket still holds
+
+    def _admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Whether the limits on open connections leave room for this one (else it is closed)."""
+        settings = self._settings
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if isinstance(peer, tuple) and peer else None
+        if settings.max_connections and len(self._registry) >= settings.max_connections:
+            why = f"{len(self._registry)} connections are open (proxy.max_connections)"
+        elif settings.max_connections_per_client and self._peer is not None and sum(
+                1 for c in self._registry if c._peer == self._peer) >= settings.max_connections_per_client:
+            why = f"{self._peer} has {settings.max_connections_per_client} connections open (proxy.max_connections_per_client)"
+        else:
+            return True
+        _warn_refused_connection(why)
+        self.closed = True
+        transport.close()
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -158,13 +191,25 @@ class ServerConnection(asyncio.Protocol):
             self._feeding = False
             if not self._refused:
                 log.exception("mcpfw: error while reading a request")
-                self._refuse(_BAD_REQUEST)
+                self._reject(_BAD_REQUEST, 400, "the request could not be read")
             return
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
             self._feeding = False
-            self._refuse(_BAD_REQUEST)
+            self._reject(_BAD_REQUEST, 400, f"malformed HTTP request: {str(exc)[:200]}")
             return
         self._feeding = False
+        if self._in_message and self._parsing is None:
+            # The head is still incomplete. httptools keeps a header it has not finished in
+            # memory and copies it at every chunk, so its size is checked here, not only when
+            # a header completes. (The chunk the request began in may hold the end of the
+            # one before: not counted.)
+            if self._head_began:
+                self._head_began = False
+            else:
+                self._head_fed += len(data)
+                if self._head_fed > self._settings.max_head_bytes:
+                    self._reject(_HEAD_TOO_LARGE, 431, f"request head over {self._settings.max_head_bytes} bytes")
+                    return
         if self._in_message and self._deadline is None and self._active is None:
             self._deadline = self._loop.call_later(self._settings.client_timeout, self._expire)
 
@@ -181,6 +226,10 @@ class ServerConnection(asyncio.Protocol):
         self._url = b""
         self._raw = []
         self._head_size = 0
+        self._head_fed = 0
+        self._head_began = True
+        if self._active is None:
+            self._cancel_deadline()  # the first-byte deadline gives way to the request's own
 
     def on_url(self, part: bytes) -> None:
         self._url += part
@@ -195,7 +244,7 @@ class ServerConnection(asyncio.Protocol):
             return
         self._raw.append((name, value))
         if len(self._raw) > self._settings.max_headers:
-            self._refuse(_HEAD_TOO_LARGE)
+            self._reject(_HEAD_TOO_LARGE, 431, f"more than {self._settings.max_headers} header fields")
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -260,7 +309,16 @@ class ServerConnection(asyncio.Protocol):
     def _grow_head(self, size: int) -> None:
         self._head_size += size
         if self._head_size > self._settings.max_head_bytes:
-            self._refuse(_HEAD_TOO_LARGE)
+            self._reject(_HEAD_TOO_LARGE, 431, f"request head over {self._settings.max_head_bytes} bytes")
+
+    def _reject(self, raw_response: bytes, status: int, why: str) -> None:
+        """Refuse a request that could not be read, recorded by the handler."""
+        if not self._refused:
+            try:
+                self._handler.unreadable(status, why)
+            except Exception:  # the refusal itself must happen whatever the record does
+                log.exception("mcpfw: cannot record a refused request")
+        self._refuse(raw_response)
 
     def _expire(self) -> None:
         self._deadline = None
@@ -360,7 +418,7 @@ class ServerConnection(asyncio.Protocol):
         self._parsing = None
         self._cancel_deadline()
         if request is None or request.method == "CONNECT":
-            self._refuse(_BAD_REQUEST)
+            self._reject(_BAD_REQUEST, 400, "CONNECT is not served here")
             return
         upgrade = request.headers.get("upgrade")
         if upgrade is None or upgrade.lower() != "websocket":
@@ -521,6 +579,18 @@ class ServerConnection(asyncio.Protocol):
 
 class _Refused(Exception):
     """Raised inside a parser callback to stop reading a refused request."""
+
+
+_refusal_warned = 0.0
+
+
+def _warn_refused_connection(why: str) -> None:
+    """Log refused connections at most every ten seconds (a flood must not flood the log)."""
+    global _refusal_warned
+    now = time.monotonic()
+    if now - _refusal_warned >= 10.0:
+        _refusal_warned = now
+        log.warning("mcpfw: refusing new client connections: %s", why)
 
 
 def serve_factory(
