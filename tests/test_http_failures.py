@@ -290,3 +290,23 @@ def test_mitmproxy_engine_answers_upstream_failures_with_jsonrpc_errors(tmp_path
     row = reason_of(tmp_path, answer["error"]["data"]["decision_id"])
     assert row["reason_codes"] == ["upstream_unavailable"] and row["error_code"] == errors.UPSTREAM_UNAVAILABLE
     assert row["method"] == "tools/call" and row["message_id"] == "7"
+
+
+def test_fields_a_connection_header_names_are_not_forwarded(tmp_path):
+    """RFC 9110 7.6.1: a proxy removes the fields the Connection header lists."""
+    seen: list[bytes] = []
+    result = b'{"jsonrpc":"2.0","id":7,"result":{"content":[]}}'
+
+    def answer(conn: socket.socket) -> None:
+        request = read_request(conn)
+        if request is not None:
+            seen.append(request[0])
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: x-internal\r\n"
+                         b"x-internal: upstream-only\r\ncontent-length: %d\r\n\r\n%s" % (len(result), result))
+
+    with RawServer(answer) as server, firewall_for(tmp_path, server.port) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL,
+                 headers={**HEADERS, "connection": "keep-alive, X-Secret", "x-secret": "s3cr3t", "x-kept": "yes"})
+    assert r.status_code == 200 and "x-internal" not in {k.lower() for k in r.headers}
+    (head,) = seen
+    assert b"s3cr3t" not in head and b"x-kept: yes" in head.lower()

@@ -86,8 +86,12 @@ def _key(name: str) -> bytes:
 def header_block(
     raw: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes], changes: dict[str, str | None] | None = None
 ) -> list[bytes]:
-    """``name: value`` lines of ``raw`` minus the ``drop`` names (lower case), then ``changes``
+    """``name: value`` lines of ``raw`` minus the ``drop`` names (lower case) and the fields a
+    ``Connection`` header names (hop-by-hop by declaration, RFC 9110 7.6.1), then ``changes``
     (a change to None removes the header)."""
+    nominated = _nominated(raw)
+    if nominated:
+        drop = drop | nominated
     lines: list[bytes] = []
     if changes:
         replaced = {encode(name.lower()) for name in changes}
@@ -103,6 +107,18 @@ def header_block(
             if name.lower() not in drop:
                 lines += (name, b": ", value, CRLF)
     return lines
+
+
+def _nominated(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Field names listed in the ``Connection`` headers of ``raw`` (lower case)."""
+    names: set[bytes] = set()
+    for name, value in raw:
+        if len(name) == 10 and name.lower() == b"connection":
+            names.update(token.strip().lower() for token in value.split(b",") if token.strip())
+    return frozenset(names - _CONNECTION_OPTIONS)
+
+
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})  # options, not fields to drop
 
 
 class DateCache:
