@@ -603,6 +603,10 @@ def test_secret_key_names(key: str, secret: bool) -> None:
         ("AWS_SECRET_ACCESS_KEY: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws-secret-access-key",
          "AWS_SECRET_ACCESS_KEY: "),
         ("use " + GITHUB_TOKEN, "github-token", "use "),
+        # glued to a name: "_" and digits are word characters, so \b found no boundary there
+        ("lookup_" + GITHUB_TOKEN, "github-token", "lookup_"),
+        ("v2" + GITHUB_TOKEN, "github-token", "v2"),
+        ("key_" + OPENAI_KEY, "openai-api-key", "key_"),
         ("github_pat_11AAAAAAA0aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", "github-fine-grained-token", ""),
         ("glpat-x9Yz8WvU7tS6rQ5pO4nM", "gitlab-token", ""),
         ("xoxb-123456789012-abcdefABCDEF", "slack-token", ""),
@@ -629,6 +633,11 @@ def test_secret_key_names(key: str, secret: bool) -> None:
 def test_credential_patterns(text: str, rule: str, kept: str) -> None:
     redacted = redact_text(text)
     assert redacted.startswith(kept + f"[REDACTED:{rule}]"), redacted
+
+
+def test_token_rules_need_their_prefix_at_a_token_start() -> None:
+    for text in ("task-" + "a" * 30, "mask-" + "b" * 25, "ahf_" + "c" * 36):
+        assert redact_text(text) == text
 
 
 def test_rules_read_the_original_text_not_each_others_output() -> None:
