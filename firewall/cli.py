@@ -404,7 +404,10 @@ def _cmd_audit_anomalies(args: argparse.Namespace) -> int:
         try:
             since = now - parse_duration(args.since)
         except ValueError:
-            since = dt.datetime.fromisoformat(args.since)
+            try:
+                since = dt.datetime.fromisoformat(args.since)
+            except ValueError:
+                raise ValueError(f"--since: expected a duration (24h, 7d) or an ISO time, not {args.since!r}") from None
             since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
         settings = AnomalySettings(bucket=parse_duration(args.bucket), lookback=parse_duration(args.lookback),
                                    since=since, min_score=args.min_score, min_history=args.min_history)
@@ -418,7 +421,7 @@ def _cmd_audit_anomalies(args: argparse.Namespace) -> int:
         print(f"mcpfw: error: {exc}", file=sys.stderr)
         return exc.exit_code
     columns = [("bucket", "TIMESTAMP WITH TIME ZONE"), ("tenant", "VARCHAR"), ("principal", "VARCHAR"),
-               ("signal", "VARCHAR"), ("subject", "VARCHAR"), ("observed", "DOUBLE"), ("expected", "DOUBLE"),
+               ("signal", "VARCHAR"), ("tool", "VARCHAR"), ("observed", "DOUBLE"), ("expected", "DOUBLE"),
                ("score", "DOUBLE"), ("why", "VARCHAR")]
     rows = [tuple(a.as_dict().values()) for a in found]
     if args.format == "json":

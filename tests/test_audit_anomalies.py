@@ -83,7 +83,7 @@ def test_spikes_denials_and_first_uses_are_flagged_and_the_steady_are_not(audit_
     carol = by_key["carol", "denial_rate"]
     assert carol.observed == 12 and carol.expected < 1 and "12 of 30 requests denied" in carol.why
     dave = by_key["dave", "new_tool"]
-    assert dave.subject == "fs/write_file" and dave.score >= 3
+    assert dave.tool == "fs/write_file" and dave.score >= 3 and dave.bucket == LAST
     assert "after 4321 calls of 2 other tools" in dave.why  # 72 hours of 60 calls, and one this hour
     assert found == sorted(found, key=lambda a: -a.score)
 
@@ -119,6 +119,9 @@ def test_cli_prints_json_and_fails_on_anomaly(audit_file: Path) -> None:
     assert quiet.returncode == 0 and "(0 rows)" in quiet.stdout
     bad = subprocess.run([*base, "--bucket", "soon"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not a duration" in bad.stderr and "Traceback" not in bad.stderr
+    for option, value in (("--min-score", "nan"), ("--min-score", "inf"), ("--since", "yesterday")):
+        bad = subprocess.run([*base, option, value], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.startswith("mcpfw: error:"), bad.stderr
     missing = subprocess.run([*base[:5], "--db", str(audit_file.parent / "nope.duckdb")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "audit database not found" in missing.stderr

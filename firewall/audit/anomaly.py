@@ -139,6 +139,8 @@ class AnomalySettings:
         for name in ("min_history", "min_count", "min_denials", "min_calls"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if not math.isfinite(self.min_score) or self.min_score < 0:
+            raise ValueError(f"the minimum score must be a number from 0 up, not {self.min_score}")
 
     @property
     def bucket_seconds(self) -> int:
@@ -156,11 +158,11 @@ class AnomalySettings:
 class Anomaly:
     """One flagged bucket of one principal."""
 
-    bucket: dt.datetime  # start of the bucket (for new_tool: the time of the first call)
+    bucket: dt.datetime  # start of the bucket
     tenant: str
     principal: str
     signal: str  # request_rate | denial_rate | new_tool
-    subject: str  # the tool ("server/tool") for new_tool, else ""
+    tool: str  # "server/tool" for new_tool, else ""
     observed: float
     expected: float
     score: float
@@ -235,11 +237,13 @@ def _new_tool_anomaly(row: tuple[Any, ...], settings: AnomalySettings) -> Anomal
     score = _NORMAL.inv_cdf(1 - chance) if chance < 1 else 0.0
     if score < settings.min_score:
         return None
-    subject = f"{server}/{tool}" if server else tool
+    named = f"{server}/{tool}" if server else tool
+    at = _aware(ts)
+    start = dt.datetime.fromtimestamp(int(at.timestamp()) // settings.bucket_seconds * settings.bucket_seconds, dt.UTC)
     return Anomaly(
-        _aware(ts), tenant, principal, "new_tool", subject, 1, round(chance, 6), round(score, 1),
-        f"first call of {subject} after {earlier_calls} calls of {earlier_tools} other tools "
-        f"(a first use about 1 in {1 / chance:.0f})",
+        start, tenant, principal, "new_tool", named, 1, round(chance, 6), round(score, 1),
+        f"first call of {named} at {at:%Y-%m-%d %H:%M:%S} after {earlier_calls} calls of {earlier_tools} other "
+        f"tools (a first use about 1 in {1 / chance:.0f})",
     )
 
 
