@@ -310,3 +310,28 @@ def test_fields_a_connection_header_names_are_not_forwarded(tmp_path):
     assert r.status_code == 200 and "x-internal" not in {k.lower() for k in r.headers}
     (head,) = seen
     assert b"s3cr3t" not in head and b"x-kept: yes" in head.lower()
+
+
+@pytest.mark.parametrize("answer", ["switch", "two_answers"])
+def test_an_upstream_that_answers_out_of_protocol_is_a_failure(tmp_path, answer):
+    """A 101 to a plain POST, or a second response glued after a 204, must not reach the client
+    as if it were the answer (the 204's head over the 200's body)."""
+    second = b'{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"smuggled"}]}}'
+
+    def behaviour(conn: socket.socket) -> None:
+        read_request(conn)
+        if answer == "switch":
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n")
+        else:
+            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(second), second))
+        time.sleep(0.5)
+
+    with RawServer(behaviour) as server, firewall_for(tmp_path, server.port) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+    assert b"smuggled" not in r.content
+    if answer == "switch":
+        assert r.status_code == 502 and r.json()["error"]["code"] == errors.UPSTREAM_UNAVAILABLE
+        assert "switched protocols" in r.json()["error"]["message"]
+    else:
+        assert r.status_code == 204 and r.content == b""

@@ -215,6 +215,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = False
         self._paused = False
         self._seen_bytes = False
+        self._final_seen = False  # the final (non-1xx) response head of the request arrived
 
     # -- requests --------------------------------------------------------------------
 
@@ -224,6 +225,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._response = response
         self._head_only = head_only
         self._seen_bytes = False
+        self._final_seen = False
         if len(body) < 65536:
             self.transport.write(data + body if body else data)
         else:
@@ -272,12 +274,12 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._keep = False  # 101 Switching Protocols is not proxied here
-            self._complete()
+            self.abort()  # 101 Switching Protocols is not proxied here (failed in on_headers_complete)
         except httptools.HttpParserError as exc:
             self.abort()
             if self._response is not None:
-                self._response._fail(UpstreamError(f"malformed response: {exc}"))
+                cause = exc.__context__ if isinstance(exc.__context__, UpstreamError) else None
+                self._response._fail(cause or UpstreamError(f"malformed response: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -292,6 +294,13 @@ class UpstreamConnection(asyncio.Protocol):
         response._fail(UpstreamError("the server closed the connection" if exc is None else why(exc)))
 
     # -- parser callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._final_seen:
+            # A second answer to one request (after a 204, say): it would be read into the
+            # first one's response. The connection is dropped instead.
+            self._keep = False
+            raise UpstreamError("the server sent more than one response to a request")
 
     def on_status(self, reason: bytes) -> None:
         if self._response is not None:
@@ -311,6 +320,11 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             response.raw = []  # an interim response: the real one follows
             response.reason = b""
+            return
+        self._final_seen = True
+        if status == 101:  # upgrades are not served by this pool (WebSockets go through aiohttp)
+            self._keep = False
+            response._fail(UpstreamError("the server switched protocols (101) in answer to a plain request"))
             return
         response.status = status
         for name, value in response.raw:
