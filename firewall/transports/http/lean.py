@@ -369,7 +369,10 @@ class LeanListener:
                     protocols=offered, headers=headers, max_msg_size=2 * self._limit, autoping=True,
                 )
         except aiohttp.WSServerHandshakeError as exc:
-            return web.Response(status=exc.status or 502, text=f"mcpfw: the upstream refused the WebSocket: {exc.message}\n")
+            # The upstream's own refusal status (401, 403, 404...) tells the client why; an
+            # answer that is no refusal (a 200 instead of 101) is a failure of the upstream.
+            status = exc.status if exc.status and exc.status >= 400 else 502
+            return web.Response(status=status, text=f"mcpfw: the upstream refused the WebSocket: {exc.message}\n")
         except TimeoutError:
             return _aiohttp_reply(core.upstream_failed(ex, "the WebSocket handshake timed out", status=504))
         except (aiohttp.ClientError, OSError) as exc:
