@@ -335,3 +335,39 @@ def test_an_upstream_that_answers_out_of_protocol_is_a_failure(tmp_path, answer)
         assert "switched protocols" in r.json()["error"]["message"]
     else:
         assert r.status_code == 204 and r.content == b""
+
+
+@pytest.mark.parametrize("refusal", ["page", "idless_error"])
+def test_a_retry_after_an_upstream_refusal_is_not_a_duplicate(tmp_path, refusal):
+    """A 503 page or a 429 error without an id answers no request: the request is over, and a
+    retry under the same id must reach the server (not be refused as a duplicate open id)."""
+    answers = iter(["init", refusal, "result"])
+
+    def behaviour(conn: socket.socket) -> None:
+        while (request := read_request(conn)) is not None:
+            kind = next(answers, "result")
+            if kind == "init":
+                body = (b'{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-11-25","capabilities":{},'
+                        b'"serverInfo":{"name":"s","version":"1"}}}')
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nmcp-session-id: s1\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            elif kind == "page":
+                conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 4\r\n\r\nbusy")
+            elif kind == "idless_error":
+                body = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"too many requests"}}'
+                conn.sendall(b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: 0\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            else:
+                body = b'{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"done"}]}}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}}
+    call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "hi"}}}
+    with RawServer(behaviour) as server, firewall_for(tmp_path, server.port) as fw:
+        opened = http("POST", f"{fw.url}/mcp", json_body=init, headers=HEADERS)
+        session = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+        first = http("POST", f"{fw.url}/mcp", json_body=call, headers=session)
+        retry = http("POST", f"{fw.url}/mcp", json_body=call, headers=session)
+    assert first.status_code in (503, 429)
+    assert retry.status_code == 200 and retry.json()["result"]["content"][0]["text"] == "done"

@@ -108,3 +108,32 @@ def test_a_handshake_goes_to_the_upstream_of_the_route_it_matched(ws_upstream, t
         pong = anyio.run(scenario, fw.port)
     assert pong == {"jsonrpc": "2.0", "id": 3, "result": {}}
     assert {r["server"] for r in audit_rows(tmp_path / "audit.duckdb", at_least=2)} == {"by-host"}
+
+
+def test_websockets_count_against_the_connection_caps(ws_upstream, tmp_path):
+    """An upgraded connection leaves the HTTP parser but not the caps: one address could
+    otherwise hold any number of sockets (two descriptors each) past max_connections_per_client."""
+    url, _calls = ws_upstream
+    config = make_config(tmp_path, [{"url": url, "name": "ws"}], max_connections_per_client=3)
+
+    async def scenario(port: int) -> tuple[int, bool, bool]:
+        async with aiohttp.ClientSession() as http_session:
+            sockets = []
+            refused = 0
+            for _ in range(5):
+                try:
+                    sockets.append(await http_session.ws_connect(f"ws://127.0.0.1:{port}/mcp", protocols=("mcp",)))
+                except (aiohttp.ClientError, ConnectionError):
+                    refused += 1
+            for ws in sockets:
+                await ws.close()
+            await anyio.sleep(0.2)
+            again = await http_session.ws_connect(f"ws://127.0.0.1:{port}/mcp", protocols=("mcp",))  # room again
+            await again.send_str(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+            answer = json.loads((await again.receive()).data)
+            await again.close()
+            return len(sockets), refused == 2, answer.get("id") == 1
+
+    with InProcessFirewall(config) as fw:
+        opened, refused, served = anyio.run(scenario, fw.port)
+    assert opened == 3 and refused and served

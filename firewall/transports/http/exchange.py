@@ -597,6 +597,8 @@ class HttpInspection:
         if not _may_be_jsonrpc(body):
             # Nothing a client could take for JSON-RPC: an empty 202, the legacy transport's
             # "Accepted", an HTTP error page. Passed as it is.
+            if status >= 400:
+                self.unanswered(ex)
             return status, body
         session = ex.session
         assert session is not None
@@ -605,7 +607,7 @@ class HttpInspection:
         if forward is None:
             code = _deny_code(outcome) or errors.INVALID_REQUEST
             return 502, self._errors_for_open(ex, code, "mcpfw: the server's answer was refused", outcome)
-        ex.open_ids.clear()
+        self.unanswered(ex)  # a JSON body holds every answer there will be (an id-less error answers none)
         self._learn(ex)
         if ex.first_method == "tools/list":
             self.learn_tools(ex, forward)
@@ -649,6 +651,15 @@ class HttpInspection:
             return error_reply(None, errors.UPSTREAM_UNAVAILABLE, message, {"decision_id": decision_id}, status=status)
         body = self._errors_for_open(ex, errors.UPSTREAM_UNAVAILABLE, message, None)
         return Reply(status, body, {"content-type": "application/json"})
+
+    def unanswered(self, ex: Exchange) -> None:
+        """The exchange is over and the requests it forwarded that it did not answer will not
+        be answered (an HTTP error page, an error without an id): the session forgets them, so
+        a retry under the same id is not taken for a duplicate, and what they held is freed."""
+        if ex.session is not None:
+            for msg_id in ex.open_ids:
+                self.inspector.abandon(ex.session, C2S, msg_id)
+        ex.open_ids.clear()
 
     def oversized_answer(self, ex: Exchange) -> Reply:
         """A response body over the message size limit, not read whole: recorded, and answered

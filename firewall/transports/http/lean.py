@@ -42,6 +42,34 @@ _NO_ROUTE = plain(404, "mcpfw: no upstream is configured for this path\n")
 _SWEEP_SECONDS = 30.0
 
 
+class _Handover(asyncio.Protocol):
+    """aiohttp's protocol for an upgraded connection, which stays counted among the listener's
+    connections (for the connection caps) until it is lost."""
+
+    def __init__(self, inner: Any, on_lost: Any) -> None:
+        self._inner = inner
+        self._on_lost = on_lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost()
+        self._inner.connection_lost(exc)
+
+
 def _connection_budget() -> int:
     """Client connections a process can hold and still open upstream connections, the audit
     file and the rest: the open-file limit less a reserve."""
@@ -259,6 +287,8 @@ class LeanListener:
                 await self._whole_body(conn, ex, upstream, changes, plan)
             else:
                 await relay_response(conn, upstream, changes)
+                if upstream.status >= 400:
+                    core.unanswered(ex)  # an error page for the requests: they will get no answer
         finally:
             upstream.release()
 
@@ -327,7 +357,7 @@ class LeanListener:
         if self._websockets is None:
             self._websockets = web.Server(self._handle_upgrade, access_log=None, auto_decompress=False)
         transport = conn.detach()
-        handler = self._websockets()
+        handler = _Handover(self._websockets(), lambda: self._connections.discard(conn))
         transport.set_protocol(handler)
         handler.connection_made(transport)
         head = [b"%s %s HTTP/1.1\r\n" % (encode(request.method), encode(request.target))]

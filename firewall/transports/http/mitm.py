@@ -203,7 +203,11 @@ class McpHttp:
     def response(self, flow: Any) -> None:
         ex: Exchange | None = flow.metadata.get(_KEY)
         plan = flow.metadata.get(_KEY + ".plan")
-        if ex is None or plan not in ("json", "metadata", "encoded", "not_mcp"):
+        if ex is None:
+            return
+        if plan not in ("json", "metadata", "encoded", "not_mcp"):
+            if flow.response is not None and flow.response.status_code >= 400:
+                self.core.unanswered(ex)  # an error page for the requests: they will get no answer
             return
         response = flow.response
         if plan == "not_mcp":

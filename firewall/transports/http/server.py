@@ -442,9 +442,10 @@ class ServerConnection(asyncio.Protocol):
         self.data_received(b"".join(head) + rest)
 
     def detach(self) -> asyncio.Transport:
-        """Give the transport to another protocol (a WebSocket upgrade)."""
+        """Give the transport to another protocol (a WebSocket upgrade). The connection stays
+        in the registry, counted by the connection caps, until the new protocol drops it."""
         assert self.transport is not None
-        self._registry.discard(self)
+        self._cancel_deadline()
         self.closed = True
         return self.transport
 
