@@ -70,6 +70,7 @@ _MAX_LABEL = 128
 _LIVE_SECONDS = 15.0  # a snapshot older than this is a process that stopped writing
 _HEARTBEAT_SECONDS = 5.0
 _RETIRED = "retired.json"
+_LABELS = "labels.json"  # label values admitted to the merged series, per metric and label
 
 
 def metrics_dir(config: Any) -> Path:
@@ -250,34 +251,59 @@ def merged_snapshot(directory: Path, *, now: float | None = None) -> dict[str, A
     # Under the lock: a file folded by another reader between two reads here would be
     # counted twice or not at all, and a counter that dips looks like a reset to Prometheus.
     with _locked(directory):
-        _retire(directory, now)
+        labels_path = directory / _LABELS
+        admitted = _read(labels_path) or {}
+        before = sum(map(len, admitted.values()))
+        _retire(directory, now, admitted)
         for path in sorted(directory.glob("*.json")):
+            if path.name == _LABELS:
+                continue
             document = _read(path)
             if document is None:
                 continue
             live = (path.name != _RETIRED and not document.get("closed")
                     and now - float(document.get("written", 0)) <= _LIVE_SECONDS)
             _merge(total, document, gauges=live)
-    _cap_series(total)
+        _cap_series(total, admitted)
+        if sum(map(len, admitted.values())) != before:
+            _write_atomically(labels_path, orjson.dumps(admitted))
     return total
 
 
-def _cap_series(total: dict[str, Any]) -> None:
-    """Each process bounds its labels, but processes come and go: over the merged counts,
-    a capped label keeps its most frequent values and the rest are summed as 'other'."""
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_suffix(".tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError:
+        pass  # (labels: admitted again next time; counts: the snapshots stay as they are)
+
+
+def _cap_series(total: dict[str, Any], admitted: dict[str, list[str]]) -> None:
+    """Each process bounds its labels, but processes come and go: over the merged counts, a
+    capped label shows the values ``admitted`` (per metric and label) and sums the rest as
+    'other'. Values are admitted while there is room, most frequent first, and never leave,
+    so no series ever shrinks (Prometheus would read a reset)."""
     for kind in ("counters", "histograms"):
         for name, series in total[kind].items():
             for position, label in enumerate(METRICS[name][2]):
                 cap = _CAP.get(label)
                 if cap is None:
                     continue
+                known = admitted.setdefault(f"{name}:{label}", [])
+                kept = set(known)
                 weight: dict[str, float] = {}
                 for key, values in series.items():
-                    amount = values if kind == "counters" else values[-1]
-                    weight[key[position]] = weight.get(key[position], 0.0) + amount
-                if len(weight) <= cap:
+                    if key[position] not in kept and key[position] != "other":
+                        amount = values if kind == "counters" else values[-1]
+                        weight[key[position]] = weight.get(key[position], 0.0) + amount
+                room = cap - 1 - len(known)
+                if weight and room > 0:
+                    newcomers = sorted(weight, key=lambda v: (-weight[v], v))[:room]
+                    known += newcomers
+                    kept.update(newcomers)
+                if all(key[position] in kept or key[position] == "other" for key in series):
                     continue
-                kept = set(sorted((v for v in weight if v != "other"), key=lambda v: (-weight[v], v))[: cap - 1])
                 capped: dict[tuple[str, ...], Any] = {}
                 for key, values in series.items():
                     if key[position] not in kept:
@@ -321,10 +347,10 @@ def _merge(total: dict[str, Any], document: dict[str, Any], *, gauges: bool) -> 
                 total["gauges"][name] = total["gauges"].get(name, 0.0) + float(value)
 
 
-def _retire(directory: Path, now: float) -> None:
+def _retire(directory: Path, now: float, admitted: dict[str, list[str]]) -> None:
     """Fold the snapshots of processes that ended into ``retired.json``, so a directory
     shared by many short-lived shims stays small. The caller holds the directory's lock."""
-    stale = [p for p in directory.glob("*.json") if p.name != _RETIRED and _stale(p, now)]
+    stale = [p for p in directory.glob("*.json") if p.name not in (_RETIRED, _LABELS) and _stale(p, now)]
     if not stale:
         return
     retired_path = directory / _RETIRED
@@ -340,6 +366,7 @@ def _retire(directory: Path, now: float) -> None:
             folded.append(path)
     if not folded:
         return
+    _cap_series(retired, admitted)  # (values not admitted are kept as 'other': the file stays small)
     out = {"written": 0, "counters": {n: [[*k, v] for k, v in s.items()] for n, s in retired["counters"].items()},
            "histograms": {n: [[*k, v] for k, v in s.items()] for n, s in retired["histograms"].items()}}
     temporary = retired_path.with_suffix(".tmp")

@@ -57,7 +57,7 @@ def test_stdio_shims_are_summed_and_ended_processes_keep_counting(tmp_path):
     assert value(found, "mcpfw_audit_rows_written_total") == len(audit_rows(audit))
     assert value(found, "mcpfw_processes") == 0  # both ended
     # the ended processes' files are folded into one, and their counts stay
-    assert [p.name for p in directory.glob("*.json")] == ["retired.json"]
+    assert sorted(p.name for p in directory.glob("*.json")) == ["labels.json", "retired.json"]
     assert show(directory) == found
 
 
@@ -133,3 +133,39 @@ def test_labels_stay_bounded_over_many_processes_and_hold_no_credentials(tmp_pat
     assert value(found, "mcpfw_tool_calls_total") == 4 * 401  # nothing lost to the cap
     assert "ghp_" not in text
     assert orjson.loads((tmp_path / "retired.json").read_bytes())  # the ended processes folded into one
+
+
+def test_no_series_shrinks_when_rare_names_become_frequent(tmp_path):
+    """Re-ranking names at each scrape moved a name out of 'other' once it became frequent,
+    and 'other' went down: Prometheus reads that as a counter reset."""
+    from firewall.metrics import SnapshotWriter
+
+    recorder = MetricsRecorder()
+    writer = SnapshotWriter(recorder, tmp_path)
+    base = {"transport": "http", "direction": "client_to_server", "kind": "request", "method": "tools/call",
+            "decision": "allow"}
+
+    def call(server: str, tool: str, times: int = 1) -> None:
+        for _ in range(times):
+            recorder.record({**base, "server": server, "tool": tool})
+
+    def scrape() -> dict:
+        writer.write()
+        return samples(exposition(merged_snapshot(tmp_path)).decode())
+
+    call("a", "x")
+    call("a", "y")
+    for i in range(511):
+        call("b", f"t{i}", 2)
+    call("a", "z")
+    call("a", "w")
+    first = scrape()
+    call("a", "x", 2)
+    call("a", "y", 2)
+    for i in range(600):
+        call("c", f"n{i}")
+    second = scrape()
+    assert all(second.get(key, 0) >= count for key, count in first.items() if key[0].endswith("_total"))
+    assert value(second, "mcpfw_tool_calls_total") == 2 + 1022 + 2 + 4 + 600
+    tools = {dict(labels)["tool"] for name, labels in second if name == "mcpfw_tool_calls_total"}
+    assert len(tools) <= 512
