@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -371,3 +372,55 @@ def test_a_retry_after_an_upstream_refusal_is_not_a_duplicate(tmp_path, refusal)
         retry = http("POST", f"{fw.url}/mcp", json_body=call, headers=session)
     assert first.status_code in (503, 429)
     assert retry.status_code == 200 and retry.json()["result"]["content"][0]["text"] == "done"
+
+
+def _mitm_for(tmp_path, port: int):
+    config = make_config(tmp_path, [{"url": f"http://127.0.0.1:{port}/mcp", "name": "up"}],
+                         upstream_timeout_seconds=2, client_timeout_seconds=2, listener="mitmproxy",
+                         confdir=str(tmp_path / "mitm"))
+    return InProcessFirewall(config, engine="mitmproxy")
+
+
+def test_mitmproxy_engine_takes_no_shortcut_around_inspection(tmp_path):
+    """A POST that claims a WebSocket upgrade went to the handshake path, which inspects
+    nothing until WebSocket messages flow: servers serve it as an ordinary POST. An upstream
+    101 to a plain POST would turn the connection into a raw tunnel. Connection-nominated and
+    proxy fields, and fields with a bare CR, must not pass either."""
+    seen: list[bytes] = []
+    answer_101 = threading.Event()
+    result = b'{"jsonrpc":"2.0","id":7,"result":{"content":[]}}'
+
+    def behaviour(conn: socket.socket) -> None:
+        while (request := read_request(conn)) is not None:
+            seen.append(request[0] + b"\r\n\r\n" + request[1])
+            if answer_101.is_set():
+                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: raw\r\nconnection: upgrade\r\n\r\n")
+                time.sleep(0.5)
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(result), result))
+
+    denied = {"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+              "params": {"name": "read_file", "arguments": {"path": "/home/u/.ssh/id_rsa"}}}
+    with RawServer(behaviour) as server, _mitm_for(tmp_path, server.port) as fw:
+        upgrade = http("POST", f"{fw.url}/mcp", json_body=denied,
+                       headers={**HEADERS, "connection": "Upgrade", "upgrade": "websocket"})
+        assert upgrade.status_code == 400 and not seen
+        plain = http("POST", f"{fw.url}/mcp", json_body=CALL, headers={
+            **HEADERS, "connection": "keep-alive, X-Secret", "x-secret": "s3cr3t", "proxy-authorization": "Basic dTpw"})
+        assert plain.status_code == 200
+        assert b"s3cr3t" not in seen[-1] and b"proxy-authorization" not in seen[-1].lower()
+        answer_101.set()
+        sock = socket.create_connection(("127.0.0.1", fw.port))
+        body = json.dumps(CALL).encode()
+        sock.sendall(b"POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     b"accept: application/json, text/event-stream\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        switched = _answer(sock, timeout=5)
+        assert b" 101 " not in switched  # no tunnel: the connection is closed
+        leaked = json.dumps(denied).encode()
+        with contextlib.suppress(OSError):  # and nothing sent after it reaches the server unread
+            sock.sendall(leaked)
+        sock.close()
+        time.sleep(0.3)
+    assert all(b".ssh" not in request for request in seen)
+    rows = audit_rows(tmp_path / "audit.duckdb", "'upstream_unavailable' IN reason_codes", at_least=1)
+    assert "switched protocols" in rows[0]["error"]

@@ -61,6 +61,23 @@ class Headers:
         return self._h.keys()
 
 
+_HOP_BY_HOP = ("keep-alive", "proxy-authorization", "proxy-authenticate", "proxy-connection", "te", "trailer", "trailers")
+
+
+def _unsafe_fields(headers: Any) -> bool:
+    return any(b"\r" in name or b"\n" in name or b"\0" in name or b"\r" in value or b"\n" in value or b"\0" in value
+               for name, value in headers.fields)
+
+
+def _drop_hop_by_hop(headers: Any) -> None:
+    """Remove the fields that concern only this hop: the fixed list (mitmproxy frames the
+    message itself) and those a Connection header names (RFC 9110 7.6.1)."""
+    nominated = {token.strip().lower() for value in headers.get_all("connection") for token in value.split(",")}
+    for name in (*_HOP_BY_HOP, *(n for n in nominated if n not in ("close", "keep-alive", "upgrade", ""))):
+        if name in headers:
+            del headers[name]
+
+
 def _make_response(reply: Reply) -> Any:
     from mitmproxy import http
 
@@ -98,7 +115,17 @@ class McpHttp:
     def request(self, flow: Any) -> None:
         if flow.response is not None:
             return
+        if _unsafe_fields(flow.request.headers):
+            # A bare CR, LF or NUL in a field: a parser further on may split the field there.
+            flow.response = _make_response(Reply(400, b"mcpfw: a header field holds a CR, LF or NUL\n"))
+            return
         if flow.request.headers.get("upgrade", "").lower() == "websocket":
+            if flow.request.method != "GET":
+                # Not a WebSocket handshake (RFC 6455 asks for GET): served as an ordinary
+                # request by most servers, so it must not take the handshake's path, which
+                # leaves the messages to the WebSocket hooks.
+                flow.response = _make_response(Reply(400, b"mcpfw: Upgrade: websocket is only valid on a GET\n"))
+                return
             self._upgrade(flow)
             return
         match = self._route(flow)
@@ -115,6 +142,7 @@ class McpHttp:
             flow.response = _make_response(result)
             return
         flow.metadata[_KEY] = result
+        _drop_hop_by_hop(request.headers)
         if self.router is not None:
             self._retarget(request, route, upstream_path)
         if result.body is not None:
@@ -189,6 +217,16 @@ class McpHttp:
         if ex is None:
             return
         response = flow.response
+        if response.status_code == 101:
+            # To a request that was no handshake: mitmproxy would relay a raw tunnel from here
+            # on. Recorded, and the connection is closed (mitmproxy has committed to the switch).
+            self.core.upstream_failed(ex, "the server switched protocols (101) in answer to a plain request")
+            flow.kill()
+            return
+        if _unsafe_fields(response.headers):
+            flow.response = _make_response(self.core.upstream_failed(ex, "a response header field holds a CR, LF or NUL"))
+            return
+        _drop_hop_by_hop(response.headers)
         plan, changes = self.core.response_head(ex, response.status_code, Headers(response.headers))
         for name, value in changes.items():
             response.headers[name] = value
