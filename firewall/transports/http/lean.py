@@ -357,7 +357,7 @@ class LeanListener:
         if self._websockets is None:
             self._websockets = web.Server(self._handle_upgrade, access_log=None, auto_decompress=False)
         transport = conn.detach()
-        handler = _Handover(self._websockets(), lambda: self._connections.discard(conn))
+        handler = _Handover(self._websockets(), conn.leave)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         head = [b"%s %s HTTP/1.1\r\n" % (encode(request.method), encode(request.target))]

@@ -15,7 +15,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import httptools
@@ -42,6 +42,7 @@ class ServerSettings:
     idle_timeout: float = 300.0  # an idle keep-alive connection is closed after this
     max_connections: int = 0  # open client connections at most (0: no limit)
     max_connections_per_client: int = 0  # from one client address at most (0: no limit)
+    open_per_client: dict[str, int] = field(default_factory=dict)  # (kept by the connections)
 
 
 @dataclass(slots=True, eq=False)
@@ -146,19 +147,33 @@ class ServerConnection(asyncio.Protocol):
         self._peer = peer[0] if isinstance(peer, tuple) and peer else None
         if settings.max_connections and len(self._registry) >= settings.max_connections:
             why = f"{len(self._registry)} connections are open (proxy.max_connections)"
-        elif settings.max_connections_per_client and self._peer is not None and sum(
-                1 for c in self._registry if c._peer == self._peer) >= settings.max_connections_per_client:
+        elif settings.max_connections_per_client and self._peer is not None and \
+                settings.open_per_client.get(self._peer, 0) >= settings.max_connections_per_client:
             why = f"{self._peer} has {settings.max_connections_per_client} connections open (proxy.max_connections_per_client)"
         else:
+            if self._peer is not None:
+                settings.open_per_client[self._peer] = settings.open_per_client.get(self._peer, 0) + 1
             return True
         _warn_refused_connection(why)
         self.closed = True
         transport.close()
         return False
 
+    def leave(self) -> None:
+        """Stop counting this connection (it closed, or the protocol it was handed to lost it)."""
+        if self in self._registry:
+            self._registry.discard(self)
+            if self._peer is not None:
+                counts = self._settings.open_per_client
+                left = counts.get(self._peer, 1) - 1
+                if left > 0:
+                    counts[self._peer] = left
+                else:
+                    counts.pop(self._peer, None)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._registry.discard(self)
+        self.leave()
         self._cancel_deadline()
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("the client closed the connection"))
