@@ -191,9 +191,6 @@ class MeteredAudit:
         self._recorder.record(row)
         self._audit.record(row)
 
-    def __getattr__(self, name: str) -> Any:  # flush, close, stats, ...: the audit log's own
-        return getattr(self._audit, name)
-
 
 class SnapshotWriter:
     """Writes a recorder's snapshot to ``directory`` when it changed (at most every
@@ -428,9 +425,8 @@ class _Families:
                 for key, value in sorted(self._total["counters"].get(name, {}).items()):
                     family.add_metric(list(key), value)
             elif kind == "gauge":
-                family = GaugeMetricFamily(name, doc, labels=labels)
-                if name in self._total["gauges"] or not labels:
-                    family.add_metric([], self._total["gauges"].get(name, 0.0))
+                family = GaugeMetricFamily(name, doc, labels=labels)  # (the gauges have no labels)
+                family.add_metric([], self._total["gauges"].get(name, 0.0))
             else:
                 family = HistogramMetricFamily(name, doc, labels=labels)
                 for key, values in sorted(self._total["histograms"].get(name, {}).items()):

@@ -71,18 +71,24 @@ def test_proxy_workers_serve_one_sum_that_matches_the_audit_log(tmp_path):
         async with Client(url) as client:
             for i in range(5):
                 await client.call_tool("echo", {"message": f"m{i}"})
-            with pytest.raises(MCPError):  # an unlisted name: denied, and too long to become a label
+            with pytest.raises(MCPError):  # the default policy denies it (secret_file)
+                await client.call_tool("echo", {"path": "/home/u/.ssh/id_rsa"})
+            try:  # a name too long for a label; the server refuses the unknown tool as it likes
                 await client.call_tool("nonexistent-tool-" + "x" * 300, {})
+            except MCPError:
+                pass
 
     with everything_server(upstream, "streamableHttp"):
-        with firewall_cli(f"http://127.0.0.1:{upstream}/mcp", port, audit, "--workers", "2", "--config", str(config)):
+        # (registry off: server-everything announces list changes, which ask clients to list again)
+        with firewall_cli(f"http://127.0.0.1:{upstream}/mcp", port, audit, "--workers", "2", "--config", str(config),
+                          "--registry-mode", "off"):
             for _ in range(2):
                 anyio.run(calls, f"http://127.0.0.1:{port}/mcp")
             time.sleep(0.6)  # a worker writes its counts every 0.2 s
             text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     found = samples(text)
-    rows = audit_rows(audit, "method = 'tools/call' AND direction = 'client_to_server' AND kind = 'request'", at_least=12)
-    assert value(found, "mcpfw_tool_calls_total") == len(rows) == 12
+    rows = audit_rows(audit, "method = 'tools/call' AND direction = 'client_to_server' AND kind = 'request'", at_least=14)
+    assert value(found, "mcpfw_tool_calls_total") == len(rows) == 14
     assert value(found, "mcpfw_tool_calls_total", tool="echo", decision="allow") == 10
     denied = value(found, "mcpfw_tool_calls_total", decision="deny")
     assert denied == sum(r["decision"] == "deny" for r in rows) == 2
