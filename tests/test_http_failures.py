@@ -405,6 +405,8 @@ def test_mitmproxy_engine_takes_no_shortcut_around_inspection(tmp_path):
         upgrade = http("POST", f"{fw.url}/mcp", json_body=denied,
                        headers={**HEADERS, "connection": "Upgrade", "upgrade": "websocket"})
         assert upgrade.status_code == 400 and not seen
+        refused = audit_rows(tmp_path / "audit.duckdb", "'unreadable_request' IN reason_codes", at_least=1)
+        assert "Upgrade: websocket is only valid on a GET" in refused[0]["error"]
         plain = http("POST", f"{fw.url}/mcp", json_body=CALL, headers={
             **HEADERS, "connection": "keep-alive, X-Secret", "x-secret": "s3cr3t", "proxy-authorization": "Basic dTpw"})
         assert plain.status_code == 200

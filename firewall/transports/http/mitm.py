@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ... import errors
 from ...config import Config
 from ...paths import state_dir
 from ...runtime import build_firewall
@@ -117,14 +118,14 @@ class McpHttp:
             return
         if _unsafe_fields(flow.request.headers):
             # A bare CR, LF or NUL in a field: a parser further on may split the field there.
-            flow.response = _make_response(Reply(400, b"mcpfw: a header field holds a CR, LF or NUL\n"))
+            flow.response = self._unreadable(flow, "a header field holds a CR, LF or NUL")
             return
         if flow.request.headers.get("upgrade", "").lower() == "websocket":
             if flow.request.method != "GET":
                 # Not a WebSocket handshake (RFC 6455 asks for GET): served as an ordinary
                 # request by most servers, so it must not take the handshake's path, which
                 # leaves the messages to the WebSocket hooks.
-                flow.response = _make_response(Reply(400, b"mcpfw: Upgrade: websocket is only valid on a GET\n"))
+                flow.response = self._unreadable(flow, "Upgrade: websocket is only valid on a GET")
                 return
             self._upgrade(flow)
             return
@@ -152,6 +153,13 @@ class McpHttp:
                 request.headers.pop(name, None)
             else:
                 request.headers[name] = value
+
+    def _unreadable(self, flow: Any, why: str) -> Any:
+        """A 400 for a request refused by its shape, recorded as the lean listener records it."""
+        match = self._route(flow)
+        if match is not None:
+            self.core.refuse(match[0], code=errors.INVALID_REQUEST, reason="unreadable_request", status=400, message=why)
+        return _make_response(Reply(400, f"mcpfw: {why}\n".encode()))
 
     def _upgrade(self, flow: Any) -> None:
         """A WebSocket handshake: routed and authenticated here, its messages judged by
