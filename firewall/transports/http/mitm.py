@@ -39,6 +39,7 @@ from .routes import Route, Router
 from .runner import Listen, announce, install_stop_signals
 from .service import build_inspection, build_router
 from .websocket import WebSocketInspection
+from .wire import HOP_BY_HOP, nominated_fields
 
 log = logging.getLogger("mcpfw.http")
 _KEY = "mcpfw"
@@ -62,7 +63,8 @@ class Headers:
         return self._h.keys()
 
 
-_HOP_BY_HOP = ("keep-alive", "proxy-authorization", "proxy-authenticate", "proxy-connection", "te", "trailer", "trailers")
+# Hop-by-hop fields but those mitmproxy needs to frame and upgrade the message itself.
+_HOP_BY_HOP = tuple(sorted(n.decode() for n in HOP_BY_HOP - {b"connection", b"transfer-encoding", b"upgrade"}))
 
 
 def _unsafe_fields(headers: Any) -> bool:
@@ -73,8 +75,8 @@ def _unsafe_fields(headers: Any) -> bool:
 def _drop_hop_by_hop(headers: Any) -> None:
     """Remove the fields that concern only this hop: the fixed list (mitmproxy frames the
     message itself) and those a Connection header names (RFC 9110 7.6.1)."""
-    nominated = {token.strip().lower() for value in headers.get_all("connection") for token in value.split(",")}
-    for name in (*_HOP_BY_HOP, *(n for n in nominated if n not in ("close", "keep-alive", "upgrade", ""))):
+    nominated = nominated_fields(value.encode("latin-1", "replace") for value in headers.get_all("connection"))
+    for name in (*_HOP_BY_HOP, *(n.decode("latin-1") for n in nominated)):
         if name in headers:
             del headers[name]
 

@@ -111,11 +111,13 @@ def header_block(
 
 def _nominated(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Field names listed in the ``Connection`` headers of ``raw`` (lower case)."""
-    names: set[bytes] = set()
-    for name, value in raw:
-        if len(name) == 10 and name.lower() == b"connection":
-            names.update(token.strip().lower() for token in value.split(b",") if token.strip())
-    return frozenset(names - _CONNECTION_OPTIONS)
+    return nominated_fields(value for name, value in raw if len(name) == 10 and name.lower() == b"connection")
+
+
+def nominated_fields(connection_values: Iterable[bytes]) -> frozenset[bytes]:
+    """Field names (lower case) that ``Connection`` header values name as hop-by-hop."""
+    names = {token.strip().lower() for value in connection_values for token in value.split(b",")}
+    return frozenset(names - _CONNECTION_OPTIONS - {b""})
 
 
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})  # options, not fields to drop
