@@ -847,6 +847,30 @@ def test_json_pointers_do_not_look_encoded_but_base64_and_hex_do():
         assert may_hide_secret(f"value: {encoded}"), encoded
 
 
+
+def test_encoded_run_search_finds_what_the_regex_finds() -> None:
+    """The run search on ASCII text (byte marks and a substring search) answers as the
+    regex it replaced on every text: runs at the edges, after a short run, next to a path,
+    hex escapes, and non-ASCII text (which takes the regex)."""
+    import random
+
+    from firewall.audit.redact import _ENCODED_RUN, _PATH_LIKE, _has_encoded_run
+
+    def reference(text: str) -> bool:
+        return any(not _PATH_LIKE.fullmatch(m.group()) for m in _ENCODED_RUN.finditer(text))
+
+    pieces = ["a", "Z", "0", "/", "_", "-", "+", "=", " ", '"', ":", "\\x4", "\\x41", "abcdefghij",
+              "ABCDEFGHIJ", "/usr/lib/", "é", "%2F"]
+    rng = random.Random(5)
+    texts = ["", "x" * 19, "x" * 20, "/params/arguments/message", "a/" * 15, "\\x41" * 8, "\\x41" * 7,
+             "é" + "Q" * 20, "short run, " + "Q7x9" * 6]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 24))) for _ in range(20_000)]
+    found = 0
+    for text in texts:
+        assert _has_encoded_run(text) == reference(text), text
+        found += reference(text)
+    assert 0 < found < len(texts)  # both answers occur
+
 def test_a_locked_database_does_not_stop_the_start(db: Path) -> None:
     """Held by another reader (a long `mcpfw audit sql`), the file is waited for as at run
     time; only a file that cannot be written at all stops a block-mode start."""
