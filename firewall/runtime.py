@@ -119,6 +119,16 @@ def settle_heap() -> None:
     """Move everything built at start (modules, the compiled policy, detector tables: over
     50,000 objects) out of the cyclic collector's sight; call once when a serving process
     is ready. None of it is ever garbage, yet every full collection walked all of it again,
-    holding up every message in flight (one took 76 ms on a proxy worker under load)."""
+    holding up every message in flight (one took 76 ms on a proxy worker under load).
+
+    The youngest generation is then collected after 50,000 net allocations instead of 700:
+    a message allocates a few hundred containers that reference counting frees at once, so
+    the default ran a collection every few messages for little (measured on a proxy under
+    load: 12 us of collector time a request with the default, about 5 with this)."""
     gc.collect()
     gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(_YOUNG_THRESHOLD, middle, oldest)
+
+
+_YOUNG_THRESHOLD = 50_000
