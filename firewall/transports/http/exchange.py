@@ -103,11 +103,7 @@ def _may_be_jsonrpc(body: bytes) -> bool:
     """Whether a body could be read as JSON-RPC by a server: JSON with a "jsonrpc" member
     (however its key is escaped), in an object or a batch, or JSON-like text that does not
     parse here (a more lenient parser might read it; the pipeline then refuses it)."""
-    start = _LEADING.match(body).end()  # type: ignore[union-attr]
-    head = body[start:start + 64]
-    if not head:
-        return False
-    if head[:1] not in (b"{", b"[") and b"\x00" not in head:  # (NULs: UTF-16 or UTF-32 text)
+    if not may_be_json_text(body):
         return False
     try:
         document = orjson.loads(body)
@@ -115,6 +111,14 @@ def _may_be_jsonrpc(body: bytes) -> bool:
         return True
     items = document if isinstance(document, list) else [document]
     return any(isinstance(item, dict) and "jsonrpc" in item for item in items)
+
+
+def may_be_json_text(body: bytes) -> bool:
+    """Whether a body (or its beginning) could be a JSON array or object, as JSON parsers
+    read text: after a BOM and white space, "{" or "[", or NULs (UTF-16 or UTF-32 text)."""
+    start = _LEADING.match(body).end()  # type: ignore[union-attr]
+    head = body[start:start + 64]
+    return bool(head) and (head[:1] in (b"{", b"[") or b"\x00" in head)
 
 
 def _is_sse(content_type: str | None) -> bool:

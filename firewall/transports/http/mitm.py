@@ -32,9 +32,14 @@ from ... import errors
 from ...config import Config
 from ...paths import state_dir
 from ...runtime import build_firewall
-from .exchange import Exchange, HttpInspection, Request
+from .exchange import Exchange, HttpInspection, Request, _is_json, may_be_json_text
+from .mitm_limits import (
+    BODY_LIMIT, ERROR_REPLIES, BodyLimit, ClientLimits, Limits, install_body_limits, install_request_limits, raw_reply,
+    register, unregister,
+)
 from .outbound import UpstreamPoster, client_session
 from .replies import Reply
+from .lean import _connection_budget
 from .routes import Route, Router
 from .runner import Listen, announce, install_stop_signals
 from .service import build_inspection, build_router
@@ -87,6 +92,28 @@ def _make_response(reply: Reply) -> Any:
     return http.Response.make(reply.status, reply.body, reply.headers)
 
 
+_NO_ROUTE = Reply(404, b"mcpfw: no upstream is configured for this path\n")
+# Fields that make a request MCP whatever its body (see HttpInspection._is_jsonrpc_post),
+# or that must not reach a server unjudged (an upgrade).
+_MCP_MARKS = ("mcp-session-id", "mcp-method", "mcp-protocol-version", "upgrade")
+
+
+def _declared_length(headers: Any) -> int | None:
+    """A message's Content-Length (None when chunked, absent or unreadable: mitmproxy
+    refuses a request whose length it cannot read)."""
+    if "transfer-encoding" in headers:
+        return None
+    value = headers.get("content-length", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _refuse_now(flow: Any, reply: Reply) -> None:
+    """Answer with ``reply`` and close the connection, whatever of the message is unread: the
+    flow is killed, and the HTTP/1 writer wrapped by :func:`install_error_replies` sends it."""
+    ERROR_REPLIES[flow.client_conn.id] = raw_reply(reply)
+    flow.kill()
+
+
 class McpHttp:
     """Inspects every HTTP exchange: the request body, then a JSON body or each SSE event."""
 
@@ -100,50 +127,110 @@ class McpHttp:
         request = flow.request
         if self.router is not None:
             return self.router.match(request.headers.get("host"), request.path)
-        # Forward and transparent modes: the destination names the server. There is no
-        # configured endpoint path, so what is MCP is told by the request itself.
-        key = (request.scheme, request.host, request.port)
+        return self.target(request.scheme, request.host, request.port), request.path
+
+    def target(self, scheme: str, host: str, port: int) -> Route:
+        """Forward and transparent modes: the destination names the server. There is no
+        configured endpoint path, so what is MCP is told by the request itself."""
+        key = (scheme, host, port)
         route = self._targets.get(key)
         if route is None:
-            default = 443 if request.scheme == "https" else 80
-            netloc = request.host if request.port == default else f"{request.host}:{request.port}"
+            default = 443 if scheme == "https" else 80
+            netloc = host if port == default else f"{host}:{port}"
             # Named as reverse mode names an upstream without a name (host, with its port
             # unless it is the default): two servers of one host are two servers.
             route = self._targets[key] = Route(
-                name=netloc, url=f"{request.scheme}://{netloc}", scheme=request.scheme, netloc=netloc,
-                endpoint_path="\x00",
+                name=netloc, url=f"{scheme}://{netloc}", scheme=scheme, netloc=netloc, endpoint_path="\x00",
             )
-        return route, request.path
+        return route
+
+    # -- body limits (see .mitm_limits) ------------------------------------------------
+
+    def _bounded(self, request: Any) -> bool:
+        """Whether a request's body is held to the message size limit whatever it holds:
+        every body in reverse mode (as the lean listener) and with ``non_mcp: deny``, and
+        those a request marks as MCP or JSON. Others are bounded only if they may be JSON."""
+        headers = request.headers
+        encoding = headers.get("content-encoding", "").strip().lower()
+        return (
+            self.router is not None or self.core.only_mcp or encoding not in ("", "identity")
+            or any(name in headers for name in _MCP_MARKS) or _is_json(headers.get("content-type"))
+        )
+
+    def requestheaders(self, flow: Any) -> None:
+        request = flow.request
+        length = _declared_length(request.headers)
+        if length is not None and length > self.core.max_message_bytes and self._bounded(request):
+            _refuse_now(flow, self._too_large(flow, length))  # without reading the body
+            return
+        flow.metadata[BODY_LIMIT] = BodyLimit(self.core.max_message_bytes, self._over_limit)
+
+    def _too_large(self, flow: Any, size: int) -> Reply:
+        match = self._route(flow)
+        if match is None:
+            return _NO_ROUTE
+        return self.core.refuse(match[0], code=errors.MESSAGE_TOO_LARGE, reason="too_large", message="", status=413, size=size)
+
+    def _over_limit(self, flow: Any, request: bool, prefix: bytes) -> Reply | None:
+        """A buffered body passed the limit: its refusal, or None to stream the request on."""
+        if not request:
+            return self._answer_over_limit(flow)
+        if self._bounded(flow.request) or may_be_json_text(prefix):
+            # (Text with NULs too: the firewall takes it for UTF-16 or -32, as at any size.)
+            return self._too_large(flow, len(prefix))
+        # Cannot be JSON-RPC (a form, a file): judged on what arrived, and streamed on.
+        refusal = self._inspect(flow, prefix)
+        if refusal is not None:
+            return refusal
+        ex = flow.metadata.get(_KEY)
+        if ex is None or ex.kind != "other":
+            flow.metadata.pop(_KEY, None)
+            return self._too_large(flow, len(prefix))
+        flow.metadata[_KEY + ".streamed"] = True
+        return None
+
+    def _answer_over_limit(self, flow: Any) -> Reply:
+        ex: Exchange = flow.metadata[_KEY]
+        plan = flow.metadata.get(_KEY + ".plan")
+        if plan == "not_mcp":
+            return self.core.refuse_non_mcp(ex.route, f"{flow.request.method} {flow.request.url}")
+        if plan == "encoded":
+            return self.core.encoded_refusal(ex, flow.response.headers.get("content-encoding"))
+        return self.core.oversized_answer(ex)
 
     def request(self, flow: Any) -> None:
-        if flow.response is not None:
-            return
-        if _unsafe_fields(flow.request.headers):
-            # A bare CR, LF or NUL in a field: a parser further on may split the field there.
-            flow.response = self._unreadable(flow, "a header field holds a CR, LF or NUL")
-            return
-        if flow.request.headers.get("upgrade", "").lower() == "websocket":
+        if flow.response is not None or flow.metadata.get(_KEY + ".streamed"):
+            return  # (a streamed request was judged before it was streamed on)
+        if flow.request.headers.get("upgrade", "").lower() == "websocket" and not _unsafe_fields(flow.request.headers):
             if flow.request.method != "GET":
                 # Not a WebSocket handshake (RFC 6455 asks for GET): served as an ordinary
                 # request by most servers, so it must not take the handshake's path, which
                 # leaves the messages to the WebSocket hooks.
-                flow.response = self._unreadable(flow, "Upgrade: websocket is only valid on a GET")
+                flow.response = _make_response(self._unreadable(flow, "Upgrade: websocket is only valid on a GET"))
                 return
             self._upgrade(flow)
             return
+        refusal = self._inspect(flow, flow.request.get_content(strict=False) or b"")
+        if refusal is not None:
+            flow.response = _make_response(refusal)
+
+    def _inspect(self, flow: Any, body: bytes) -> Reply | None:
+        """Ask the pipeline about a request (``body`` is what it is judged on) and prepare
+        it for the upstream; or the firewall's answer instead."""
+        if _unsafe_fields(flow.request.headers):
+            # A bare CR, LF or NUL in a field: a parser further on may split the field there.
+            return self._unreadable(flow, "a header field holds a CR, LF or NUL")
         match = self._route(flow)
         if match is None:
-            flow.response = _make_response(Reply(404, b"mcpfw: no upstream is configured for this path\n"))
-            return
+            return _NO_ROUTE
         route, upstream_path = match
         request = flow.request
         result = self.core.request(route, Request(
             request.method, request.path, upstream_path, request.headers.get("host"), Headers(request.headers),
-            request.get_content(strict=False) or b"", request.scheme,
+            body, request.scheme,
         ))
         if isinstance(result, Reply):
-            flow.response = _make_response(result)
-            return
+            return result
         flow.metadata[_KEY] = result
         _drop_hop_by_hop(request.headers)
         if self.router is not None:
@@ -155,20 +242,21 @@ class McpHttp:
                 request.headers.pop(name, None)
             else:
                 request.headers[name] = value
+        return None
 
-    def _unreadable(self, flow: Any, why: str) -> Any:
+    def _unreadable(self, flow: Any, why: str) -> Reply:
         """A 400 for a request refused by its shape, recorded as the lean listener records it."""
         match = self._route(flow)
         if match is not None:
             self.core.refuse(match[0], code=errors.INVALID_REQUEST, reason="unreadable_request", status=400, message=why)
-        return _make_response(Reply(400, f"mcpfw: {why}\n".encode()))
+        return Reply(400, f"mcpfw: {why}\n".encode())
 
     def _upgrade(self, flow: Any) -> None:
         """A WebSocket handshake: routed and authenticated here, its messages judged by
         :class:`McpWebSocket`."""
         match = self._route(flow)
         if match is None:
-            flow.response = _make_response(Reply(404, b"mcpfw: no upstream is configured for this path\n"))
+            flow.response = _make_response(_NO_ROUTE)
             return
         route, upstream_path = match
         request = flow.request
@@ -225,6 +313,7 @@ class McpHttp:
     def responseheaders(self, flow: Any) -> None:
         ex: Exchange | None = flow.metadata.get(_KEY)
         if ex is None:
+            flow.response.stream = True  # nothing to inspect (a WebSocket handshake's answer)
             return
         response = flow.response
         if response.status_code == 101:
@@ -247,6 +336,12 @@ class McpHttp:
             response.headers.pop("content-length", None)
         elif plan == "pass":
             response.stream = True  # nothing to inspect: do not hold it in memory
+        else:
+            length = _declared_length(response.headers)
+            if length is not None and length > self.core.max_message_bytes:
+                _refuse_now(flow, self._answer_over_limit(flow))  # not read: no more than the lean listener reads
+                return
+            flow.metadata[BODY_LIMIT] = BodyLimit(self.core.max_message_bytes, self._over_limit)
 
     def response(self, flow: Any) -> None:
         ex: Exchange | None = flow.metadata.get(_KEY)
@@ -288,10 +383,6 @@ class _SseStream:
         return self._events.feed(chunk)
 
 
-# Client connection id -> the raw HTTP response that replaces mitmproxy's error page.
-_ERROR_REPLIES: dict[str, bytes] = {}
-
-
 def _failure_status(message: str) -> int:
     return 504 if "timed out" in message.lower() or "timeout" in message.lower() else 502
 
@@ -315,10 +406,10 @@ class UpstreamFailures:
         from mitmproxy.net.http import http1
 
         headers = {**reply.headers, "connection": "close"}
-        _ERROR_REPLIES[flow.client_conn.id] = http1.assemble_response(http.Response.make(reply.status, reply.body, headers))
+        ERROR_REPLIES[flow.client_conn.id] = http1.assemble_response(http.Response.make(reply.status, reply.body, headers))
 
     def client_disconnected(self, client: Any) -> None:
-        _ERROR_REPLIES.pop(client.id, None)
+        ERROR_REPLIES.pop(client.id, None)
 
 
 _ERROR_REPLIES_INSTALLED = False
@@ -345,7 +436,7 @@ def install_error_replies() -> bool:
 
     def send(self: Any, event: Any) -> Any:
         if isinstance(event, ResponseProtocolError) and not self.response:
-            raw = _ERROR_REPLIES.pop(self.conn.id, None)
+            raw = ERROR_REPLIES.pop(self.conn.id, None)
             if raw is not None:
                 if self.conn.state & ConnectionState.CAN_WRITE:
                     yield commands.SendData(self.conn, raw)
@@ -431,6 +522,7 @@ async def serve_mitmproxy(config: Config, listen: Listen, *, on_ready: Any = Non
     install_stop_signals(stop)
     firewall = build_firewall(config)
     client = None
+    opts = None
     try:
         reverse = config.proxy.mode == "reverse"
         client = client_session(connect_timeout=config.proxy.connect_timeout_seconds, verify_tls=not config.proxy.ssl_insecure)
@@ -441,12 +533,24 @@ async def serve_mitmproxy(config: Config, listen: Listen, *, on_ready: Any = Non
         inspection.inspector.prepare()  # the addons' hooks run on this thread (the event loop)
         router = build_router(config) if reverse else None
         install_error_replies()
+        install_request_limits()
+        install_body_limits()
         opts = options.Options()
         m = master.Master(opts, with_termlog=False)
+        http_addon = McpHttp(inspection, router, preserve_host=config.proxy.preserve_host)
+        refusals = _Refusals(inspection, router, http_addon, config.proxy.client_timeout_seconds)
+        limits = Limits(
+            client_timeout=config.proxy.client_timeout_seconds, max_body=inspection.max_message_bytes,
+            max_connections=config.proxy.max_connections or _connection_budget(),
+            max_connections_per_client=config.proxy.max_connections_per_client,
+            unreadable=refusals.unreadable, too_slow=refusals.too_slow,
+        )
+        register(opts, limits)
         m.addons.add(
             core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
             errorcheck.ErrorCheck(),
-            McpHttp(inspection, router, preserve_host=config.proxy.preserve_host),
+            ClientLimits(limits, closer=_closer(m), on_silent=refusals.silent),
+            http_addon,
             McpWebSocket(inspection, router),
             UpstreamFailures(inspection),
         )
@@ -464,9 +568,82 @@ async def serve_mitmproxy(config: Config, listen: Listen, *, on_ready: Any = Non
         elif runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
     finally:
+        if opts is not None:
+            unregister(opts)
         if client is not None:
             await client.close()
         firewall.close()
+
+
+class _Refusals:
+    """Records requests the HTTP/1 reader refuses before the addons see them, as the lean
+    listener records its own: against the route when one is known (reverse mode: the
+    first, as the lean listener; transparent mode and CONNECT tunnels: the destination).
+    A plain HTTP request to a forward proxy names its destination in the head it failed to
+    send, so there is no server to record it against: it is logged instead."""
+
+    def __init__(self, core: HttpInspection, router: Router | None, http_addon: McpHttp, timeout: float) -> None:
+        self.core = core
+        self.router = router
+        self.http = http_addon
+        self.timeout = timeout
+
+    def _route(self, context: Any, request: Any = None) -> Route | None:
+        if self.router is not None:
+            match = self.router.match(request.headers.get("host"), request.path) if request is not None else None
+            return match[0] if match is not None else self.router.routes[0]
+        if request is not None and request.host:
+            return self.http.target(request.scheme, request.host, request.port)
+        address = context.server.address
+        if address is None:
+            return None
+        return self.http.target("https" if context.client.tls else "http", address[0], address[1])
+
+    def unreadable(self, context: Any, status: int, why: str) -> None:
+        route = self._route(context)
+        if route is None:
+            log.warning("mcpfw: refused a request from %s (%d): %s", _peer(context.client), status, why)
+            return
+        self.core.refuse(route, code=errors.INVALID_REQUEST, reason="unreadable_request", status=status, message=why)
+
+    def too_slow(self, context: Any, request: Any, size: int) -> Reply | None:
+        part = "body" if request is not None else "headers"
+        message = f"the client did not send its request {part} within {self.timeout:g} s"
+        route = self._route(context, request)
+        if route is None:
+            log.warning("mcpfw: closed a connection from %s: %s", _peer(context.client), message)
+            return None
+        reply = self.core.refuse(route, code=errors.INVALID_REQUEST, reason="client_timeout", status=408,
+                                 message=message, size=size)
+        return reply if request is not None else None  # a bare 408 to a head, as the lean listener
+
+    def silent(self, client: Any) -> None:
+        """A connection that sent no request in time, closed."""
+        message = f"the client did not send a request within {self.timeout:g} s"
+        if self.router is None:
+            log.info("mcpfw: closed a connection from %s: %s", _peer(client), message)
+            return
+        self.core.refuse(self.router.routes[0], code=errors.INVALID_REQUEST, reason="client_timeout", status=408,
+                         message=message)
+
+
+def _peer(client: Any) -> str:
+    return str(client.peername[0]) if client.peername else "?"
+
+
+def _closer(m: Any) -> Any:
+    """Closes a client connection as mitmproxy's own inactivity timeout does: its reading
+    task is cancelled. False when this mitmproxy keeps its connections elsewhere."""
+    def close(client: Any) -> bool:
+        handler = getattr(m.addons.get("proxyserver"), "connections", {}).get(client.id)
+        io = getattr(handler, "transports", {}).get(client)
+        task = getattr(io, "handler", None)
+        if task is None:
+            return False
+        task.cancel("mcpfw: the client sent no request in time")
+        return True
+
+    return close
 
 
 async def _wait_listening(m: Any, runner: asyncio.Future[Any]) -> None:

@@ -31,13 +31,14 @@ _HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUS = frozenset({204, 304})
 _MAX_QUEUED = 16  # pipelined requests held before reading pauses
+MAX_HEAD_BYTES = 64 * 1024  # a request's line and fields, counted as they arrive
 
 
 @dataclass(slots=True)
 class ServerSettings:
     client_timeout: float  # to send a request's headers, then again its body
     max_body: int
-    max_head_bytes: int = 64 * 1024
+    max_head_bytes: int = MAX_HEAD_BYTES
     max_headers: int = 128
     idle_timeout: float = 300.0  # an idle keep-alive connection is closed after this
     max_connections: int = 0  # open client connections at most (0: no limit)

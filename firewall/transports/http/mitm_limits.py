@@ -1,0 +1,323 @@
+"""The lean listener's client limits, given to the mitmproxy engine.
+
+mitmproxy 12 reads a request head without a size limit (``# FIXME: protect against header
+size DoS`` in its HTTP/1 server), gives a client no deadline for its request, takes any
+number of connections and buffers whole bodies before an addon sees them. Addon hooks
+cannot help with the first two: the head is read by the HTTP/1 layer before any hook
+runs (the first, ``requestheaders``, sees it complete), and a hook only runs when the
+layer has something to report, never because time passed. So two private methods are
+wrapped, each version-guarded and idempotent as :func:`~.mitm.install_error_replies`:
+
+* ``Http1Server._handle_event`` (:func:`install_request_limits`): a head is refused with
+  431 once its bytes pass 64 KiB; deadlines (mitmproxy's own wakeup events) for a head,
+  then a body, as the lean listener's; bytes a client pipelines while its answer is
+  pending are bounded too (mitmproxy holds them all). HTTP/1 only: HTTP/2 clients keep
+  mitmproxy's own behaviour.
+* ``HttpStream.check_body_size`` (:func:`install_body_limits`), which mitmproxy calls for
+  every chunk of a body it buffers: a body the addon marked as bounded is refused once it
+  passes the message size limit, and one that cannot be JSON-RPC is streamed on instead.
+
+Connection caps and the deadline of a connection that sends nothing are hooks of the
+:class:`ClientLimits` addon. Every limit is inactive (mitmproxy's own behaviour) for a
+mitmproxy instance that did not register one with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .replies import Reply
+from .server import _HEAD_TOO_LARGE, _TIMEOUT_RESPONSE, MAX_HEAD_BYTES, _warn_refused_connection
+from .wire import DATE, encode, reason_of
+
+log = logging.getLogger("mcpfw.http")
+
+_HEAD_END = re.compile(rb"\n\r?\n")  # how h11, mitmproxy's parser, finds the end of a head
+
+# Client connection id -> the raw HTTP response that replaces mitmproxy's error page
+# (see install_error_replies in .mitm).
+ERROR_REPLIES: dict[str, bytes] = {}
+
+
+def raw_reply(reply: Reply) -> bytes:
+    """A refusal that ends the connection, as bytes on the wire."""
+    head = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reason_of(reply.status))]
+    head += [b"%s: %s\r\n" % (encode(k), encode(v)) for k, v in reply.headers.items() if k.lower() != "connection"]
+    head += (DATE.line(), b"connection: close\r\n", b"content-length: %d\r\n\r\n" % len(reply.body), reply.body)
+    return b"".join(head)
+
+
+@dataclass(slots=True)
+class BodyLimit:
+    """Put on a flow by the addon's ``requestheaders`` hook: how its bodies are bounded.
+
+    ``over(flow, request, prefix)`` is asked once a buffered body passes ``limit``: the
+    reply that refuses it, or None to stream the rest unread (a request that cannot be
+    JSON-RPC, whose first ``limit`` bytes were shown to the pipeline).
+    """
+
+    limit: int
+    over: Callable[[Any, bool, bytes], Reply | None]
+
+
+@dataclass(slots=True, eq=False)
+class Limits:
+    """What one mitmproxy instance enforces, and whom it tells about refusals."""
+
+    client_timeout: float
+    max_body: int
+    max_connections: int  # resolved: 0 is no limit here
+    max_connections_per_client: int
+    # (status, why) of a request refused before it could be read: audited where a route is known
+    unreadable: Callable[[Any, int, str], None]
+    # a client too slow with its head (request None) or its body: the reply, or None for a bare 408
+    too_slow: Callable[[Any, Any, int], Reply | None]
+    max_head_bytes: int = MAX_HEAD_BYTES
+    open_per_client: dict[str, int] = field(default_factory=dict)
+    admitted: dict[str, str] = field(default_factory=dict)  # client id -> its address
+    first_byte: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+
+
+_REGISTERED: dict[int, Limits] = {}  # id(mitmproxy options) -> its limits
+
+
+def register(options: Any, limits: Limits) -> None:
+    _REGISTERED[id(options)] = limits
+
+
+def unregister(options: Any) -> None:
+    _REGISTERED.pop(id(options), None)
+
+
+def _limits_of(layer: Any) -> Limits | None:
+    return _REGISTERED.get(id(layer.context.options))
+
+
+# -- the HTTP/1 request reader ------------------------------------------------------------
+
+
+def install_request_limits() -> bool:
+    """Wrap mitmproxy's HTTP/1 server-side ``_handle_event`` (see the module's docstring).
+    False when this mitmproxy does not have what is wrapped (no limit applies then)."""
+    try:
+        from mitmproxy.proxy import commands, events
+        from mitmproxy.proxy.layers.http import _http1
+        from mitmproxy.proxy.layers.http._base import ReceiveHttp
+        from mitmproxy.proxy.layers.http._events import ErrorCode, RequestProtocolError
+    except ImportError:
+        return False
+    server = getattr(_http1, "Http1Server", None)
+    original = getattr(server, "_handle_event", None)
+    if original is None or not all(hasattr(server, name) for name in ("read_headers", "read_body", "wait", "done")):
+        return False
+    if getattr(original, "_mcpfw", False):
+        return True
+
+    def refuse(self: Any, raw: bytes) -> Any:
+        self.state = self.done  # nothing more is read
+        self._mcpfw_phase = None
+        yield commands.SendData(self.conn, raw)
+        yield commands.CloseConnection(self.conn)
+        if self.request is not None and not self.request_done:
+            # The stream learns its request will not complete (its flow ends with an error).
+            yield ReceiveHttp(RequestProtocolError(self.stream_id, "mcpfw: request refused", ErrorCode.CLIENT_DISCONNECTED))
+
+    def _handle_event(self: Any, event: Any) -> Any:
+        limits = _limits_of(self)
+        if limits is None:
+            yield from original(self, event)
+            return
+        if isinstance(event, events.Wakeup):  # only this wrapper asks for wakeups here
+            deadline = getattr(self, "_mcpfw_deadline", None)
+            if getattr(self, "_mcpfw_phase", None) is not None and deadline is not None and time.monotonic() >= deadline:
+                yield from expire(self, limits)
+            return
+        if isinstance(event, events.DataReceived):
+            note_first_byte(limits, self.context.client)
+            if self.state == self.read_headers and len(self.buf) + len(event.data) > limits.max_head_bytes:
+                pending = bytes(self.buf) + event.data  # at most the limit and one read
+                if _HEAD_END.search(pending, 0, limits.max_head_bytes) is None:
+                    why = f"request head over {limits.max_head_bytes} bytes"
+                    limits.unreadable(self.context, 431, why)
+                    yield from refuse(self, _HEAD_TOO_LARGE)
+                    return
+            elif self.state == self.wait and len(self.buf) + len(event.data) > limits.max_head_bytes + limits.max_body:
+                # A client that sends on while its answer is pending: mitmproxy would hold
+                # all of it. (No 431: a response is under way on this connection.)
+                log.warning("mcpfw: closing a connection that sent over %d bytes ahead of its answer",
+                            limits.max_head_bytes + limits.max_body)
+                self.state = self.done
+                yield commands.CloseConnection(self.conn)
+                return
+        yield from original(self, event)
+        yield from track(self, limits)
+
+    def track(self: Any, limits: Limits) -> Any:
+        """A deadline for a head from its first byte, a fresh one for a buffered body."""
+        if self.state == self.read_headers and self.buf:
+            phase = "head"
+        elif self.state == self.read_body and not (self.request is not None and self.request.stream):
+            phase = "body"  # (a body streamed on, not MCP, has only mitmproxy's inactivity timeout)
+        else:
+            phase = None
+        key = (phase, self.stream_id)
+        if phase is None:
+            self._mcpfw_phase = None
+        elif getattr(self, "_mcpfw_phase", None) != key:
+            self._mcpfw_phase = key
+            self._mcpfw_deadline = time.monotonic() + limits.client_timeout
+            yield commands.RequestWakeup(limits.client_timeout)
+
+    def expire(self: Any, limits: Limits) -> Any:
+        phase = self._mcpfw_phase[0]
+        request = self.request if phase == "body" else None
+        try:
+            reply = limits.too_slow(self.context, request, 0)
+        except Exception:  # the connection is closed whatever the record does
+            log.exception("mcpfw: cannot record a client timeout")
+            reply = None
+        yield from refuse(self, _TIMEOUT_RESPONSE if reply is None else raw_reply(reply))
+
+    _handle_event._mcpfw = True  # type: ignore[attr-defined]
+    server._handle_event = _handle_event
+    return True
+
+
+# -- bodies -------------------------------------------------------------------------------
+
+
+def install_body_limits() -> bool:
+    """Wrap mitmproxy's ``HttpStream.check_body_size`` (see the module's docstring)."""
+    try:
+        from mitmproxy import flow as mflow
+        from mitmproxy.proxy.layers import http as mhttp
+        from mitmproxy.proxy.layers.http._events import ErrorCode, RequestData, RequestProtocolError, ResponseProtocolError
+        from mitmproxy.proxy.layers.http._hooks import HttpErrorHook
+    except ImportError:
+        return False
+    stream_cls = getattr(mhttp, "HttpStream", None)
+    original = getattr(stream_cls, "check_body_size", None)
+    if original is None or not all(hasattr(stream_cls, n) for n in ("start_request_stream", "state_errored")):
+        return False
+    if getattr(original, "_mcpfw", False):
+        return True
+
+    def check_body_size(self: Any, request: bool) -> Any:
+        flow = getattr(self, "flow", None)
+        bound: BodyLimit | None = flow.metadata.get(BODY_LIMIT) if flow is not None else None
+        buf = self.request_body_buf if request else self.response_body_buf
+        if bound is None or len(buf) <= bound.limit:
+            return (yield from original(self, request))
+        prefix = bytes(buf)
+        buf.clear()  # freed whatever happens next
+        reply = bound.over(flow, request, prefix)
+        if reply is None and request:
+            # Not MCP: the rest passes unread, as mitmproxy streams a large body itself.
+            del flow.metadata[BODY_LIMIT]
+            flow.request.stream = True
+            yield from self.start_request_stream()
+            if self.client_state != self.state_errored:
+                yield from self.handle_event(RequestData(self.stream_id, prefix))
+            return False
+        if reply is None:  # (not asked for: a response body is only ever bounded)
+            reply = Reply(502)
+        ERROR_REPLIES[flow.client_conn.id] = raw_reply(reply)
+        message = f"{'request' if request else 'response'} body over {bound.limit} bytes"
+        flow.error = mflow.Error(message)
+        yield HttpErrorHook(flow)
+        code = ErrorCode.REQUEST_TOO_LARGE if request else ErrorCode.RESPONSE_TOO_LARGE
+        yield mhttp.SendHttp(ResponseProtocolError(self.stream_id, message, code), self.context.client)
+        self.client_state = self.state_errored
+        if not request:
+            yield mhttp.SendHttp(RequestProtocolError(self.stream_id, message, code), self.context.server)
+            self.server_state = self.state_errored
+        flow.live = False
+        return True
+
+    check_body_size._mcpfw = True  # type: ignore[attr-defined]
+    stream_cls.check_body_size = check_body_size
+    return True
+
+
+BODY_LIMIT = "mcpfw.body_limit"
+
+
+# -- connections --------------------------------------------------------------------------
+
+
+def note_first_byte(limits: Limits, client: Any) -> None:
+    """The client sent HTTP/1 bytes: the deadline of its request's head takes over."""
+    timer = limits.first_byte.pop(client.id, None)
+    if timer is not None:
+        timer.cancel()
+
+
+class ClientLimits:
+    """Connection caps, and a deadline for a connection that sends no request (nothing at
+    all, or a CONNECT tunnel then no TLS handshake or request inside it)."""
+
+    def __init__(self, limits: Limits, *, closer: Callable[[Any], bool], on_silent: Callable[[Any], None]) -> None:
+        self.limits = limits
+        self._close = closer
+        self._on_silent = on_silent
+
+    def client_connected(self, client: Any) -> None:
+        limits = self.limits
+        peer = client.peername[0] if client.peername else None
+        counts = limits.open_per_client
+        if limits.max_connections and len(limits.admitted) >= limits.max_connections:
+            why = f"{len(limits.admitted)} connections are open (proxy.max_connections)"
+        elif limits.max_connections_per_client and peer is not None and counts.get(peer, 0) >= limits.max_connections_per_client:
+            why = f"{peer} has {limits.max_connections_per_client} connections open (proxy.max_connections_per_client)"
+        else:
+            limits.admitted[client.id] = peer or ""
+            if peer is not None:
+                counts[peer] = counts.get(peer, 0) + 1
+            self._arm(client)
+            return
+        _warn_refused_connection(why)
+        client.error = "mcpfw: too many connections"  # mitmproxy closes it at once
+
+    def client_disconnected(self, client: Any) -> None:
+        limits = self.limits
+        note_first_byte(limits, client)
+        peer = limits.admitted.pop(client.id, None)
+        if peer:
+            left = limits.open_per_client.get(peer, 1) - 1
+            if left > 0:
+                limits.open_per_client[peer] = left
+            else:
+                limits.open_per_client.pop(peer, None)
+
+    def http_connect(self, flow: Any) -> None:
+        # A tunnel: the TLS handshake and the first request in it get the same deadline.
+        self._arm(flow.client_conn)
+
+    def tls_established_client(self, data: Any) -> None:
+        if data.conn.alpn == b"h2":  # HTTP/2 requests are not read by the wrapped HTTP/1 reader
+            note_first_byte(self.limits, data.conn)
+
+    def tcp_start(self, flow: Any) -> None:
+        note_first_byte(self.limits, flow.client_conn)  # a raw TCP tunnel: no request to wait for
+
+    def _arm(self, client: Any) -> None:
+        note_first_byte(self.limits, client)
+        loop = asyncio.get_running_loop()
+        self.limits.first_byte[client.id] = loop.call_later(self.limits.client_timeout, self._expire, client)
+
+    def _expire(self, client: Any) -> None:
+        self.limits.first_byte.pop(client.id, None)
+        if client.id not in self.limits.admitted:
+            return
+        # Closed without an answer: nothing was asked, and the bytes may be TLS.
+        if self._close(client):
+            try:
+                self._on_silent(client)
+            except Exception:
+                log.exception("mcpfw: cannot record a client timeout")

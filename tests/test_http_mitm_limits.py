@@ -1,0 +1,253 @@
+"""The mitmproxy engine's client limits (head size, bodies, deadlines, connection caps),
+on real sockets, as the lean listener enforces them (tests/test_http_failures.py)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from firewall import errors
+from support import audit_rows
+from peers.http_harness import InProcessFirewall, http, make_config
+from test_http_failures import CALL, HEADERS, RawServer, _answer, hang, read_request, reason_of
+
+
+def mitm(tmp_path, port: int, *, mode: str = "reverse", limits: dict | None = None, **proxy) -> InProcessFirewall:
+    upstreams = [{"url": f"http://127.0.0.1:{port}/mcp", "name": "up"}] if mode == "reverse" else []
+    settings = {"upstream_timeout_seconds": 2, "client_timeout_seconds": 1, **proxy}
+    config = make_config(tmp_path, upstreams, limits=limits, mode=mode, listener="mitmproxy",
+                         confdir=str(tmp_path / "mitm"), **settings)
+    return InProcessFirewall(config, engine="mitmproxy")
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmRSS:")).split()[1])
+
+
+@pytest.mark.parametrize("mode", ["reverse", "regular"])
+def test_a_head_that_never_ends_is_cut_at_64_kib(tmp_path, mode):
+    with RawServer(hang) as server, mitm(tmp_path, server.port, mode=mode) as fw:
+        before = rss_kib()
+        attacker = socket.create_connection(("127.0.0.1", fw.port))
+        target = b"/mcp" if mode == "reverse" else b"http://127.0.0.1:%d/mcp" % server.port
+        attacker.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nX-Pad: " % target)
+        sent = 0
+        try:
+            while sent < 16 * 1024 * 1024:  # 16 MiB unless the connection is closed first
+                attacker.sendall(b"a" * 16384)
+                sent += 16384
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _answer(attacker)
+        attacker.close()
+        grown = rss_kib() - before
+    assert sent < 4 * 1024 * 1024, sent  # (the socket buffers hold some after the limit)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431")
+    assert grown < 8 * 1024, f"RSS grew by {grown} KiB"
+    if mode == "reverse":  # (a forward proxy does not know the server the head was for)
+        rows = audit_rows(tmp_path / "audit.duckdb", "'unreadable_request' IN reason_codes", at_least=1)
+        assert "request head over 65536 bytes" in rows[0]["error"]
+
+
+def test_a_head_within_the_limit_still_passes(tmp_path):
+    """60 KiB of fields in many reads: under the limit, answered by the server."""
+    def answer(conn: socket.socket) -> None:
+        read_request(conn)
+        body = b'{"jsonrpc":"2.0","id":7,"result":{}}'
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+
+    with RawServer(answer) as server, mitm(tmp_path, server.port) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers={**HEADERS, "x-pad": "a" * 60_000})
+    assert r.status_code == 200 and r.json()["id"] == 7
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_an_oversized_mcp_body_is_refused_without_being_read(tmp_path, framing):
+    seen = []
+    with RawServer(lambda conn: seen.append(conn.recv(10))) as server, \
+            mitm(tmp_path, server.port, limits={"max_message_bytes": 4096}) as fw:
+        sock = socket.create_connection(("127.0.0.1", fw.port))
+        head = b"POST /mcp HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+        sent = 0
+        if framing == "length":
+            sock.sendall(head + b"content-length: 100000000\r\n\r\n")  # and not a byte of it
+        else:
+            sock.sendall(head + b"transfer-encoding: chunked\r\n\r\n")
+            piece = b"%x\r\n%s\r\n" % (1024, b"x" * 1024)
+            try:
+                while sent < 4 * 1024 * 1024:
+                    sock.sendall(piece)
+                    sent += 1024
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        answer = _answer(sock, timeout=3)
+        sock.close()
+    assert sent < 1024 * 1024
+    assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer.lower()
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body["error"]["code"] == errors.MESSAGE_TOO_LARGE
+    assert not seen
+    row = reason_of(tmp_path, body["error"]["data"]["decision_id"])
+    assert row["error_code"] == errors.MESSAGE_TOO_LARGE and row["decision"] == "deny"
+
+
+def _chunked_body(conn: socket.socket, data: bytes) -> bytes:
+    """The rest of a chunked body after ``data`` (raw, chunk framing included)."""
+    while not data.endswith(b"0\r\n\r\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    out, rest = b"", data
+    while rest:
+        size, _, rest = rest.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            break
+        out += rest[:n]
+        rest = rest[n + 2:]
+    return out
+
+
+def test_regular_mode_streams_what_is_not_mcp_and_bounds_what_may_be(tmp_path):
+    """Uploads and downloads far over the limit pass to a host that is not MCP, whole; a
+    body over the limit that may be JSON-RPC, or a request marked as MCP, is refused."""
+    # 1 MiB of a form upload (text with NULs early on counts as UTF-16 or -32 JSON: not this)
+    big = b"--b0undary\r\ncontent-disposition: form-data; name=f\r\n\r\n" + bytes(range(1, 256)) * 4112
+    received: list[bytes] = []
+
+    def server(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        if b"chunked" in head.lower():
+            body = _chunked_body(conn, rest)
+        else:
+            length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+            body = rest
+            while len(body) < length:
+                body += conn.recv(65536)
+        received.append(body)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: %d\r\n\r\n" % len(big) + big)
+
+    def raw(proxy_port: int, server_port: int, head: bytes, body: bytes, chunked: bool = False) -> bytes:
+        sock = socket.create_connection(("127.0.0.1", proxy_port))
+        framing = b"transfer-encoding: chunked\r\n" if chunked else b"content-length: %d\r\n" % len(body)
+        sock.sendall(b"POST http://127.0.0.1:%d/upload HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s%s\r\n" % (
+            server_port, server_port, head, framing))
+        try:
+            if chunked:
+                for i in range(0, len(body), 8192):
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(body[i:i + 8192]), body[i:i + 8192]))
+                sock.sendall(b"0\r\n\r\n")
+            else:
+                sock.sendall(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = b""
+        sock.settimeout(5)
+        try:
+            while chunk := sock.recv(1 << 20):
+                answer += chunk
+                if answer.startswith(b"HTTP/1.1 200") and len(answer) >= len(big):
+                    head_end = answer.find(b"\r\n\r\n") + 4
+                    if len(answer) - head_end >= len(big):
+                        break
+        except (TimeoutError, ConnectionResetError):
+            pass
+        sock.close()
+        return answer
+
+    with RawServer(server) as up, mitm(tmp_path, 0, mode="regular", limits={"max_message_bytes": 4096}) as fw:
+        for chunked in (False, True):
+            answer = raw(fw.port, up.port, b"content-type: multipart/form-data; boundary=b0undary\r\n", big, chunked)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+            assert answer.partition(b"\r\n\r\n")[2] == big  # the download, whole
+        assert received == [big, big]  # the uploads, whole and unchanged
+        json_like = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"x":"' + b"a" * 10_000 + b'"}}'
+        refused = raw(fw.port, up.port, b"content-type: text/plain\r\n", json_like, True)
+        marked = raw(fw.port, up.port, b"mcp-session-id: s1\r\ncontent-type: application/octet-stream\r\n", big)
+    assert refused.startswith(b"HTTP/1.1 413") and marked.startswith(b"HTTP/1.1 413")
+    assert len(received) == 2  # neither reached the server
+    assert len(audit_rows(tmp_path / "audit.duckdb", "error_code = -32053", at_least=2)) == 2
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_an_oversized_answer_becomes_an_error_for_its_request(tmp_path, framing):
+    result = b'{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"' + b"x" * 200_000 + b'"}]}}'
+
+    def answer(conn: socket.socket) -> None:
+        read_request(conn)
+        if framing == "length":
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(result), result))
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+            for i in range(0, len(result), 1000):
+                conn.sendall(b"%x\r\n%s\r\n" % (len(result[i:i + 1000]), result[i:i + 1000]))
+            conn.sendall(b"0\r\n\r\n")
+        time.sleep(0.3)
+
+    with RawServer(answer) as server, mitm(tmp_path, server.port, limits={"max_message_bytes": 4096}) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+    assert r.status_code == 502
+    error = r.json()
+    assert error["id"] == 7 and error["error"]["code"] == errors.MESSAGE_TOO_LARGE
+    row = reason_of(tmp_path, error["error"]["data"]["decision_id"])
+    assert row["direction"] == "server_to_client" and row["error_code"] == errors.MESSAGE_TOO_LARGE
+
+
+def test_silent_and_slow_clients_are_cut_off_while_others_are_served(tmp_path):
+    def answer(conn: socket.socket) -> None:
+        read_request(conn)
+        body = b'{"jsonrpc":"2.0","id":7,"result":{}}'
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+
+    with RawServer(answer) as server, mitm(tmp_path, server.port) as fw:
+        silent = socket.create_connection(("127.0.0.1", fw.port))
+        slow_head = socket.create_connection(("127.0.0.1", fw.port))
+        slow_head.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\n")
+        slow_body = socket.create_connection(("127.0.0.1", fw.port))
+        slow_body.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+        started = time.monotonic()
+        for _ in range(3):  # trickled: each byte well within the deadline, the whole never
+            time.sleep(0.3)
+            slow_head.sendall(b"x")
+            slow_body.sendall(b" ")
+        quick = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+        answers = [_answer(s, timeout=5) for s in (silent, slow_head, slow_body)]
+        elapsed = time.monotonic() - started
+        for s in (silent, slow_head, slow_body):
+            s.close()
+    assert quick.status_code == 200
+    assert elapsed < 3
+    assert answers[0] == b""  # nothing was asked (and it might have been TLS)
+    assert answers[1].startswith(b"HTTP/1.1 408")
+    assert answers[2].startswith(b"HTTP/1.1 408") and b'"code":-32600' in answers[2]
+    reasons = [r["reason_codes"] for r in audit_rows(tmp_path / "audit.duckdb", "'client_timeout' IN reason_codes", at_least=3)]
+    assert reasons.count(["client_timeout"]) == 3
+
+
+@pytest.mark.parametrize("cap", ["max_connections_per_client", "max_connections"])
+def test_connections_beyond_the_caps_are_closed_at_once(tmp_path, cap):
+    def answer(conn: socket.socket) -> None:
+        read_request(conn)
+        body = b'{"jsonrpc":"2.0","id":7,"result":{}}'
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+
+    with RawServer(answer) as server, mitm(tmp_path, server.port, client_timeout_seconds=5, **{cap: 3}) as fw:
+        held = [socket.create_connection(("127.0.0.1", fw.port)) for _ in range(3)]
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", fw.port))
+        started = time.monotonic()
+        assert _answer(extra, timeout=2) == b"" and time.monotonic() - started < 1  # closed, not held
+        extra.close()
+        for s in held:
+            s.close()
+        time.sleep(0.2)
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)  # room again
+    assert r.status_code == 200
