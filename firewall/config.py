@@ -159,9 +159,9 @@ class ProxyConfig(_Strict):
     )
     max_sessions: Annotated[int, Field(ge=1)] = 10_000
     max_connections: Annotated[int, Field(ge=0)] = Field(
-        default=0, description="lean listener: open client connections per process at most (0: the open-file limit less a reserve)")
+        default=0, description="open client connections per process at most (0: the open-file limit less a reserve)")
     max_connections_per_client: Annotated[int, Field(ge=0)] = Field(
-        default=1024, description="lean listener: open connections from one client address at most (0: no limit; raise it behind a load balancer)")
+        default=1024, description="open connections from one client address at most (0: no limit; raise it behind a load balancer)")
     confdir: Path | None = Field(default=None, description="mitmproxy's directory (its CA for TLS interception); default MCPFW_HOME/mitmproxy")
     ssl_insecure: bool = Field(default=False, description="mitmproxy: do not verify upstream TLS certificates")
 
