@@ -116,8 +116,8 @@ def _chunked_body(conn: socket.socket, data: bytes) -> bytes:
 def test_regular_mode_streams_what_is_not_mcp_and_bounds_what_may_be(tmp_path):
     """Uploads and downloads far over the limit pass to a host that is not MCP, whole; a
     body over the limit that may be JSON-RPC, or a request marked as MCP, is refused."""
-    # 1 MiB of a form upload (text with NULs early on counts as UTF-16 or -32 JSON: not this)
-    big = b"--b0undary\r\ncontent-disposition: form-data; name=f\r\n\r\n" + bytes(range(1, 256)) * 4112
+    # 1 MiB of an image: NULs from its fourth byte on, as binary data has (not UTF-16 or -32 text)
+    big = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4096
     received: list[bytes] = []
 
     def server(conn: socket.socket) -> None:
@@ -165,16 +165,18 @@ def test_regular_mode_streams_what_is_not_mcp_and_bounds_what_may_be(tmp_path):
 
     with RawServer(server) as up, mitm(tmp_path, 0, mode="regular", limits={"max_message_bytes": 4096}) as fw:
         for chunked in (False, True):
-            answer = raw(fw.port, up.port, b"content-type: multipart/form-data; boundary=b0undary\r\n", big, chunked)
+            answer = raw(fw.port, up.port, b"content-type: image/png\r\n", big, chunked)
             assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
             assert answer.partition(b"\r\n\r\n")[2] == big  # the download, whole
         assert received == [big, big]  # the uploads, whole and unchanged
         json_like = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"x":"' + b"a" * 10_000 + b'"}}'
         refused = raw(fw.port, up.port, b"content-type: text/plain\r\n", json_like, True)
+        wide = raw(fw.port, up.port, b"content-type: text/plain\r\n", json_like.decode().encode("utf-16-le"), True)
         marked = raw(fw.port, up.port, b"mcp-session-id: s1\r\ncontent-type: application/octet-stream\r\n", big)
     assert refused.startswith(b"HTTP/1.1 413") and marked.startswith(b"HTTP/1.1 413")
-    assert len(received) == 2  # neither reached the server
-    assert len(audit_rows(tmp_path / "audit.duckdb", "error_code = -32053", at_least=2)) == 2
+    assert wide.startswith(b"HTTP/1.1 413")  # UTF-16 JSON text is JSON to the servers that read it
+    assert len(received) == 2  # none reached the server
+    assert len(audit_rows(tmp_path / "audit.duckdb", "error_code = -32053", at_least=3)) == 3
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])

@@ -113,12 +113,30 @@ def _may_be_jsonrpc(body: bytes) -> bool:
     return any(isinstance(item, dict) and "jsonrpc" in item for item in items)
 
 
+# A JSON array or object in UTF-16 or UTF-32 (either byte order, with or without a BOM,
+# after any white space): Python's json reads such bytes, and so does any server told the
+# charset. Binary data (an image, an archive) has NULs too, but not in this pattern.
+_WIDE_JSON = tuple(
+    re.compile(bom + b"?(?:" + b"|".join(encode(c) for c in " \t\r\n") + b")*(?:" + encode("{") + b"|" + encode("[") + b")")
+    for bom, encode in (
+        (b"(?:\xff\xfe)", lambda c: re.escape(c.encode("utf-16-le"))),
+        (b"(?:\xfe\xff)", lambda c: re.escape(c.encode("utf-16-be"))),
+        (b"(?:\xff\xfe\x00\x00)", lambda c: re.escape(c.encode("utf-32-le"))),
+        (b"(?:\x00\x00\xfe\xff)", lambda c: re.escape(c.encode("utf-32-be"))),
+    )
+)
+
+
 def may_be_json_text(body: bytes) -> bool:
     """Whether a body (or its beginning) could be a JSON array or object, as JSON parsers
-    read text: after a BOM and white space, "{" or "[", or NULs (UTF-16 or UTF-32 text)."""
+    read text: after a BOM and white space, "{" or "[", in UTF-8 or in UTF-16 or UTF-32."""
     start = _LEADING.match(body).end()  # type: ignore[union-attr]
-    head = body[start:start + 64]
-    return bool(head) and (head[:1] in (b"{", b"[") or b"\x00" in head)
+    head = body[start:start + 1]
+    if not head:
+        return False
+    if head in (b"{", b"["):
+        return True
+    return b"\x00" in body[:4] and any(pattern.match(body) for pattern in _WIDE_JSON)
 
 
 def _is_sse(content_type: str | None) -> bool:
