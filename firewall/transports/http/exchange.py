@@ -89,7 +89,7 @@ class Exchange:
     principal: tuple[str | None, str | None] | None = None
 
 
-def _is_json(content_type: str | None) -> bool:
+def is_json_media(content_type: str | None) -> bool:
     if not content_type:
         return False
     media = content_type.split(";", 1)[0].strip().lower()
@@ -584,7 +584,7 @@ class HttpInspection:
             return "not_mcp", changes  # a GET that asked for an event stream and got a page
         if _is_sse(content_type):
             plan = "sse"
-        elif ex.kind == "mcp" and (200 <= status < 300 or _is_json(content_type) or "json" in (content_type or "").lower()):
+        elif ex.kind == "mcp" and (200 <= status < 300 or is_json_media(content_type) or "json" in (content_type or "").lower()):
             # Every successful answer to a JSON-RPC POST is read as JSON, whatever its
             # Content-Type claims (clients accept "application/json-seq" and the like as
             # JSON): one passed unread could carry anything. An empty one passes (json_body).

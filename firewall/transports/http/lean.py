@@ -70,7 +70,7 @@ class _Handover(asyncio.Protocol):
         self._inner.connection_lost(exc)
 
 
-def _connection_budget() -> int:
+def connection_budget() -> int:
     """Client connections a process can hold and still open upstream connections, the audit
     file and the rest: the open-file limit less a reserve."""
     import resource
@@ -113,7 +113,7 @@ class LeanListener:
         self._limit = core.max_message_bytes
         self._server_settings = ServerSettings(
             client_timeout=settings.client_timeout_seconds, max_body=self._limit,
-            max_connections=settings.max_connections or _connection_budget(),
+            max_connections=settings.max_connections or connection_budget(),
             max_connections_per_client=settings.max_connections_per_client,
         )
         self._connections: set[ServerConnection] = set()

@@ -32,14 +32,14 @@ from ... import errors
 from ...config import Config
 from ...paths import state_dir
 from ...runtime import build_firewall
-from .exchange import Exchange, HttpInspection, Request, _is_json, may_be_json_text
+from .exchange import Exchange, HttpInspection, Request, is_json_media, may_be_json_text
+from .lean import connection_budget
 from .mitm_limits import (
     BODY_LIMIT, ERROR_REPLIES, BodyLimit, ClientLimits, Limits, install_body_limits, install_request_limits, raw_reply,
     register, unregister,
 )
 from .outbound import UpstreamPoster, client_session
 from .replies import Reply
-from .lean import _connection_budget
 from .routes import Route, Router
 from .runner import Listen, announce, install_stop_signals
 from .service import build_inspection, build_router
@@ -154,7 +154,7 @@ class McpHttp:
         encoding = headers.get("content-encoding", "").strip().lower()
         return (
             self.router is not None or self.core.only_mcp or encoding not in ("", "identity")
-            or any(name in headers for name in _MCP_MARKS) or _is_json(headers.get("content-type"))
+            or any(name in headers for name in _MCP_MARKS) or is_json_media(headers.get("content-type"))
         )
 
     def requestheaders(self, flow: Any) -> None:
@@ -541,7 +541,7 @@ async def serve_mitmproxy(config: Config, listen: Listen, *, on_ready: Any = Non
         refusals = _Refusals(inspection, router, http_addon, config.proxy.client_timeout_seconds)
         limits = Limits(
             client_timeout=config.proxy.client_timeout_seconds, max_body=inspection.max_message_bytes,
-            max_connections=config.proxy.max_connections or _connection_budget(),
+            max_connections=config.proxy.max_connections or connection_budget(),
             max_connections_per_client=config.proxy.max_connections_per_client,
             unreadable=refusals.unreadable, too_slow=refusals.too_slow,
         )

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .replies import Reply
-from .server import _HEAD_TOO_LARGE, _TIMEOUT_RESPONSE, MAX_HEAD_BYTES, _warn_refused_connection
+from .server import HEAD_TOO_LARGE, TIMEOUT_RESPONSE, MAX_HEAD_BYTES, warn_refused_connection
 from .wire import DATE, encode, reason_of
 
 log = logging.getLogger("mcpfw.http")
@@ -145,7 +145,7 @@ def install_request_limits() -> bool:
                 if _HEAD_END.search(pending, 0, limits.max_head_bytes) is None:
                     why = f"request head over {limits.max_head_bytes} bytes"
                     limits.unreadable(self.context, 431, why)
-                    yield from refuse(self, _HEAD_TOO_LARGE)
+                    yield from refuse(self, HEAD_TOO_LARGE)
                     return
             elif self.state == self.wait and len(self.buf) + len(event.data) > limits.max_head_bytes + limits.max_body:
                 # A client that sends on while its answer is pending: mitmproxy would hold
@@ -182,7 +182,7 @@ def install_request_limits() -> bool:
         except Exception:  # the connection is closed whatever the record does
             log.exception("mcpfw: cannot record a client timeout")
             reply = None
-        yield from refuse(self, _TIMEOUT_RESPONSE if reply is None else raw_reply(reply))
+        yield from refuse(self, TIMEOUT_RESPONSE if reply is None else raw_reply(reply))
 
     _handle_event._mcpfw = True  # type: ignore[attr-defined]
     server._handle_event = _handle_event
@@ -281,7 +281,7 @@ class ClientLimits:
                 counts[peer] = counts.get(peer, 0) + 1
             self._arm(client)
             return
-        _warn_refused_connection(why)
+        warn_refused_connection(why)
         client.error = "mcpfw: too many connections"  # mitmproxy closes it at once
 
     def client_disconnected(self, client: Any) -> None:

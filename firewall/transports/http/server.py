@@ -25,9 +25,9 @@ from .wire import CRLF, DATE, HeaderList, decode, encode, reason_of
 
 log = logging.getLogger("mcpfw.http")
 
-_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
-_HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+HEAD_TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY_STATUS = frozenset({204, 304})
 _MAX_QUEUED = 16  # pipelined requests held before reading pauses
@@ -155,7 +155,7 @@ class ServerConnection(asyncio.Protocol):
             if self._peer is not None:
                 settings.open_per_client[self._peer] = settings.open_per_client.get(self._peer, 0) + 1
             return True
-        _warn_refused_connection(why)
+        warn_refused_connection(why)
         self.closed = True
         transport.close()
         return False
@@ -224,7 +224,7 @@ class ServerConnection(asyncio.Protocol):
             else:
                 self._head_fed += len(data)
                 if self._head_fed > self._settings.max_head_bytes:
-                    self._reject(_HEAD_TOO_LARGE, 431, f"request head over {self._settings.max_head_bytes} bytes")
+                    self._reject(HEAD_TOO_LARGE, 431, f"request head over {self._settings.max_head_bytes} bytes")
                     return
         if self._in_message and self._deadline is None and self._active is None:
             self._deadline = self._loop.call_later(self._settings.client_timeout, self._expire)
@@ -260,7 +260,7 @@ class ServerConnection(asyncio.Protocol):
             return
         self._raw.append((name, value))
         if len(self._raw) > self._settings.max_headers:
-            self._reject(_HEAD_TOO_LARGE, 431, f"more than {self._settings.max_headers} header fields")
+            self._reject(HEAD_TOO_LARGE, 431, f"more than {self._settings.max_headers} header fields")
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -325,7 +325,7 @@ class ServerConnection(asyncio.Protocol):
     def _grow_head(self, size: int) -> None:
         self._head_size += size
         if self._head_size > self._settings.max_head_bytes:
-            self._reject(_HEAD_TOO_LARGE, 431, f"request head over {self._settings.max_head_bytes} bytes")
+            self._reject(HEAD_TOO_LARGE, 431, f"request head over {self._settings.max_head_bytes} bytes")
 
     def _reject(self, raw_response: bytes, status: int, why: str) -> None:
         """Refuse a request that could not be read, recorded by the handler."""
@@ -343,7 +343,7 @@ class ServerConnection(asyncio.Protocol):
         request = self._parsing
         reply = self._handler.too_slow(request, self._body_size)
         if reply is None:
-            self._refuse(_TIMEOUT_RESPONSE)
+            self._refuse(TIMEOUT_RESPONSE)
         else:
             self._refuse_reply(reply)
 
@@ -601,7 +601,7 @@ class _Refused(Exception):
 _refusal_warned = 0.0
 
 
-def _warn_refused_connection(why: str) -> None:
+def warn_refused_connection(why: str) -> None:
     """Log refused connections at most every ten seconds (a flood must not flood the log)."""
     global _refusal_warned
     now = time.monotonic()
