@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_audit import thread_cpu  # noqa: E402
 from firewall.config import load_config  # noqa: E402  (MCPFW_HOME is read when used, not here)
-from firewall.runtime import build_firewall  # noqa: E402
+from firewall.runtime import build_firewall, settle_heap  # noqa: E402
 from firewall.session import ServerIdentity, Session  # noqa: E402
 
 DETECTORS = ("injection", "pii", "secrets", "intent", "poisoning")
@@ -128,6 +128,7 @@ def main() -> int:
         os.environ["MCPFW_HOME"] = str(home / "home")  # learned registry state stays in here
         setups = {"all": (), "none": DETECTORS, **{f"no_{d}": (d,) for d in ablate}}
         subjects = [Subject(name, off, home) for name, off in setups.items()]
+        settle_heap()  # as a serving process does once it is ready (the collector's settings too)
         report: dict[str, Any] = {"chunk": args.chunk, "rounds": args.rounds, "python": sys.version.split()[0],
                                   "load_average_at_start": os.getloadavg()[0], "traffic": {}}
         offset = 0
