@@ -253,3 +253,63 @@ def test_connections_beyond_the_caps_are_closed_at_once(tmp_path, cap):
         time.sleep(0.2)
         r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)  # room again
     assert r.status_code == 200
+
+
+def _ok(conn: socket.socket) -> None:
+    while read_request(conn) is not None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+def test_blank_lines_before_a_head_are_dropped_not_held(tmp_path):
+    """h11 drops one blank line per read: 2 MiB of CRLF then a request would be held (and
+    the request never read) had the wrapper not dropped them all."""
+    with RawServer(_ok) as server, mitm(tmp_path, server.port, mode="regular") as fw:
+        sock = socket.create_connection(("127.0.0.1", fw.port))
+        sock.sendall(b"\r\n" * (1024 * 1024))
+        sock.sendall(b"\r")  # a CR alone, its LF in the next read
+        sock.sendall(b"\n" + b"GET http://127.0.0.1:%d/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % server.port)
+        answer = _answer(sock, timeout=3)
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+
+
+def test_a_client_sending_only_blank_lines_is_bounded_and_closed(tmp_path):
+    """CRLF without end: neither held in memory (each read passed the 64 KiB test, a blank
+    line being in it) nor kept open past the head deadline."""
+    with RawServer(hang) as server, mitm(tmp_path, server.port, mode="regular") as fw:
+        before = rss_kib()
+        sock = socket.create_connection(("127.0.0.1", fw.port))
+        start, sent = time.monotonic(), 0
+        try:
+            while time.monotonic() - start < 4:
+                sock.sendall(b"\r\n" * 32768)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        closed_after = time.monotonic() - start
+        grown = rss_kib() - before
+        sock.close()
+    assert closed_after < 3, f"open for {closed_after:.1f} s (client_timeout_seconds is 1)"
+    assert grown < 16 * 1024, f"RSS grew by {grown} KiB after {sent >> 20} MiB of CRLF"
+
+
+def test_a_head_pipelined_behind_a_pending_answer_is_bounded_too(tmp_path):
+    """Bytes sent while an answer is pending are parsed after it by mitmproxy itself, not
+    through the wrapped reader: a head over 64 KiB among them must not reach the server."""
+    heads = []
+
+    def slow(conn: socket.socket) -> None:
+        while (request := read_request(conn)) is not None:
+            heads.append(len(request[0]))
+            time.sleep(0.5 if len(heads) == 1 else 0)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    with RawServer(slow) as server, mitm(tmp_path, server.port, mode="regular") as fw:
+        sock = socket.create_connection(("127.0.0.1", fw.port))
+        url = b"http://127.0.0.1:%d/" % server.port
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % url)
+        time.sleep(0.2)
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\nX-Pad: %s\r\n\r\n" % (url, b"a" * 300_000))
+        _answer(sock, timeout=3)
+        sock.close()
+    assert heads and max(heads) < 65536, heads

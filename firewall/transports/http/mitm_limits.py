@@ -39,6 +39,17 @@ from .wire import DATE, encode, reason_of
 log = logging.getLogger("mcpfw.http")
 
 _HEAD_END = re.compile(rb"\n\r?\n")  # how h11, mitmproxy's parser, finds the end of a head
+_BLANK_LINES = re.compile(rb"(?:\r?\n)*")  # what h11 skips before a head, one line per read
+
+
+def _drop_blank_lines(buf: Any) -> bool:
+    """Remove every blank line at the start of an h11 ``ReceiveBuffer`` at once (whether any was)."""
+    data = getattr(buf, "_data", None)
+    found = _BLANK_LINES.match(data if isinstance(data, bytearray) else bytes(buf))
+    if found is None or not found.end():
+        return False
+    buf.maybe_extract_at_most(found.end())
+    return True
 
 # Client connection id -> the raw HTTP response that replaces mitmproxy's error page
 # (see install_error_replies in .mitm).
@@ -140,28 +151,49 @@ def install_request_limits() -> bool:
             return
         if isinstance(event, events.DataReceived):
             note_first_byte(limits, self.context.client)
-            if self.state == self.read_headers and len(self.buf) + len(event.data) > limits.max_head_bytes:
-                pending = bytes(self.buf) + event.data  # at most the limit and one read
-                if _HEAD_END.search(pending, 0, limits.max_head_bytes) is None:
-                    why = f"request head over {limits.max_head_bytes} bytes"
-                    limits.unreadable(self.context, 431, why)
-                    yield from refuse(self, HEAD_TOO_LARGE)
-                    return
-            elif self.state == self.wait and len(self.buf) + len(event.data) > limits.max_head_bytes + limits.max_body:
-                # A client that sends on while its answer is pending: mitmproxy would hold
-                # all of it. (No 431: a response is under way on this connection.)
+            request = self.request
+            # (After a CONNECT or an upgrade the bytes may become a tunnel's: left as they are.)
+            piped = self.state == self.wait and request is not None and (
+                request.method.upper() == "CONNECT" or "upgrade" in request.headers)
+            if piped and len(self.buf) + len(event.data) > limits.max_head_bytes + limits.max_body:
                 log.warning("mcpfw: closing a connection that sent over %d bytes ahead of its answer",
                             limits.max_head_bytes + limits.max_body)
                 self.state = self.done
                 yield commands.CloseConnection(self.conn)
                 return
+            if not piped and self.state in (self.read_headers, self.wait):
+                # Buffered here, then measured without the blank lines a head may follow
+                # (RFC 9112 2.2): h11 drops one per read, so a client sending nothing but
+                # CRLF would otherwise have mitmproxy hold all of it, every read passing the
+                # test below (a blank line within the first 64 KiB).
+                self.buf += event.data
+                if _drop_blank_lines(self.buf) and self.state == self.read_headers:
+                    self._mcpfw_started = self.stream_id  # the head's deadline runs from here
+                event = events.DataReceived(event.connection, b"")
+                # What is buffered is the next head (and, in `wait`, maybe its body).
+                over_head = len(self.buf) > limits.max_head_bytes and _HEAD_END.search(
+                    bytes(self.buf), 0, limits.max_head_bytes) is None  # (at most the limit and one read)
+                if self.state == self.read_headers and over_head:
+                    why = f"request head over {limits.max_head_bytes} bytes"
+                    limits.unreadable(self.context, 431, why)
+                    yield from refuse(self, HEAD_TOO_LARGE)
+                    return
+                if self.state == self.wait and (over_head or len(self.buf) > limits.max_head_bytes + limits.max_body):
+                    # A client that sends on while its answer is pending: mitmproxy would hold
+                    # all of it, and parse the next head after the answer without this
+                    # wrapper. (No 431: a response is under way on this connection.)
+                    log.warning("mcpfw: closing a connection that sent a head over %d bytes, or over %d bytes, "
+                                "ahead of its answer", limits.max_head_bytes, limits.max_head_bytes + limits.max_body)
+                    self.state = self.done
+                    yield commands.CloseConnection(self.conn)
+                    return
         yield from original(self, event)
         yield from track(self, limits)
 
     def track(self: Any, limits: Limits) -> Any:
         """A deadline for a head from its first byte, a fresh one for a buffered body."""
-        if self.state == self.read_headers and self.buf:
-            phase = "head"
+        if self.state == self.read_headers and (self.buf or getattr(self, "_mcpfw_started", None) == self.stream_id):
+            phase = "head"  # (blank lines before a head count: a client sending only those is as slow)
         elif self.state == self.read_body and not (self.request is not None and self.request.stream):
             phase = "body"  # (a body streamed on, not MCP, has only mitmproxy's inactivity timeout)
         else:
