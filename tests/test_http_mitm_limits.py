@@ -313,3 +313,41 @@ def test_a_head_pipelined_behind_a_pending_answer_is_bounded_too(tmp_path):
         _answer(sock, timeout=3)
         sock.close()
     assert heads and max(heads) < 65536, heads
+
+
+@pytest.mark.parametrize("blank", [b" ", "\n".encode("utf-16-le")])
+def test_regular_mode_does_not_stream_on_what_may_still_be_json_rpc(tmp_path, blank):
+    """A body over the limit is streamed on unread only if its first bytes show it is not
+    JSON: white space alone shows nothing (JSON parsers skip it; Python's reads UTF-16)."""
+    seen = []
+
+    def record(conn: socket.socket) -> None:
+        seen.append(read_request(conn))
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+
+    call = json.dumps(CALL).encode("utf-8" if blank == b" " else "utf-16-le")
+    body = blank * (300_000 // len(blank)) + call  # white space past the first reads
+    with RawServer(record) as server, mitm(tmp_path, server.port, mode="regular", limits={"max_message_bytes": 4096}) as fw:
+        sock = socket.create_connection(("127.0.0.1", fw.port))
+        sock.sendall(b"POST http://127.0.0.1:%d/mcp HTTP/1.1\r\nHost: x\r\ncontent-type: text/plain\r\n"
+                     b"content-length: %d\r\n\r\n" % (server.port, len(body)))
+        try:
+            sock.sendall(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _answer(sock, timeout=3)
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert not seen
+
+
+def test_a_json_media_type_in_a_list_bounds_the_body(tmp_path):
+    """"application/json, text/plain" is JSON to the Python SDK (it splits on ','): held to
+    the limit, refused by its Content-Length without being read."""
+    with RawServer(hang) as server, mitm(tmp_path, server.port, mode="regular", limits={"max_message_bytes": 4096}) as fw:
+        sock = socket.create_connection(("127.0.0.1", fw.port))
+        sock.sendall(b"POST http://127.0.0.1:%d/mcp HTTP/1.1\r\nHost: x\r\ncontent-type: application/json, text/plain\r\n"
+                     b"content-length: 100000000\r\n\r\n" % server.port)
+        answer = _answer(sock, timeout=3)
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]

@@ -90,10 +90,12 @@ class Exchange:
 
 
 def is_json_media(content_type: str | None) -> bool:
+    """Whether a Content-Type names JSON, in any of the media types of a list ("application/json,
+    text/plain" is JSON to servers that split on commas, such as the Python MCP SDK)."""
     if not content_type:
         return False
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
+    media = content_type.split(";", 1)[0].lower()
+    return any(m.strip() == "application/json" or m.strip().endswith("+json") for m in media.split(","))
 
 
 _LEADING = re.compile(rb"[\xef\xbb\xbf \t\r\n]*")  # what JSON parsers skip before a document
@@ -127,13 +129,30 @@ _WIDE_JSON = tuple(
 )
 
 
-def may_be_json_text(body: bytes) -> bool:
+# Only a BOM and white space in UTF-16 or UTF-32 (a partial code unit may follow).
+_WIDE_BLANK = tuple(
+    re.compile(bom + b"?(?:" + b"|".join(encode(c) for c in " \t\r\n") + b")*")
+    for bom, encode in (
+        (b"(?:\xff\xfe)", lambda c: re.escape(c.encode("utf-16-le"))),
+        (b"(?:\xfe\xff)", lambda c: re.escape(c.encode("utf-16-be"))),
+        (b"(?:\xff\xfe\x00\x00)", lambda c: re.escape(c.encode("utf-32-le"))),
+        (b"(?:\x00\x00\xfe\xff)", lambda c: re.escape(c.encode("utf-32-be"))),
+    )
+)
+
+
+def may_be_json_text(body: bytes, *, partial: bool = False) -> bool:
     """Whether a body (or its beginning) could be a JSON array or object, as JSON parsers
-    read text: after a BOM and white space, "{" or "[", in UTF-8 or in UTF-16 or UTF-32."""
+    read text: after a BOM and white space, "{" or "[", in UTF-8 or in UTF-16 or UTF-32.
+
+    ``partial``: ``body`` is only the beginning of a longer body, so one that is nothing
+    but white space so far may still be JSON (the "{" comes later): True then."""
     start = _LEADING.match(body).end()  # type: ignore[union-attr]
     head = body[start:start + 1]
     if not head:
-        return False
+        return partial
+    if partial and any(p.match(body).end() >= len(body) - 3 for p in _WIDE_BLANK):  # type: ignore[union-attr]
+        return True
     if head in (b"{", b"["):
         return True
     return b"\x00" in body[:4] and any(pattern.match(body) for pattern in _WIDE_JSON)

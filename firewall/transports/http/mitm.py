@@ -175,8 +175,9 @@ class McpHttp:
         """A buffered body passed the limit: its refusal, or None to stream the request on."""
         if not request:
             return self._answer_over_limit(flow)
-        if self._bounded(flow.request) or may_be_json_text(prefix):
-            # (Text with NULs too: the firewall takes it for UTF-16 or -32, as at any size.)
+        if self._bounded(flow.request) or may_be_json_text(prefix, partial=True):
+            # (Text with NULs too: the firewall takes it for UTF-16 or -32, as at any size;
+            # and white space alone: what follows it is unread.)
             return self._too_large(flow, len(prefix))
         # Cannot be JSON-RPC (a form, a file): judged on what arrived, and streamed on.
         refusal = self._inspect(flow, prefix)
