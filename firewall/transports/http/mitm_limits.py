@@ -42,6 +42,13 @@ _HEAD_END = re.compile(rb"\n\r?\n")  # how h11, mitmproxy's parser, finds the en
 _BLANK_LINES = re.compile(rb"(?:\r?\n)*")  # what h11 skips before a head, one line per read
 
 
+def _start_of(buf: Any, size: int) -> bytes:
+    """The first ``size`` bytes of an h11 ``ReceiveBuffer``, without copying the rest (a client
+    may have sent a whole body ahead)."""
+    data = getattr(buf, "_data", None)
+    return bytes(data[:size]) if isinstance(data, bytearray) else bytes(buf)[:size]
+
+
 def _drop_blank_lines(buf: Any) -> bool:
     """Remove every blank line at the start of an h11 ``ReceiveBuffer`` at once (whether any was)."""
     data = getattr(buf, "_data", None)
@@ -172,7 +179,7 @@ def install_request_limits() -> bool:
                 event = events.DataReceived(event.connection, b"")
                 # What is buffered is the next head (and, in `wait`, maybe its body).
                 over_head = len(self.buf) > limits.max_head_bytes and _HEAD_END.search(
-                    bytes(self.buf), 0, limits.max_head_bytes) is None  # (at most the limit and one read)
+                    _start_of(self.buf, limits.max_head_bytes)) is None
                 if self.state == self.read_headers and over_head:
                     why = f"request head over {limits.max_head_bytes} bytes"
                     limits.unreadable(self.context, 431, why)
