@@ -236,3 +236,85 @@ def test_a_legacy_endpoint_on_another_origin_is_not_passed(tmp_path, endpoint):
         answer = raw_exchange(fw.port, request)
     assert b"evil.example" not in answer
     assert [r["reason_codes"] for r in audit_rows(tmp_path / "audit.duckdb", at_least=1)] == [["foreign_endpoint"]]
+
+
+def _utf7(text: str) -> bytes:
+    """UTF-7 (RFC 2152) with every character in base64 blocks: no "{" on the wire."""
+    import base64
+
+    return b"+" + base64.b64encode(text.encode("utf-16-be")).rstrip(b"=") + b"-"
+
+
+@pytest.mark.parametrize("content_type, body", [
+    # The TypeScript SDK's legacy SSE transport decodes by the declared charset (iconv-lite).
+    (b"application/json; charset=utf-7", _utf7(json.dumps(DENIED))),
+    (b'application/json; charset="ISO-8859-1"', json.dumps(DENIED).encode()),
+    (b"application/json; charset=utf-8; charset=utf-7", _utf7(json.dumps(DENIED))),
+    (b"application/json; charset=x-unknown-to-python", b"+AHs-"),
+])
+def test_a_jsonrpc_body_in_another_charset_is_refused_and_audited(tmp_path, engine, content_type, body):
+    upstream = Recorder(json_answer)
+    request = (b"POST /message?sessionId=abc HTTP/1.1\r\nhost: x\r\ncontent-type: %s\r\nconnection: close\r\n"
+               b"content-length: %d\r\n\r\n%s" % (content_type, len(body), body))
+    with RawServer(upstream) as server, firewall(tmp_path, server.port, engine) as fw:
+        answer = raw_exchange(fw.port, request)
+    assert answer.startswith(b"HTTP/1.1 415") and upstream.requests == []
+    assert [r["reason_codes"] for r in audit_rows(tmp_path / "audit.duckdb")] == [["unsupported_charset"]]
+
+
+def test_a_form_in_another_charset_still_reaches_a_cohosted_endpoint(tmp_path, engine):
+    """What cannot be JSON-RPC in its charset or as UTF-8 (an OAuth token request) passes."""
+    upstream = Recorder(lambda body: b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n"
+                                     b"connection: close\r\n\r\nok")
+    body = b"grant_type=client_credentials&scope=caf%E9"
+    request = (b"POST /token HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded; charset=iso-8859-1\r\n"
+               b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    with RawServer(upstream) as server, firewall(tmp_path, server.port, engine) as fw:
+        answer = raw_exchange(fw.port, request)
+    assert answer.startswith(b"HTTP/1.1 200") and len(upstream.requests) == 1
+    assert upstream.requests[0].endswith(body)
+
+
+def test_utf7_cannot_carry_a_call_past_the_firewall_to_a_real_legacy_server(tmp_path):
+    """server-everything's legacy HTTP+SSE transport (the TypeScript SDK's SSEServerTransport)
+    decodes a POST by its declared charset: in UTF-7 a call has no "{" on the wire. The
+    firewall refuses it; the same call in UTF-8 is inspected, passed and answered."""
+    import time
+
+    from peers.http_harness import everything_server, free_port
+
+    port = free_port()
+    with everything_server(port, "sse"):
+        config = make_config(tmp_path, [{"url": f"http://127.0.0.1:{port}/mcp", "name": "everything"}])
+        with InProcessFirewall(config) as fw, socket.create_connection(("127.0.0.1", fw.port), timeout=10) as stream:
+            stream.sendall(b"GET /sse HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: text/event-stream\r\n\r\n")
+            events = b""
+            while b"event: endpoint" not in events or not events.split(b"event: endpoint", 1)[1].count(b"\n\n"):
+                events += stream.recv(65536)
+            endpoint = events.split(b"event: endpoint", 1)[1].split(b"data: ", 1)[1].split(b"\n", 1)[0].strip()
+
+            def post(body: bytes, content_type: bytes = b"application/json") -> bytes:
+                return raw_exchange(fw.port, b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: %s\r\n"
+                                             b"connection: close\r\ncontent-length: %d\r\n\r\n%s"
+                                             % (endpoint, content_type, len(body), body))
+
+            def call(i: int, message: str) -> str:
+                return json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                                   "params": {"name": "echo", "arguments": {"message": message}}})
+
+            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+            assert post(json.dumps(init).encode()).startswith(b"HTTP/1.1 202")
+            assert post(b'{"jsonrpc":"2.0","method":"notifications/initialized"}').startswith(b"HTTP/1.1 202")
+            assert post(_utf7(call(2, "smuggled")), b"application/json; charset=utf-7").startswith(b"HTTP/1.1 415")
+            assert post(call(3, "inspected").encode()).startswith(b"HTTP/1.1 202")
+            stream.settimeout(0.5)
+            deadline = time.monotonic() + 10
+            while b"Echo: inspected" not in events and time.monotonic() < deadline:
+                try:
+                    events += stream.recv(65536)
+                except TimeoutError:
+                    pass
+    assert b"Echo: inspected" in events and b"smuggled" not in events
+    rows = audit_rows(tmp_path / "audit.duckdb", "method = 'tools/call' OR 'unsupported_charset' IN reason_codes", at_least=3)
+    assert [r["reason_codes"] for r in rows if "unsupported_charset" in (r["reason_codes"] or [])] == [["unsupported_charset"]]

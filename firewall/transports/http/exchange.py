@@ -158,6 +158,37 @@ def may_be_json_text(body: bytes, *, partial: bool = False) -> bool:
     return b"\x00" in body[:4] and any(pattern.match(body) for pattern in _WIDE_JSON)
 
 
+_UTF8_NAMES = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+
+
+def declared_charset(content_type: str | None) -> str | None:
+    """The charset a Content-Type declares when it is not UTF-8 (or ASCII): lower case,
+    unquoted; with two different ones, both. None when it declares none or UTF-8."""
+    if not content_type or "charset" not in content_type.lower():
+        return None
+    found = []
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            found.append(value.strip().strip('"').strip().lower())
+    odd = sorted({c for c in found if c not in _UTF8_NAMES})
+    return ",".join(odd) if odd else None
+
+
+def _may_be_jsonrpc_in(body: bytes, charset: str, content_type: str | None) -> bool:
+    """Whether ``body`` could be JSON-RPC read as UTF-8 or in ``charset`` (as a server that
+    honours the declaration reads it). MCP's JSON is UTF-8: either way, the firewall would not
+    judge what such a server runs. With a charset Python does not know, a JSON media type is
+    enough."""
+    if _may_be_jsonrpc(body):
+        return True
+    try:
+        text = body.decode(charset, "replace")  # (lenient, as iconv-lite is)
+    except LookupError:
+        return is_json_media(content_type)
+    return _may_be_jsonrpc(text.encode("utf-8", "surrogatepass"))
+
+
 def _is_sse(content_type: str | None) -> bool:
     return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"  # type: ignore[union-attr]
 
@@ -227,6 +258,16 @@ class HttpInspection:
             return self.refuse(
                 route, code=errors.INVALID_REQUEST, reason="encoded_request_body", status=415,
                 message=f"request bodies must not be encoded (Content-Encoding {encoding!r}): the firewall inspects what it forwards",
+                size=len(req.body),
+            )
+        charset = declared_charset(headers.get("content-type"))
+        if req.body and charset is not None and _may_be_jsonrpc_in(req.body, charset, headers.get("content-type")):
+            # Servers that decode by the declared charset (the TypeScript SDK's legacy SSE
+            # transport: iconv-lite, UTF-7 included) would read JSON-RPC the firewall cannot.
+            return self.refuse(
+                route, code=errors.INVALID_REQUEST, reason="unsupported_charset", status=415,
+                message=f"JSON-RPC bodies must be UTF-8 (this one declares charset {charset!r}): "
+                "the firewall inspects what it forwards",
                 size=len(req.body),
             )
         if method == "POST" and self._is_jsonrpc_post(req, route):
