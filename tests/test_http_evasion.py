@@ -318,3 +318,25 @@ def test_utf7_cannot_carry_a_call_past_the_firewall_to_a_real_legacy_server(tmp_
     assert b"Echo: inspected" in events and b"smuggled" not in events
     rows = audit_rows(tmp_path / "audit.duckdb", "method = 'tools/call' OR 'unsupported_charset' IN reason_codes", at_least=3)
     assert [r["reason_codes"] for r in rows if "unsupported_charset" in (r["reason_codes"] or [])] == [["unsupported_charset"]]
+
+
+def test_an_answer_in_another_charset_is_refused_not_passed(tmp_path, engine):
+    """Python's requests decodes a JSON answer by its declared charset: in UTF-7 the server's
+    answer would reach such a client unread by the firewall. A plain one still passes."""
+    answer_body = _utf7(json.dumps({"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": SECRET}]}}))
+
+    def utf7_answer(body: bytes) -> bytes:
+        return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-7\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (len(answer_body), answer_body))
+
+    with RawServer(Recorder(utf7_answer)) as server, firewall(tmp_path, server.port, engine) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+    assert r.status_code == 502 and r.json()["id"] == 7
+    assert r.json()["error"]["code"] == errors.UPSTREAM_UNAVAILABLE and "utf-7" in r.json()["error"]["message"]
+    assert "unsupported_charset" in audit_rows(tmp_path / "audit.duckdb", "'unsupported_charset' IN reason_codes",
+                                               at_least=1)[0]["reason_codes"]
+    accepted = Recorder(lambda body: b"HTTP/1.1 202 Accepted\r\ncontent-type: text/plain; charset=iso-8859-1\r\n"
+                                     b"content-length: 8\r\nconnection: close\r\n\r\nAccepted")
+    with RawServer(accepted) as server, firewall(tmp_path / "b", server.port, engine) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=HEADERS)
+    assert r.status_code == 202 and r.content == b"Accepted"

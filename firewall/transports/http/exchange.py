@@ -80,6 +80,7 @@ class Exchange:
     methods: dict[Any, str] = field(default_factory=dict)
     extra: bytes | None = None  # replies to add to the upstream's answer (a partly denied batch)
     new_session_id: str | None = None  # the server opened an MCP session with this response
+    answer_charset: str | None = None  # a charset other than UTF-8 the answer's Content-Type declares
     sse_only: bool = False
     upstream_path: str = "/"
     public_origin: str = ""
@@ -640,6 +641,7 @@ class HttpInspection:
         elif status == 404 and ex.client_headers.get(SESSION_ID):
             self.sessions.drop(route, session_key(ex.client_headers[SESSION_ID]))
         content_type = headers.get("content-type")
+        ex.answer_charset = declared_charset(content_type)
         if ex.kind == "stream" and self.only_mcp and not _is_sse(content_type):
             return "not_mcp", changes  # a GET that asked for an event stream and got a page
         if _is_sse(content_type):
@@ -676,6 +678,13 @@ class HttpInspection:
         """Inspect a JSON response body; return the status and body to send on."""
         if status == 202 and ex.extra is not None and not body.strip():
             return 200, ex.extra
+        if ex.answer_charset is not None and _may_be_jsonrpc_in(body, ex.answer_charset, None):
+            # A client that decodes by the declared charset (Python's requests does) would read
+            # JSON-RPC that the firewall, reading UTF-8 as MCP's JSON is, cannot judge.
+            return 502, self._errors_for_open(
+                ex, errors.UPSTREAM_UNAVAILABLE,
+                f"mcpfw: upstream {ex.route.name} answered in charset {ex.answer_charset!r}; MCP's JSON is UTF-8", None,
+                reason="unsupported_charset")
         if not _may_be_jsonrpc(body):
             # Nothing a client could take for JSON-RPC: an empty 202, the legacy transport's
             # "Accepted", an HTTP error page. Passed as it is.
@@ -765,7 +774,9 @@ class HttpInspection:
         items = orjson.loads(body)
         return b"".join(format_event(encode(item)) for item in (items if isinstance(items, list) else [items]))
 
-    def _errors_for_open(self, ex: Exchange, code: int, message: str, outcome: Outcome | None) -> bytes:
+    def _errors_for_open(
+        self, ex: Exchange, code: int, message: str, outcome: Outcome | None, reason: str = "upstream_unavailable"
+    ) -> bytes:
         session = ex.session
         assert session is not None
         replies = []
@@ -775,7 +786,7 @@ class HttpInspection:
                 decision_id = outcome.verdicts[0].decision_id
             else:
                 decision_id = self.inspector.record_transport_error(
-                    session, C2S, code=code, reason_code="upstream_unavailable", message=message,
+                    session, C2S, code=code, reason_code=reason, message=message,
                     kind="request" if msg_id is not None else None, method=method, msg_id=msg_id,
                 )
             if msg_id is not None:
