@@ -37,7 +37,7 @@ def test_a_head_that_never_ends_is_cut_at_64_kib(tmp_path, mode):
         attacker.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nX-Pad: " % target)
         sent = 0
         try:
-            while sent < 16 * 1024 * 1024:  # 16 MiB unless the connection is closed first
+            while sent < 64 * 1024 * 1024:  # 64 MiB unless the connection is closed first
                 attacker.sendall(b"a" * 16384)
                 sent += 16384
         except (BrokenPipeError, ConnectionResetError):
@@ -45,7 +45,9 @@ def test_a_head_that_never_ends_is_cut_at_64_kib(tmp_path, mode):
         answer = _answer(attacker)
         attacker.close()
         grown = rss_kib() - before
-    assert sent < 4 * 1024 * 1024, sent  # (the socket buffers hold some after the limit)
+    # Closed long before: what was sent past 64 KiB sits in socket buffers (loopback's grow to
+    # tens of MiB: net.ipv4.tcp_rmem), never in the firewall, whose memory stays flat.
+    assert sent < 48 * 1024 * 1024, sent
     assert answer == b"" or answer.startswith(b"HTTP/1.1 431")
     assert grown < 8 * 1024, f"RSS grew by {grown} KiB"
     if mode == "reverse":  # (a forward proxy does not know the server the head was for)
