@@ -251,6 +251,11 @@ def _utf7(text: str) -> bytes:
     (b'application/json; charset="ISO-8859-1"', json.dumps(DENIED).encode()),
     (b"application/json; charset=utf-8; charset=utf-7", _utf7(json.dumps(DENIED))),
     (b"application/json; charset=x-unknown-to-python", b"+AHs-"),
+    # Malformed UTF-7 that Python's decoder reads as U+FFFD, swallowing the "{", and iconv-lite
+    # as nothing: the call that follows is plain on the wire.
+    (b"application/json; charset=utf-7", b"+AH-" + json.dumps(DENIED).encode()),
+    (b"application/json; charset=utf-7", b"+" + json.dumps(DENIED).encode()),
+    (b"application/json; charset=unicode-1-1-utf-7", b"+AHsA-" + json.dumps(DENIED).encode()[1:]),
 ])
 def test_a_jsonrpc_body_in_another_charset_is_refused_and_audited(tmp_path, engine, content_type, body):
     upstream = Recorder(json_answer)
@@ -307,6 +312,8 @@ def test_utf7_cannot_carry_a_call_past_the_firewall_to_a_real_legacy_server(tmp_
             assert post(json.dumps(init).encode()).startswith(b"HTTP/1.1 202")
             assert post(b'{"jsonrpc":"2.0","method":"notifications/initialized"}').startswith(b"HTTP/1.1 202")
             assert post(_utf7(call(2, "smuggled")), b"application/json; charset=utf-7").startswith(b"HTTP/1.1 415")
+            # Malformed UTF-7 before a plain call: Python's decoder swallows the "{", the server's keeps it.
+            assert post(b"+AH-" + call(4, "smuggled").encode(), b"application/json; charset=utf-7").startswith(b"HTTP/1.1 415")
             assert post(call(3, "inspected").encode()).startswith(b"HTTP/1.1 202")
             stream.settimeout(0.5)
             deadline = time.monotonic() + 10

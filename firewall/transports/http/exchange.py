@@ -176,12 +176,20 @@ def declared_charset(content_type: str | None) -> str | None:
     return ",".join(odd) if odd else None
 
 
+def _is_utf7(charset: str) -> bool:
+    """UTF-7 under any of its names ("utf-7", "UTF7", "unicode-1-1-utf-7", "utf-7-imap")."""
+    name = "".join(c for c in charset if c.isalnum())
+    return "utf7" in name
+
+
 def _may_be_jsonrpc_in(body: bytes, charset: str, content_type: str | None) -> bool:
     """Whether ``body`` could be JSON-RPC read as UTF-8 or in ``charset`` (as a server that
     honours the declaration reads it). MCP's JSON is UTF-8: either way, the firewall would not
     judge what such a server runs. With a charset Python does not know, a JSON media type is
-    enough."""
-    if _may_be_jsonrpc(body):
+    enough; UTF-7 is always taken to be: decoders disagree on malformed UTF-7 (Python's turns
+    "+AH-" or a lone "+" into U+FFFD and swallows the "{" after it, iconv-lite drops the bytes
+    and keeps the "{"), and no MCP peer sends it."""
+    if _may_be_jsonrpc(body) or _is_utf7(charset):
         return True
     try:
         text = body.decode(charset, "replace")  # (lenient, as iconv-lite is)
