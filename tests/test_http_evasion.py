@@ -347,3 +347,17 @@ def test_an_answer_in_another_charset_is_refused_not_passed(tmp_path, engine):
     with RawServer(accepted) as server, firewall(tmp_path / "b", server.port, engine) as fw:
         r = http("POST", f"{fw.url}/mcp", json_body={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=HEADERS)
     assert r.status_code == 202 and r.content == b"Accepted"
+
+
+def test_two_content_types_are_refused_on_both_listeners(tmp_path, engine):
+    """Node keeps the first Content-Type, other servers the last: a second one declaring UTF-7
+    must not ride behind an innocent first one."""
+    upstream = Recorder(json_answer)
+    body = _utf7(json.dumps(DENIED))
+    request = (b"POST /message?sessionId=abc HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+               b"content-type: application/json; charset=utf-7\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+               % (len(body), body))
+    with RawServer(upstream) as server, firewall(tmp_path, server.port, engine) as fw:
+        answer = raw_exchange(fw.port, request)
+    assert answer.startswith(b"HTTP/1.1 400") and upstream.requests == []
+    assert [r["reason_codes"] for r in audit_rows(tmp_path / "audit.duckdb")] == [["ambiguous_content_type"]]

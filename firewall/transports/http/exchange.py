@@ -269,6 +269,13 @@ class HttpInspection:
                 message=f"request bodies must not be encoded (Content-Encoding {encoding!r}): the firewall inspects what it forwards",
                 size=len(req.body),
             )
+        if req.body and len(headers.getall("content-type")) > 1:
+            # Servers differ on which one they read (Node keeps the first): the body's media
+            # type and charset would be ambiguous.
+            return self.refuse(
+                route, code=errors.INVALID_REQUEST, reason="ambiguous_content_type", status=400,
+                message="the request has more than one Content-Type field", size=len(req.body),
+            )
         charset = declared_charset(headers.get("content-type"))
         if req.body and charset is not None and _may_be_jsonrpc_in(req.body, charset, headers.get("content-type")):
             # Servers that decode by the declared charset (the TypeScript SDK's legacy SSE
