@@ -89,10 +89,10 @@ def broken_stream(conn: socket.socket) -> None:
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
 
-def firewall_for(tmp_path, port: int, **limits) -> InProcessFirewall:
+def firewall_for(tmp_path, port: int, *, engine: str = "lean", **limits) -> InProcessFirewall:
     config = make_config(tmp_path, [{"url": f"http://127.0.0.1:{port}/mcp", "name": "up"}],
                          upstream_timeout_seconds=1, client_timeout_seconds=1, limits=limits or None)
-    return InProcessFirewall(config)
+    return InProcessFirewall(config, engine=engine)
 
 
 def reason_of(tmp_path, decision_id: str) -> dict:
@@ -147,22 +147,26 @@ def test_oversized_body_is_refused_before_the_upstream(tmp_path):
     assert rows and rows[0]["decision"] == "deny"
 
 
+@pytest.mark.parametrize("engine", ["lean", "mitmproxy"])
 @pytest.mark.parametrize("framing", ["length", "chunked"])
-def test_an_oversized_answer_becomes_an_error_for_its_request(tmp_path, framing):
-    """The lean listener does not read an answer over the size limit: the client gets -32053
-    for its request (not a 200 of padding), and the audit log says why."""
-    result = b'{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"' + b"x" * 20_000 + b'"}]}}'
+def test_an_oversized_answer_becomes_an_error_for_its_request(tmp_path, framing, engine):
+    """Neither engine reads an answer over the size limit (by its length, or as its chunks
+    arrive): the client gets -32053 for its request (not a 200 of padding), and the audit log
+    says why."""
+    result = b'{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"' + b"x" * 200_000 + b'"}]}}'
 
     def answer(conn: socket.socket) -> None:
         read_request(conn)
         if framing == "length":
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(result), result))
         else:
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
-                         b"%x\r\n%s\r\n0\r\n\r\n" % (len(result), result))
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+            for i in range(0, len(result), 1000):
+                conn.sendall(b"%x\r\n%s\r\n" % (len(result[i:i + 1000]), result[i:i + 1000]))
+            conn.sendall(b"0\r\n\r\n")
         time.sleep(0.5)
 
-    with RawServer(answer) as server, firewall_for(tmp_path, server.port, max_message_bytes=4096) as fw:
+    with RawServer(answer) as server, firewall_for(tmp_path, server.port, engine=engine, max_message_bytes=4096) as fw:
         r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
     assert r.status_code == 502
     error = r.json()
@@ -345,7 +349,7 @@ def test_a_retry_after_an_upstream_refusal_is_not_a_duplicate(tmp_path, refusal)
     answers = iter(["init", refusal, "result"])
 
     def behaviour(conn: socket.socket) -> None:
-        while (request := read_request(conn)) is not None:
+        while read_request(conn) is not None:
             kind = next(answers, "result")
             if kind == "init":
                 body = (b'{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-11-25","capabilities":{},'
