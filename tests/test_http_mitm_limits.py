@@ -328,3 +328,32 @@ def test_a_json_media_type_in_a_list_bounds_the_body(tmp_path):
         answer = _answer(sock, timeout=3)
         sock.close()
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def test_a_tunnel_whose_tls_handshake_or_request_never_comes_is_closed(tmp_path):
+    """The deadline set at a CONNECT runs through the TLS handshake to the first byte of the
+    request inside: the handshake's bytes passing the tunnel must not cancel it (they did, and
+    a tunnel with a TLS session and no request was held for mitmproxy's 600 s)."""
+    import ssl
+
+    from test_http_mitm import self_signed
+
+    cert, key = self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    with RawServer(hang) as server, mitm(tmp_path, 0, mode="regular", ssl_insecure=True) as fw:
+        sock = socket.create_connection(("127.0.0.1", fw.port))
+        sock.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (server.port, server.port))
+        assert _answer(sock, timeout=0.5).startswith(b"HTTP/1.1 200")
+        trust = ssl.create_default_context(cafile=str(tmp_path / "mitm" / "mitmproxy-ca-cert.pem"))
+        trust.set_alpn_protocols(["http/1.1"])
+        tls = trust.wrap_socket(sock, server_hostname="127.0.0.1")  # then nothing is asked
+        started = time.monotonic()
+        tls.settimeout(6)
+        try:
+            closed = tls.recv(10) == b""
+        except (TimeoutError, ssl.SSLError, ConnectionResetError):
+            closed = False
+        elapsed = time.monotonic() - started
+        tls.close()
+    assert closed and elapsed < 3, f"open for {elapsed:.1f} s (client_timeout_seconds is 1)"

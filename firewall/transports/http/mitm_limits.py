@@ -132,7 +132,7 @@ def install_request_limits() -> bool:
         return False
     server = getattr(_http1, "Http1Server", None)
     original = getattr(server, "_handle_event", None)
-    if original is None or not all(hasattr(server, name) for name in ("read_headers", "read_body", "wait", "done")):
+    if original is None or not all(hasattr(server, name) for name in ("read_headers", "read_body", "wait", "done", "passthrough")):
         return False
     if getattr(original, "_mcpfw", False):
         return True
@@ -157,7 +157,11 @@ def install_request_limits() -> bool:
                 yield from expire(self, limits)
             return
         if isinstance(event, events.DataReceived):
-            note_first_byte(limits, self.context.client)
+            if self.state != self.passthrough:
+                # (Through a CONNECT tunnel pass a TLS handshake's bytes, or those of the
+                # request inside: the deadline set at the CONNECT runs until the reader inside
+                # the tunnel, this wrapper too, sees its request's first byte.)
+                note_first_byte(limits, self.context.client)
             request = self.request
             # (After a CONNECT or an upgrade the bytes may become a tunnel's: left as they are.)
             piped = self.state == self.wait and request is not None and (
