@@ -3,6 +3,7 @@ on real sockets, as the lean listener enforces them (tests/test_http_failures.py
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -357,3 +358,70 @@ def test_a_tunnel_whose_tls_handshake_or_request_never_comes_is_closed(tmp_path)
         elapsed = time.monotonic() - started
         tls.close()
     assert closed and elapsed < 3, f"open for {elapsed:.1f} s (client_timeout_seconds is 1)"
+
+
+@pytest.mark.parametrize("split", ["blank line first", "request line in two writes", "client hello in two writes"])
+def test_bytes_that_may_still_be_http_or_tls_do_not_make_a_raw_tunnel(tmp_path, split):
+    """mitmproxy relays a tunnel as raw TCP, unread, when its first bytes do not look like
+    HTTP or TLS yet: a blank line first (servers skip it), a first write without its line end
+    (servers join the writes), a ClientHello's first two bytes alone. A call the policy denies
+    reached the server that way with non_mcp: pass; the decision now waits for more bytes."""
+    import ssl
+
+    seen: list[bytes] = []
+
+    def record(conn: socket.socket) -> None:
+        while (request := read_request(conn)) is not None:
+            seen.append(request[0] + request[1])
+            body = b'{"jsonrpc":"2.0","id":9,"result":{}}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+
+    call = json.dumps({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                       "params": {"name": "read_file", "arguments": {"path": "/home/user/.ssh/id_rsa"}}}).encode()
+    with RawServer(record) as server, mitm(tmp_path, 0, mode="regular", ssl_insecure=True) as fw:
+        sock = socket.create_connection(("127.0.0.1", fw.port), timeout=5)
+        sock.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (server.port, server.port))
+        assert _answer(sock, timeout=0.5).startswith(b"HTTP/1.1 200")
+        request = (b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\ncontent-type: application/json\r\n"
+                   b"accept: application/json, text/event-stream\r\ncontent-length: %d\r\n\r\n%s" % (server.port, len(call), call))
+        if split == "client hello in two writes":
+            # The upstream speaks no TLS: raw TCP would end the handshake; mitmproxy's own
+            # certificate, trusted here, shows the tunnel is intercepted.
+            trust = ssl.create_default_context(cafile=str(tmp_path / "mitm" / "mitmproxy-ca-cert.pem"))
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = trust.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+            with pytest.raises(ssl.SSLWantReadError):
+                tls.do_handshake()
+            hello = outgoing.read()
+            sock.sendall(hello[:2])
+            time.sleep(0.2)
+            sock.sendall(hello[2:])
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    if outgoing.pending:
+                        sock.sendall(outgoing.read())
+                    data = sock.recv(65536)
+                    assert data, "closed during the handshake"
+                    incoming.write(data)
+            tls.write(request)
+            sock.sendall(outgoing.read())
+            answer = b""
+            while b"-320" not in answer and b'"result"' not in answer:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                incoming.write(data)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    answer += tls.read(65536)
+        else:
+            writes = [b"\r\n" + request] if split == "blank line first" else [request[:4], request[4:]]
+            for data in writes:
+                sock.sendall(data)
+                time.sleep(0.2)
+            answer = _answer(sock, timeout=3)
+        sock.close()
+    assert not seen, seen
+    assert b'"code":-32051' in answer or b'"code": -32051' in answer, answer[-300:]

@@ -34,6 +34,7 @@ from ...paths import state_dir
 from ...runtime import build_firewall
 from .exchange import Exchange, HttpInspection, Request, is_json_media, may_be_json_text
 from .lean import connection_budget
+from .server import MAX_HEAD_BYTES
 from .mitm_limits import (
     BODY_LIMIT, ERROR_REPLIES, BodyLimit, ClientLimits, Limits, install_body_limits, install_request_limits, raw_reply,
     register, unregister,
@@ -489,6 +490,40 @@ class McpWebSocket:
             ctx.master.commands.call("inject.websocket", flow, message.from_client, relay.reply, message.is_text)
 
 
+def _undecided(data: bytes) -> bool:
+    """Whether the first bytes of a connection (blank lines removed) may still begin an HTTP
+    request or a TLS ClientHello: what mitmproxy took for raw TCP on them was premature."""
+    if not data:
+        return True  # blank lines only: servers skip them before a request (RFC 9112 2.2)
+    if len(data) < 3 and b"\x16\x03".startswith(data):
+        return True  # a record header not whole yet (mitmproxy wants three bytes to see TLS)
+    return b"\n" not in data and data[:3].isalpha()  # a request line not ended yet
+
+
+def _next_layer_addon() -> Any:
+    """mitmproxy's NextLayer addon, but that it does not settle for raw TCP (relayed unread)
+    on bytes that may still be HTTP or TLS: a request line not yet ended, blank lines before
+    it, or the first one or two bytes of a ClientHello. A client whose first write in a tunnel
+    was one of those had its MCP requests reach the server unjudged (servers skip the blank
+    lines and join the writes). The decision waits for more, within the head limit; the
+    client's deadline (:class:`~.mitm_limits.ClientLimits`) still runs."""
+    from mitmproxy.addons import next_layer
+    from mitmproxy.proxy import layers
+
+    class McpNextLayer(next_layer.NextLayer):
+        def _next_layer(self, context: Any, data_client: bytes, data_server: bytes) -> Any:
+            chosen = super()._next_layer(context, data_client, data_server)
+            if (not isinstance(chosen, layers.TCPLayer) or not data_client or data_server
+                    or len(data_client) > MAX_HEAD_BYTES):
+                return chosen
+            rest = data_client.lstrip(b"\r\n")
+            if _undecided(rest):
+                raise next_layer.NeedsMoreData
+            return super()._next_layer(context, rest, data_server) if rest != data_client else chosen
+
+    return McpNextLayer()
+
+
 # -- running mitmproxy embedded ---------------------------------------------------------
 
 
@@ -517,7 +552,7 @@ def _options(config: Config, listen: Listen) -> dict[str, Any]:
 async def serve_mitmproxy(config: Config, listen: Listen, *, on_ready: Any = None, stop: asyncio.Event | None = None) -> None:
     """Run mitmproxy with the mcpfw addons until ``stop`` is set (or a signal arrives)."""
     from mitmproxy import master, options
-    from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+    from mitmproxy.addons import core, errorcheck, proxyserver, tlsconfig
 
     stop = stop or asyncio.Event()
     install_stop_signals(stop)
@@ -548,7 +583,7 @@ async def serve_mitmproxy(config: Config, listen: Listen, *, on_ready: Any = Non
         )
         register(opts, limits)
         m.addons.add(
-            core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
+            core.Core(), proxyserver.Proxyserver(), _next_layer_addon(), tlsconfig.TlsConfig(),
             errorcheck.ErrorCheck(),
             ClientLimits(limits, closer=_closer(m), on_silent=refusals.silent),
             http_addon,
