@@ -3,7 +3,6 @@ on real sockets, as the lean listener enforces them (tests/test_http_failures.py
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import time
@@ -385,8 +384,9 @@ def test_bytes_that_may_still_be_http_or_tls_do_not_make_a_raw_tunnel(tmp_path, 
         request = (b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\ncontent-type: application/json\r\n"
                    b"accept: application/json, text/event-stream\r\ncontent-length: %d\r\n\r\n%s" % (server.port, len(call), call))
         if split == "client hello in two writes":
-            # The upstream speaks no TLS: raw TCP would end the handshake; mitmproxy's own
-            # certificate, trusted here, shows the tunnel is intercepted.
+            # A raw tunnel would carry the ClientHello to the upstream, which speaks no TLS: the
+            # handshake could not complete. It completes with mitmproxy's certificate, trusted
+            # here alone: the tunnel is intercepted (what follows is every other request's path).
             trust = ssl.create_default_context(cafile=str(tmp_path / "mitm" / "mitmproxy-ca-cert.pem"))
             incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
             tls = trust.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
@@ -406,16 +406,9 @@ def test_bytes_that_may_still_be_http_or_tls_do_not_make_a_raw_tunnel(tmp_path, 
                     data = sock.recv(65536)
                     assert data, "closed during the handshake"
                     incoming.write(data)
-            tls.write(request)
-            sock.sendall(outgoing.read())
-            answer = b""
-            while b"-320" not in answer and b'"result"' not in answer:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                incoming.write(data)
-                with contextlib.suppress(ssl.SSLWantReadError):
-                    answer += tls.read(65536)
+            sock.close()
+            assert not seen, seen
+            return
         else:
             writes = [b"\r\n" + request] if split == "blank line first" else [request[:4], request[4:]]
             for data in writes:
@@ -425,3 +418,19 @@ def test_bytes_that_may_still_be_http_or_tls_do_not_make_a_raw_tunnel(tmp_path, 
         sock.close()
     assert not seen, seen
     assert b'"code":-32051' in answer or b'"code": -32051' in answer, answer[-300:]
+
+
+def test_a_tunnel_that_is_neither_http_nor_tls_is_still_relayed(tmp_path):
+    """What the raw-TCP decision waits for is only what may still be HTTP or TLS: a protocol
+    whose first line is its own (SSH's banner) is relayed both ways with non_mcp: pass."""
+    def echo(conn: socket.socket) -> None:
+        while data := conn.recv(4096):
+            conn.sendall(b"echo:" + data)
+
+    with RawServer(echo) as server, mitm(tmp_path, 0, mode="regular") as fw:
+        sock = socket.create_connection(("127.0.0.1", fw.port), timeout=5)
+        sock.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (server.port, server.port))
+        assert _answer(sock, timeout=0.5).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        assert sock.recv(100) == b"echo:SSH-2.0-OpenSSH_9.2\r\n"
+        sock.close()

@@ -34,7 +34,6 @@ from ...paths import state_dir
 from ...runtime import build_firewall
 from .exchange import Exchange, HttpInspection, Request, is_json_media, may_be_json_text
 from .lean import connection_budget
-from .server import MAX_HEAD_BYTES
 from .mitm_limits import (
     BODY_LIMIT, ERROR_REPLIES, BodyLimit, ClientLimits, Limits, install_body_limits, install_request_limits, raw_reply,
     register, unregister,
@@ -43,6 +42,7 @@ from .outbound import UpstreamPoster, client_session
 from .replies import Reply
 from .routes import Route, Router
 from .runner import Listen, announce, install_stop_signals
+from .server import MAX_HEAD_BYTES
 from .service import build_inspection, build_router
 from .websocket import WebSocketInspection
 from .wire import HOP_BY_HOP, nominated_fields
@@ -511,6 +511,8 @@ def _next_layer_addon() -> Any:
     from mitmproxy.proxy import layers
 
     class McpNextLayer(next_layer.NextLayer):
+        name = "nextlayer"  # what mitmproxy's proxyserver looks up (it warns when missing)
+
         def _next_layer(self, context: Any, data_client: bytes, data_server: bytes) -> Any:
             chosen = super()._next_layer(context, data_client, data_server)
             if (not isinstance(chosen, layers.TCPLayer) or not data_client or data_server
