@@ -116,30 +116,25 @@ def _may_be_jsonrpc(body: bytes) -> bool:
     return any(isinstance(item, dict) and "jsonrpc" in item for item in items)
 
 
-# A JSON array or object in UTF-16 or UTF-32 (either byte order, with or without a BOM,
-# after any white space): Python's json reads such bytes, and so does any server told the
-# charset. Binary data (an image, an archive) has NULs too, but not in this pattern.
-_WIDE_JSON = tuple(
-    re.compile(bom + b"?(?:" + b"|".join(encode(c) for c in " \t\r\n") + b")*(?:" + encode("{") + b"|" + encode("[") + b")")
-    for bom, encode in (
-        (b"(?:\xff\xfe)", lambda c: re.escape(c.encode("utf-16-le"))),
-        (b"(?:\xfe\xff)", lambda c: re.escape(c.encode("utf-16-be"))),
-        (b"(?:\xff\xfe\x00\x00)", lambda c: re.escape(c.encode("utf-32-le"))),
-        (b"(?:\x00\x00\xfe\xff)", lambda c: re.escape(c.encode("utf-32-be"))),
-    )
+# UTF-16 and UTF-32 in either byte order: each one's byte order mark, and how it spells a
+# character. Python's json reads JSON text in any of them, and so does any server told the
+# charset; binary data (an image, an archive) has NULs too, but not in these patterns.
+_WIDE_ENCODINGS = (
+    (b"(?:\xff\xfe)", "utf-16-le"), (b"(?:\xfe\xff)", "utf-16-be"),
+    (b"(?:\xff\xfe\x00\x00)", "utf-32-le"), (b"(?:\x00\x00\xfe\xff)", "utf-32-be"),
 )
 
 
-# Only a BOM and white space in UTF-16 or UTF-32 (a partial code unit may follow).
-_WIDE_BLANK = tuple(
-    re.compile(bom + b"?(?:" + b"|".join(encode(c) for c in " \t\r\n") + b")*")
-    for bom, encode in (
-        (b"(?:\xff\xfe)", lambda c: re.escape(c.encode("utf-16-le"))),
-        (b"(?:\xfe\xff)", lambda c: re.escape(c.encode("utf-16-be"))),
-        (b"(?:\xff\xfe\x00\x00)", lambda c: re.escape(c.encode("utf-32-le"))),
-        (b"(?:\x00\x00\xfe\xff)", lambda c: re.escape(c.encode("utf-32-be"))),
-    )
-)
+def _wide(bom: bytes, codec: str, then: str) -> re.Pattern[bytes]:
+    """An optional BOM, JSON white space, then one of the characters of ``then`` (if any)."""
+    def spell(chars: str) -> bytes:
+        return b"|".join(re.escape(c.encode(codec)) for c in chars)
+
+    return re.compile(bom + b"?(?:" + spell(" \t\r\n") + b")*" + (b"(?:" + spell(then) + b")" if then else b""))
+
+
+_WIDE_JSON = tuple(_wide(bom, codec, "{[") for bom, codec in _WIDE_ENCODINGS)  # a JSON array or object
+_WIDE_BLANK = tuple(_wide(bom, codec, "") for bom, codec in _WIDE_ENCODINGS)  # nothing but white space yet
 
 
 def may_be_json_text(body: bytes, *, partial: bool = False) -> bool:
