@@ -198,7 +198,16 @@ def install_request_limits() -> bool:
                     self.state = self.done
                     yield commands.CloseConnection(self.conn)
                     return
-        yield from original(self, event)
+        try:
+            yield from original(self, event)
+        except NotImplementedError as exc:
+            # mitmproxy's HTTP/1 reader raises this for request trailer fields ("not
+            # implemented yet"), and its crash report closed the connection without an answer
+            # or a record: refused here as a request it cannot read.
+            why = f"the request cannot be read: {exc}"
+            limits.unreadable(self.context, 400, why)
+            yield from refuse(self, raw_reply(Reply(400, f"mcpfw: {why}\n".encode())))
+            return
         yield from track(self, limits)
 
     def track(self: Any, limits: Limits) -> Any:
