@@ -74,7 +74,7 @@ def test_an_oversized_mcp_body_is_refused_without_being_read(tmp_path, framing):
     seen = []
     with RawServer(lambda conn: seen.append(conn.recv(10))) as server, \
             mitm(tmp_path, server.port, limits={"max_message_bytes": 4096}) as fw:
-        sock = socket.create_connection(("127.0.0.1", fw.port))
+        sock = socket.create_connection(("127.0.0.1", fw.port), timeout=10)  # (stuck: a failure, not a hang)
         head = b"POST /mcp HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
         sent = 0
         if framing == "length":
@@ -88,6 +88,8 @@ def test_an_oversized_mcp_body_is_refused_without_being_read(tmp_path, framing):
                     sent += 1024
             except (BrokenPipeError, ConnectionResetError):
                 pass
+            except TimeoutError:
+                pytest.fail(f"the firewall stopped reading after {sent} bytes of the body without closing")
         answer = _answer(sock, timeout=3)
         sock.close()
     # The body never ended (no last chunk, or 100 MB promised and none sent), yet the 413 came:
