@@ -271,8 +271,9 @@ class HttpInspection:
                 route, code=errors.INVALID_REQUEST, reason="ambiguous_content_type", status=400,
                 message="the request has more than one Content-Type field", size=len(req.body),
             )
-        charset = declared_charset(headers.get("content-type"))
-        if req.body and charset is not None and _may_be_jsonrpc_in(req.body, charset, headers.get("content-type")):
+        content_type = headers.get("content-type")
+        charset = declared_charset(content_type)
+        if req.body and charset is not None and _may_be_jsonrpc_in(req.body, charset, content_type):
             # Servers that decode by the declared charset (the TypeScript SDK's legacy SSE
             # transport: iconv-lite, UTF-7 included) would read JSON-RPC the firewall cannot.
             return self.refuse(

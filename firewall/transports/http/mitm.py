@@ -35,14 +35,14 @@ from ...runtime import build_firewall
 from .exchange import Exchange, HttpInspection, Request, is_json_media, may_be_json_text
 from .lean import connection_budget
 from .mitm_limits import (
-    BODY_LIMIT, ERROR_REPLIES, BodyLimit, ClientLimits, Limits, install_body_limits, install_request_limits, raw_reply,
-    register, unregister,
+    BODY_LIMIT, ERROR_REPLIES, BodyLimit, ClientLimits, Limits, install_body_limits, install_request_limits, register,
+    unregister,
 )
 from .outbound import UpstreamPoster, client_session
 from .replies import Reply
 from .routes import Route, Router
 from .runner import Listen, announce, install_stop_signals
-from .server import MAX_HEAD_BYTES
+from .server import MAX_HEAD_BYTES, closing_reply
 from .service import build_inspection, build_router
 from .websocket import WebSocketInspection
 from .wire import HOP_BY_HOP, nominated_fields
@@ -111,7 +111,7 @@ def _declared_length(headers: Any) -> int | None:
 def _refuse_now(flow: Any, reply: Reply) -> None:
     """Answer with ``reply`` and close the connection, whatever of the message is unread: the
     flow is killed, and the HTTP/1 writer wrapped by :func:`install_error_replies` sends it."""
-    ERROR_REPLIES[flow.client_conn.id] = raw_reply(reply)
+    ERROR_REPLIES[flow.client_conn.id] = closing_reply(reply)
     flow.kill()
 
 

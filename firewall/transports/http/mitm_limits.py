@@ -33,8 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .replies import Reply
-from .server import HEAD_TOO_LARGE, TIMEOUT_RESPONSE, MAX_HEAD_BYTES, warn_refused_connection
-from .wire import DATE, encode, reason_of
+from .server import HEAD_TOO_LARGE, MAX_HEAD_BYTES, TIMEOUT_RESPONSE, closing_reply, warn_refused_connection
 
 log = logging.getLogger("mcpfw.http")
 
@@ -61,14 +60,6 @@ def _drop_blank_lines(buf: Any) -> bool:
 # Client connection id -> the raw HTTP response that replaces mitmproxy's error page
 # (see install_error_replies in .mitm).
 ERROR_REPLIES: dict[str, bytes] = {}
-
-
-def raw_reply(reply: Reply) -> bytes:
-    """A refusal that ends the connection, as bytes on the wire."""
-    head = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reason_of(reply.status))]
-    head += [b"%s: %s\r\n" % (encode(k), encode(v)) for k, v in reply.headers.items() if k.lower() != "connection"]
-    head += (DATE.line(), b"connection: close\r\n", b"content-length: %d\r\n\r\n" % len(reply.body), reply.body)
-    return b"".join(head)
 
 
 @dataclass(slots=True)
@@ -206,7 +197,7 @@ def install_request_limits() -> bool:
             # or a record: refused here as a request it cannot read.
             why = f"the request cannot be read: {exc}"
             limits.unreadable(self.context, 400, why)
-            yield from refuse(self, raw_reply(Reply(400, f"mcpfw: {why}\n".encode())))
+            yield from refuse(self, closing_reply(Reply(400, f"mcpfw: {why}\n".encode())))
             return
         yield from track(self, limits)
 
@@ -234,7 +225,7 @@ def install_request_limits() -> bool:
         except Exception:  # the connection is closed whatever the record does
             log.exception("mcpfw: cannot record a client timeout")
             reply = None
-        yield from refuse(self, TIMEOUT_RESPONSE if reply is None else raw_reply(reply))
+        yield from refuse(self, TIMEOUT_RESPONSE if reply is None else closing_reply(reply))
 
     _handle_event._mcpfw = True  # type: ignore[attr-defined]
     server._handle_event = _handle_event
@@ -279,7 +270,7 @@ def install_body_limits() -> bool:
             return False
         if reply is None:  # (not asked for: a response body is only ever bounded)
             reply = Reply(502)
-        ERROR_REPLIES[flow.client_conn.id] = raw_reply(reply)
+        ERROR_REPLIES[flow.client_conn.id] = closing_reply(reply)
         message = f"{'request' if request else 'response'} body over {bound.limit} bytes"
         flow.error = mflow.Error(message)
         yield HttpErrorHook(flow)

@@ -367,7 +367,7 @@ class ServerConnection(asyncio.Protocol):
             raise _Refused  # stops llhttp in the middle of the input
 
     def _refuse_reply(self, reply: Reply) -> None:
-        self._refuse(self._reply_bytes(reply))
+        self._refuse(closing_reply(reply))
 
     # -- handing requests over -------------------------------------------------------
 
@@ -585,14 +585,6 @@ class ServerConnection(asyncio.Protocol):
             head.append(b"connection: keep-alive\r\n")
         return head
 
-    @staticmethod
-    def _reply_bytes(reply: Reply) -> bytes:
-        """A refusal that ends the connection."""
-        head = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reason_of(reply.status))]
-        head += [b"%s: %s\r\n" % (encode(k), encode(v)) for k, v in reply.headers.items()]
-        head += (DATE.line(), b"connection: close\r\n", b"content-length: %d\r\n\r\n" % len(reply.body), reply.body)
-        return b"".join(head)
-
 
 class _Refused(Exception):
     """Raised inside a parser callback to stop reading a refused request."""
@@ -617,3 +609,11 @@ def serve_factory(
     """Connections of one listening socket; ``registry`` tracks them for idle sweeps and shutdown.
     ``preface``: bytes already read from an adopted connection, parsed first."""
     return lambda: ServerConnection(handler, settings, registry, internal=internal, preface=preface)
+
+
+def closing_reply(reply: Reply) -> bytes:
+    """A refusal that ends the connection, as bytes on the wire (both HTTP engines send these)."""
+    head = [b"HTTP/1.1 %d %s\r\n" % (reply.status, reason_of(reply.status))]
+    head += [b"%s: %s\r\n" % (encode(k), encode(v)) for k, v in reply.headers.items() if k.lower() != "connection"]
+    head += (DATE.line(), b"connection: close\r\n", b"content-length: %d\r\n\r\n" % len(reply.body), reply.body)
+    return b"".join(head)
