@@ -297,6 +297,78 @@ def test_mitmproxy_engine_answers_upstream_failures_with_jsonrpc_errors(tmp_path
     assert row["method"] == "tools/call" and row["message_id"] == "7"
 
 
+def test_mitmproxy_engine_gives_an_upstream_the_same_deadline(tmp_path):
+    """mitmproxy has no deadline for an answer: a hung server held the client (here for the
+    4 s the server waits) where the lean listener answers 504 after the upstream timeout."""
+    with RawServer(hang) as server, firewall_for(tmp_path, server.port, engine="mitmproxy") as fw:
+        started = time.monotonic()
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+        elapsed = time.monotonic() - started
+    assert r.status_code == 504 and elapsed < 3
+    answer = r.json()
+    assert answer["id"] == 7 and "no response within 1 s" in answer["error"]["message"]
+    row = reason_of(tmp_path, answer["error"]["data"]["decision_id"])
+    assert row["reason_codes"] == ["upstream_unavailable"] and "no response within 1 s" in row["error"]
+
+
+@pytest.mark.parametrize("engine", ["lean", "mitmproxy"])
+def test_a_response_head_that_never_ends_is_cut_at_the_head_limit(tmp_path, engine):
+    """Neither HTTP parser bounds a response head (llhttp holds an unfinished field, h11's
+    buffer grows): a server streaming one endless header field grew the firewall by its size."""
+    sent = []
+
+    def endless_head(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-pad: ")
+        for _ in range(2000):  # 130 MB, if nothing stops it
+            conn.sendall(b"a" * 65536)
+            sent.append(1)
+
+    with RawServer(endless_head) as server, firewall_for(tmp_path, server.port, engine=engine) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+    assert r.status_code == 502
+    answer = r.json()
+    assert answer["id"] == 7 and answer["error"]["code"] == errors.UPSTREAM_UNAVAILABLE
+    assert "response head is over 65536 bytes" in answer["error"]["message"]
+    assert len(sent) < 200  # the firewall stopped reading, then closed
+    row = reason_of(tmp_path, answer["error"]["data"]["decision_id"])
+    assert row["reason_codes"] == ["upstream_unavailable"] and "response head" in row["error"]
+
+
+@pytest.mark.parametrize("engine", ["lean", "mitmproxy"])
+def test_a_broken_response_head_is_reported_without_its_bytes(tmp_path, engine):
+    """mitmproxy names a broken answer with its bytes (``unexpected server response: b'...'``):
+    header values a server sent must not reach the client's error or the audit log."""
+    def broken(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nset-cookie: session=SECRET-4711\r\n")
+
+    with RawServer(broken) as server, firewall_for(tmp_path, server.port, engine=engine) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+    assert r.status_code == 502 and b"SECRET-4711" not in r.content
+    row = reason_of(tmp_path, r.json()["error"]["data"]["decision_id"])
+    assert row["reason_codes"] == ["upstream_unavailable"] and "SECRET-4711" not in json.dumps(row, default=str)
+
+
+@pytest.mark.parametrize("engine", ["lean", "mitmproxy"])
+def test_response_trailer_fields_are_dropped(tmp_path, engine):
+    """A chunked answer with trailer fields is relayed without them (mitmproxy's reader raised
+    NotImplementedError and the client got its crash page), and the firewall goes on serving."""
+    result = b'{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"hi"}]}}'
+
+    def with_trailers(conn: socket.socket) -> None:
+        while read_request(conn) is not None:
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                         b"%x\r\n%s\r\n0\r\nx-trailing-secret: 1\r\n\r\n" % (len(result), result))
+
+    with RawServer(with_trailers) as server, firewall_for(tmp_path, server.port, engine=engine) as fw:
+        first = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+        second = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+    for r in (first, second):
+        assert r.status_code == 200 and r.json()["result"]["content"][0]["text"] == "hi"
+        assert "x-trailing-secret" not in {k.lower() for k in r.headers}
+
+
 def test_fields_a_connection_header_names_are_not_forwarded(tmp_path):
     """RFC 9110 7.6.1: a proxy removes the fields the Connection header lists."""
     seen: list[bytes] = []

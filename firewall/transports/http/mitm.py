@@ -35,8 +35,8 @@ from ...runtime import build_firewall
 from .exchange import Exchange, HttpInspection, Request, is_json_media, may_be_json_text
 from .lean import connection_budget
 from .mitm_limits import (
-    BODY_LIMIT, ERROR_REPLIES, BodyLimit, ClientLimits, Limits, install_body_limits, install_request_limits, register,
-    unregister,
+    BODY_LIMIT, ERROR_REPLIES, BodyLimit, ClientLimits, Limits, answer_within, install_body_limits, install_request_limits,
+    install_response_limits, register, unregister,
 )
 from .outbound import UpstreamPoster, client_session
 from .replies import Reply
@@ -234,6 +234,8 @@ class McpHttp:
         if isinstance(result, Reply):
             return result
         flow.metadata[_KEY] = result
+        if self.router is not None or result.kind != "other":
+            answer_within(request)  # (as the lean listener, whose every route is an MCP server)
         _drop_hop_by_hop(request.headers)
         if self.router is not None:
             self._retarget(request, route, upstream_path)
@@ -386,7 +388,18 @@ class _SseStream:
 
 
 def _failure_status(message: str) -> int:
-    return 504 if "timed out" in message.lower() or "timeout" in message.lower() else 502
+    lower = message.lower()
+    return 504 if "timed out" in lower or "timeout" in lower or lower.startswith("no response within") else 502
+
+
+def _failure_reason(message: str) -> str:
+    """mitmproxy's reason for a failed exchange, without the server's bytes that some carry
+    (``unexpected server response: b'...'``: the answer's client and the audit log get
+    neither a server's header values nor megabytes of them)."""
+    head, sep, rest = message.partition(": b")
+    if sep and rest[:1] in ("'", '"'):
+        return f"{head} ({len(rest) - 2} bytes, not shown)"
+    return message if len(message) <= 300 else message[:300] + "..."
 
 
 class UpstreamFailures:
@@ -400,7 +413,7 @@ class UpstreamFailures:
         ex: Exchange | None = flow.metadata.get(_KEY)
         if ex is None or flow.response is not None or flow.error is None:
             return
-        message = str(flow.error.msg)
+        message = _failure_reason(str(flow.error.msg))
         reply = self.core.upstream_failed(ex, message, status=_failure_status(message))
         if flow.error.msg == "Connection killed." or not _ERROR_REPLIES_INSTALLED:
             return
@@ -573,6 +586,7 @@ async def serve_mitmproxy(config: Config, listen: Listen, *, on_ready: Any = Non
         install_error_replies()
         install_request_limits()
         install_body_limits()
+        install_response_limits()
         opts = options.Options()
         m = master.Master(opts, with_termlog=False)
         http_addon = McpHttp(inspection, router, preserve_host=config.proxy.preserve_host)
@@ -582,6 +596,7 @@ async def serve_mitmproxy(config: Config, listen: Listen, *, on_ready: Any = Non
             max_connections=config.proxy.max_connections or connection_budget(),
             max_connections_per_client=config.proxy.max_connections_per_client,
             unreadable=refusals.unreadable, too_slow=refusals.too_slow,
+            upstream_timeout=config.proxy.upstream_timeout_seconds,
         )
         register(opts, limits)
         m.addons.add(

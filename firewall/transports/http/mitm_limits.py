@@ -13,6 +13,11 @@ wrapped, each version-guarded and idempotent as :func:`~.mitm.install_error_repl
   then a body, as the lean listener's; bytes a client pipelines while its answer is
   pending are bounded too (mitmproxy holds them all). HTTP/1 only: HTTP/2 clients keep
   mitmproxy's own behaviour.
+* ``Http1Client._handle_event`` (:func:`install_response_limits`), the upstream side: a
+  response head is held to the same 64 KiB (mitmproxy's client reader has the same FIXME),
+  an exchange marked with :func:`answer_within` fails when its response head does not come
+  in time, and a chunked response's trailer fields are dropped, as the lean listener drops
+  them (mitmproxy raised ``NotImplementedError`` and sent its crash page).
 * ``HttpStream.check_body_size`` (:func:`install_body_limits`), which mitmproxy calls for
   every chunk of a body it buffers: a body the addon marked as bounded is refused once it
   passes the message size limit, and one that cannot be JSON-RPC is streamed on instead.
@@ -28,6 +33,7 @@ import asyncio
 import logging
 import re
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +94,7 @@ class Limits:
     # a client too slow with its head (request None) or its body: the reply, or None for a bare 408
     too_slow: Callable[[Any, Any, int], Reply | None]
     max_head_bytes: int = MAX_HEAD_BYTES
+    upstream_timeout: float = 0.0  # for a response head of an exchange marked by answer_within (0: none)
     open_per_client: dict[str, int] = field(default_factory=dict)
     admitted: dict[str, str] = field(default_factory=dict)  # client id -> its address
     first_byte: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
@@ -229,6 +236,82 @@ def install_request_limits() -> bool:
 
     _handle_event._mcpfw = True  # type: ignore[attr-defined]
     server._handle_event = _handle_event
+    return True
+
+
+# -- the HTTP/1 response reader (upstream side) ------------------------------------------
+
+# Requests whose response head must arrive within Limits.upstream_timeout (see answer_within).
+_ANSWER_WITHIN: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def answer_within(request: Any) -> None:
+    """Hold the upstream's answer to ``request`` (a mitmproxy ``http.Request``) to the
+    upstream deadline: its head must arrive within it once the request is sent."""
+    _ANSWER_WITHIN.add(request)
+
+
+def no_answer_message(timeout: float) -> str:
+    """Why an exchange failed whose response head did not come in time (as the lean listener says)."""
+    return f"no response within {timeout:g} s"
+
+
+def install_response_limits() -> bool:
+    """Wrap mitmproxy's HTTP/1 client-side ``_handle_event`` (see the module's docstring)."""
+    try:
+        from mitmproxy.proxy import commands, events
+        from mitmproxy.proxy.layers.http import _http1
+        from mitmproxy.proxy.layers.http._base import ReceiveHttp
+        from mitmproxy.proxy.layers.http._events import ErrorCode, RequestEndOfMessage, ResponseEndOfMessage, ResponseProtocolError
+    except ImportError:
+        return False
+    client = getattr(_http1, "Http1Client", None)
+    original = getattr(client, "_handle_event", None)
+    if original is None or not all(hasattr(client, name) for name in ("read_headers", "done", "mark_done")):
+        return False
+    if getattr(original, "_mcpfw", False):
+        return True
+
+    def fail(self: Any, why: str) -> Any:
+        stream_id = self.stream_id
+        self.state = self.done
+        self._mcpfw_answer_by = None
+        yield commands.CloseConnection(self.conn)
+        yield ReceiveHttp(ResponseProtocolError(stream_id, why, ErrorCode.GENERIC_SERVER_ERROR))
+
+    def awaiting_head(self: Any) -> bool:
+        return self.state == self.read_headers and self.stream_id is not None and self.response is None
+
+    def _handle_event(self: Any, event: Any) -> Any:
+        limits = _limits_of(self)
+        if limits is None:
+            yield from original(self, event)
+            return
+        if isinstance(event, events.Wakeup):  # only this wrapper asks for wakeups here
+            armed = getattr(self, "_mcpfw_answer_by", None)
+            if armed is not None and armed[0] == self.stream_id and awaiting_head(self) and time.monotonic() >= armed[1]:
+                yield from fail(self, no_answer_message(limits.upstream_timeout))
+            return
+        try:
+            yield from original(self, event)
+        except NotImplementedError:
+            # Raised by mitmproxy's reader at the end of a chunked body that has trailer
+            # fields: they are dropped (as the lean listener drops them) and the response ends.
+            if self.state != self.read_body or self.stream_id is None:
+                raise
+            yield ReceiveHttp(ResponseEndOfMessage(self.stream_id))
+            yield from self.mark_done(response=True)
+            return
+        if isinstance(event, events.DataReceived) and awaiting_head(self) and len(self.buf) > limits.max_head_bytes:
+            yield from fail(self, f"the response head is over {limits.max_head_bytes} bytes")
+            return
+        if (isinstance(event, RequestEndOfMessage) and limits.upstream_timeout > 0 and awaiting_head(self)
+                and self.request in _ANSWER_WITHIN):
+            self._mcpfw_answer_by = (self.stream_id, time.monotonic() + limits.upstream_timeout)
+            yield commands.RequestWakeup(limits.upstream_timeout)
+
+    _handle_event._mcpfw = True  # type: ignore[attr-defined]
+    client._handle_event = _handle_event
     return True
 
 

@@ -18,6 +18,7 @@ import httptools
 
 from .wire import HeaderList
 
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024  # as a request's head (server.MAX_HEAD_BYTES); 1xx heads before it count
 _HIGH_WATER = 256 * 1024  # body bytes buffered before the upstream is asked to wait
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -216,6 +217,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._paused = False
         self._seen_bytes = False
         self._final_seen = False  # the final (non-1xx) response head of the request arrived
+        self._head_bytes = 0  # bytes read for the request before its final head was complete
 
     # -- requests --------------------------------------------------------------------
 
@@ -226,6 +228,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = head_only
         self._seen_bytes = False
         self._final_seen = False
+        self._head_bytes = 0
         if len(body) < 65536:
             self.transport.write(data + body if body else data)
         else:
@@ -273,6 +276,13 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
+            if not self._final_seen:
+                # llhttp holds a field's bytes until the field ends, without a limit: a server
+                # that never ends its head would have them all held here.
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+                    self.abort()
+                    self._response._fail(UpstreamError(f"the response head is over {MAX_RESPONSE_HEAD_BYTES} bytes"))
         except httptools.HttpParserUpgrade:
             self.abort()  # 101 Switching Protocols is not proxied here (failed in on_headers_complete)
         except httptools.HttpParserError as exc:
