@@ -369,6 +369,29 @@ def test_response_trailer_fields_are_dropped(tmp_path, engine):
         assert "x-trailing-secret" not in {k.lower() for k in r.headers}
 
 
+@pytest.mark.parametrize("engine", ["lean", "mitmproxy"])
+def test_an_event_split_over_reads_reaches_the_client_whole(tmp_path, engine):
+    """A read that completes no event gave mitmproxy an empty piece to send, which on a
+    chunked answer is the last chunk: the client's stream ended at the first event that
+    arrived in two reads."""
+    note = b'{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"first"}}'
+    result = b'{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"done"}]}}'
+
+    def split_events(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        for piece in (b"data: " + note[:30], note[30:] + b"\n", b"\n", b"data: " + result + b"\n\n"):
+            conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            time.sleep(0.1)
+        conn.sendall(b"0\r\n\r\n")
+        time.sleep(0.3)
+
+    with RawServer(split_events) as server, firewall_for(tmp_path, server.port, engine=engine) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert [e.get("method") or e["result"]["content"][0]["text"] for e in events] == ["notifications/message", "done"]
+
+
 def test_fields_a_connection_header_names_are_not_forwarded(tmp_path):
     """RFC 9110 7.6.1: a proxy removes the fields the Connection header lists."""
     seen: list[bytes] = []

@@ -381,10 +381,14 @@ class _SseStream:
     def __init__(self, events: Any) -> None:
         self._events = events
 
-    def __call__(self, chunk: bytes) -> bytes:
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         if not chunk:
             return self._events.finish()
-        return self._events.feed(chunk)
+        out = self._events.feed(chunk)
+        # Nothing complete yet: no piece at all. mitmproxy writes an empty piece as it writes
+        # any, and an empty chunk of a chunked body ("0\r\n\r\n") ends the body: the client's
+        # stream ended at the first read that did not finish an event.
+        return out if out else []
 
 
 def _failure_status(message: str) -> int:
