@@ -236,13 +236,21 @@ def test_a_header_that_never_ends_is_cut_at_the_head_limit(tmp_path):
     assert "request head over 65536 bytes" in rows[0]["error"]
 
 
-def test_malformed_framing_is_refused_and_recorded(tmp_path):
-    with RawServer(hang) as server, firewall_for(tmp_path, server.port) as fw:
+@pytest.mark.parametrize("engine", ["lean", "mitmproxy"])
+@pytest.mark.parametrize("head", [
+    b"POST /mcp HTTP/1.1\r\nHost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST /mcp HTTP/1.1\r\nHost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n{}",
+    b"POST /mcp HTTP/9\r\nHost: x\r\n\r\n",
+], ids=["length_and_chunked", "two_lengths", "bad_version"])
+def test_malformed_framing_is_refused_and_recorded(tmp_path, engine, head):
+    """Framing a proxy and a server may read differently (request smuggling) is refused and
+    recorded by both engines (mitmproxy sent its HTML page and wrote only a log line)."""
+    with RawServer(hang) as server, firewall_for(tmp_path, server.port, engine=engine) as fw:
         sock = socket.create_connection(("127.0.0.1", fw.port))
-        sock.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n")
+        sock.sendall(head)
         answer = _answer(sock)
         sock.close()
-    assert answer.startswith(b"HTTP/1.1 400")
+    assert answer.startswith(b"HTTP/1.1 400") and b"<html" not in answer.lower()
     (row,) = audit_rows(tmp_path / "audit.duckdb", "'unreadable_request' IN reason_codes", at_least=1)
     assert row["error"].startswith("malformed HTTP request") and row["decision"] == "deny"
 

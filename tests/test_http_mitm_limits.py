@@ -436,3 +436,38 @@ def test_a_tunnel_that_is_neither_http_nor_tls_is_still_relayed(tmp_path):
         sock.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
         assert sock.recv(100) == b"echo:SSH-2.0-OpenSSH_9.2\r\n"
         sock.close()
+
+
+def test_a_connection_closed_while_its_handler_waits_is_closed(tmp_path):
+    """mitmproxy closed a connection's socket only if its handler was cancelled at a read:
+    cancelled while waiting for the proxy's event lock (held by another task: a hook's end,
+    a wakeup), the handler ended and left the socket open and unread, the client blocked
+    in its send (under CPU load about one refused chunked body in three)."""
+    import asyncio
+    import gc
+
+    from mitmproxy.proxy.server import ConnectionHandler
+
+    with RawServer(hang) as server, mitm(tmp_path, server.port) as fw:
+        sock = socket.create_connection(("127.0.0.1", fw.port), timeout=5)
+        sock.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        time.sleep(0.2)
+        (handler,) = [o for o in gc.get_objects() if isinstance(o, ConnectionHandler) and o.client.peername == sock.getsockname()]
+        lock = handler._server_event_lock  # (the lock mitmproxy's server_event takes: the race, made certain)
+
+        async def race() -> None:
+            async with lock:
+                sock.sendall(b"4\r\nabcd\r\n")  # the handler reads it, then waits for the lock
+                await asyncio.sleep(0.2)
+                handler.close_connection(handler.client)  # what a refusal's CloseConnection does
+
+        asyncio.run_coroutine_threadsafe(race(), fw._loop).result(5)
+        sock.settimeout(3)
+        try:
+            closed = sock.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+        except TimeoutError:
+            closed = False
+        sock.close()
+    assert closed

@@ -35,8 +35,8 @@ from ...runtime import build_firewall
 from .exchange import Exchange, HttpInspection, Request, is_json_media, may_be_json_text
 from .lean import connection_budget
 from .mitm_limits import (
-    BODY_LIMIT, ERROR_REPLIES, BodyLimit, ClientLimits, Limits, answer_within, install_body_limits, install_request_limits,
-    install_response_limits, register, unregister,
+    BODY_LIMIT, ERROR_REPLIES, BodyLimit, ClientLimits, Limits, answer_within, install_body_limits, install_close_guard,
+    install_request_limits, install_response_limits, register, unregister,
 )
 from .outbound import UpstreamPoster, client_session
 from .replies import Reply
@@ -159,6 +159,14 @@ class McpHttp:
         )
 
     def requestheaders(self, flow: Any) -> None:
+        if flow.error is not None:
+            # mitmproxy's own check of the framing fields refused the request before this
+            # hook (Content-Length with Transfer-Encoding, ...): refused as the lean listener
+            # refuses such framing, with a record, instead of with mitmproxy's page.
+            why = str(flow.error.msg).split(" from client, refusing", 1)[0].removeprefix("Received ")
+            reply = self._unreadable(flow, f"malformed HTTP request: {why[:200]}")
+            ERROR_REPLIES[flow.client_conn.id] = closing_reply(reply)
+            return
         request = flow.request
         length = _declared_length(request.headers)
         if length is not None and length > self.core.max_message_bytes and self._bounded(request):
@@ -591,6 +599,7 @@ async def serve_mitmproxy(config: Config, listen: Listen, *, on_ready: Any = Non
         install_request_limits()
         install_body_limits()
         install_response_limits()
+        install_close_guard()
         opts = options.Options()
         m = master.Master(opts, with_termlog=False)
         http_addon = McpHttp(inspection, router, preserve_host=config.proxy.preserve_host)

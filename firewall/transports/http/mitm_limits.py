@@ -125,12 +125,15 @@ def install_request_limits() -> bool:
         from mitmproxy.proxy import commands, events
         from mitmproxy.proxy.layers.http import _http1
         from mitmproxy.proxy.layers.http._base import ReceiveHttp
-        from mitmproxy.proxy.layers.http._events import ErrorCode, RequestProtocolError
+        from mitmproxy.net.http import http1
+        from mitmproxy.proxy.layers.http._events import ErrorCode, RequestHeaders, RequestProtocolError
     except ImportError:
         return False
     server = getattr(_http1, "Http1Server", None)
     original = getattr(server, "_handle_event", None)
     if original is None or not all(hasattr(server, name) for name in ("read_headers", "read_body", "wait", "done", "passthrough")):
+        return False
+    if not hasattr(_http1, "make_body_reader") or not hasattr(http1, "read_request_head"):
         return False
     if getattr(original, "_mcpfw", False):
         return True
@@ -234,8 +237,37 @@ def install_request_limits() -> bool:
             reply = None
         yield from refuse(self, TIMEOUT_RESPONSE if reply is None else closing_reply(reply))
 
+    original_read_headers = server.read_headers
+
+    def read_headers(self: Any, event: Any) -> Any:
+        """mitmproxy's head reader, but a head it cannot parse (a request line it cannot
+        read, Content-Length and Transfer-Encoding together, ...) is refused as the lean
+        listener refuses it: 400 and an ``unreadable_request`` record, not mitmproxy's HTML
+        page and a log line."""
+        limits = _limits_of(self)
+        if limits is None or not isinstance(event, events.DataReceived):
+            yield from original_read_headers(self, event)
+            return
+        lines = self.buf.maybe_extract_lines()
+        if not lines:  # no complete head yet (its size is bounded in _handle_event), or a blank line
+            return
+        try:
+            request = http1.read_request_head([bytes(line) for line in lines])
+            expected = http1.expected_http_body_size(request)
+        except ValueError as exc:
+            why = f"malformed HTTP request: {str(exc)[:200]}"
+            limits.unreadable(self.context, 400, why)
+            yield from refuse(self, closing_reply(Reply(400, f"mcpfw: {why}\n".encode())))
+            return
+        self.request = request
+        yield ReceiveHttp(RequestHeaders(self.stream_id, request, expected == 0))
+        self.body_reader = _http1.make_body_reader(expected)
+        self.state = self.read_body
+        yield from self.state(event)
+
     _handle_event._mcpfw = True  # type: ignore[attr-defined]
     server._handle_event = _handle_event
+    server.read_headers = read_headers
     return True
 
 
@@ -375,6 +407,48 @@ BODY_LIMIT = "mcpfw.body_limit"
 
 
 # -- connections --------------------------------------------------------------------------
+
+
+def install_close_guard() -> bool:
+    """Wrap mitmproxy's ``ConnectionHandler.handle_connection`` so that a connection whose
+    handler ends is closed whichever way it ends.
+
+    mitmproxy 12.2 closes a connection's socket at the end of that method, but a handler
+    cancelled ("closed by command", a refusal) while it waits for the proxy's event lock,
+    which another task holds, leaves the method there: the socket stayed open, unread, the
+    client blocked in its send for good (seen under CPU load, about one refused chunked body
+    in three).
+    """
+    try:
+        from mitmproxy.connection import ConnectionState
+        from mitmproxy.proxy import server as mserver
+    except ImportError:
+        return False
+    handler_cls = getattr(mserver, "ConnectionHandler", None)
+    original = getattr(handler_cls, "handle_connection", None)
+    if original is None or not hasattr(handler_cls, "server_event"):
+        return False
+    if getattr(original, "_mcpfw", False):
+        return True
+
+    async def handle_connection(self: Any, connection: Any) -> None:
+        try:
+            await original(self, connection)
+        finally:
+            io = self.transports.get(connection)
+            # (The method removes the connection itself on every path it finishes.)
+            if io is not None and io.handler is asyncio.current_task():
+                connection.state = ConnectionState.CLOSED
+                del self.transports[connection]
+                if io.writer is not None:
+                    try:
+                        io.writer.close()
+                    except OSError:
+                        pass
+
+    handle_connection._mcpfw = True  # type: ignore[attr-defined]
+    handler_cls.handle_connection = handle_connection
+    return True
 
 
 def note_first_byte(limits: Limits, client: Any) -> None:
