@@ -400,6 +400,31 @@ def test_an_event_split_over_reads_reaches_the_client_whole(tmp_path, engine):
     assert [e.get("method") or e["result"]["content"][0]["text"] for e in events] == ["notifications/message", "done"]
 
 
+@pytest.mark.parametrize("engine", ["lean", "mitmproxy"])
+@pytest.mark.parametrize("breach", ["cut_short", "endless_chunk_extension"])
+def test_an_answer_that_breaks_off_is_a_jsonrpc_error(tmp_path, engine, breach):
+    """A JSON answer that ends before its length, or whose chunk size line never ends (h11,
+    mitmproxy's parser, held all of it), is an upstream failure for its request: -32056 in
+    JSON, not mitmproxy's HTML page."""
+    def behaviour(conn: socket.socket) -> None:
+        read_request(conn)
+        if breach == "cut_short":
+            conn.sendall(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"jsonrpc":"2.0","id":7,')
+            return
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5;ext=")
+        for _ in range(300):  # 19 MiB of one chunk extension
+            conn.sendall(b"a" * 65536)
+
+    with RawServer(behaviour) as server, firewall_for(tmp_path, server.port, engine=engine) as fw:
+        r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
+    assert r.status_code == 502 and r.headers["content-type"].startswith("application/json")
+    answer = r.json()
+    assert answer["id"] == 7 and answer["error"]["code"] == errors.UPSTREAM_UNAVAILABLE
+    assert "broke off" in answer["error"]["message"]
+    row = reason_of(tmp_path, answer["error"]["data"]["decision_id"])
+    assert row["reason_codes"] == ["upstream_unavailable"] and "broke off" in row["error"]
+
+
 def test_fields_a_connection_header_names_are_not_forwarded(tmp_path):
     """RFC 9110 7.6.1: a proxy removes the fields the Connection header lists."""
     seen: list[bytes] = []

@@ -471,3 +471,25 @@ def test_a_connection_closed_while_its_handler_waits_is_closed(tmp_path):
             closed = False
         sock.close()
     assert closed
+
+
+def test_a_chunk_size_line_that_never_ends_is_refused(tmp_path):
+    """h11 holds a chunk's size line until it ends: a chunk extension sent without end was
+    all held (189 MiB for 190 MiB sent). Refused at 64 KiB, recorded."""
+    with RawServer(hang) as server, mitm(tmp_path, server.port) as fw:
+        before = rss_kib()
+        sock = socket.create_connection(("127.0.0.1", fw.port), timeout=10)
+        sock.sendall(b"POST /mcp HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n5;ext=")
+        sent = 0
+        try:
+            while sent < 256:  # 16 MiB unless the connection is closed first
+                sock.sendall(b"a" * 65536)
+                sent += 1
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        sock.close()
+        grown = rss_kib() - before
+    assert sent < 256 and grown < 8 * 1024
+    rows = audit_rows(tmp_path / "audit.duckdb", "'unreadable_request' IN reason_codes", at_least=1)
+    assert "chunk size line" in rows[0]["error"]

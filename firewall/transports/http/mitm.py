@@ -423,9 +423,14 @@ class UpstreamFailures:
 
     def error(self, flow: Any) -> None:
         ex: Exchange | None = flow.metadata.get(_KEY)
-        if ex is None or flow.response is not None or flow.error is None:
+        if ex is None or flow.error is None:
             return
         message = _failure_reason(str(flow.error.msg))
+        if flow.response is not None:
+            if flow.response.stream or flow.client_conn.id in ERROR_REPLIES:
+                return  # under way to the client (a stream is cut), or refused already (too large)
+            # An answer read in full before it is judged broke off: nothing of it was sent.
+            message = f"the response broke off: {message}"
         reply = self.core.upstream_failed(ex, message, status=_failure_status(message))
         if flow.error.msg == "Connection killed." or not _ERROR_REPLIES_INSTALLED:
             return

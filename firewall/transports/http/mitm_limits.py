@@ -209,7 +209,18 @@ def install_request_limits() -> bool:
             limits.unreadable(self.context, 400, why)
             yield from refuse(self, closing_reply(Reply(400, f"mcpfw: {why}\n".encode())))
             return
+        if self.state == self.read_body and len(self.buf) > limits.max_head_bytes:
+            yield from refuse_framing(self, limits)
+            return
         yield from track(self, limits)
+
+    def refuse_framing(self: Any, limits: Limits) -> Any:
+        # h11's body readers take a body's bytes as they come, but hold a chunk's size line
+        # (and trailer fields) until it ends, without a limit: a chunk extension sent
+        # without end was all held.
+        why = f"a chunk size line or trailer over {limits.max_head_bytes} bytes"
+        limits.unreadable(self.context, 400, why)
+        yield from refuse(self, closing_reply(Reply(400, f"mcpfw: {why}\n".encode())))
 
     def track(self: Any, limits: Limits) -> Any:
         """A deadline for a head from its first byte, a fresh one for a buffered body."""
@@ -336,6 +347,10 @@ def install_response_limits() -> bool:
             return
         if isinstance(event, events.DataReceived) and awaiting_head(self) and len(self.buf) > limits.max_head_bytes:
             yield from fail(self, f"the response head is over {limits.max_head_bytes} bytes")
+            return
+        if isinstance(event, events.DataReceived) and self.state == self.read_body and len(self.buf) > limits.max_head_bytes:
+            # (as on the request side: a chunk size line or trailer without end)
+            yield from fail(self, f"a chunk size line or trailer over {limits.max_head_bytes} bytes")
             return
         if (isinstance(event, RequestEndOfMessage) and limits.upstream_timeout > 0 and awaiting_head(self)
                 and self.request in _ANSWER_WITHIN):
