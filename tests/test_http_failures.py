@@ -128,12 +128,17 @@ def test_upstream_failures_become_jsonrpc_errors(tmp_path, kind):
     assert expected in row["error"].lower() and row["method"] == "tools/call" and row["message_id"] == "7"
 
 
-def test_stream_broken_off_midway_gets_an_error_event(tmp_path):
-    with RawServer(broken_stream) as server, firewall_for(tmp_path, server.port) as fw:
+@pytest.mark.parametrize("engine", ["lean", "mitmproxy"])
+def test_stream_broken_off_midway_gets_an_error_event(tmp_path, engine):
+    """The request left unanswered gets an error event and a record (on mitmproxy the client
+    got the notification, then a close, and would wait for its answer for ever)."""
+    with RawServer(broken_stream) as server, firewall_for(tmp_path, server.port, engine=engine) as fw:
         r = http("POST", f"{fw.url}/mcp", json_body=CALL, headers=HEADERS)
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
     assert events[0]["method"] == "notifications/message"  # what came before the break went through
     assert events[-1]["id"] == 7 and events[-1]["error"]["code"] == errors.UPSTREAM_UNAVAILABLE
+    row = reason_of(tmp_path, events[-1]["error"]["data"]["decision_id"])
+    assert row["reason_codes"] == ["upstream_unavailable"] and "the event stream broke off" in row["error"]
 
 
 def test_oversized_body_is_refused_before_the_upstream(tmp_path):

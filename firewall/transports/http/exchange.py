@@ -841,6 +841,10 @@ class SseFilter:
             tail += core.stream_failed(ex, "the stream ended after an event the firewall could not pass")
         return tail
 
+    def failed(self, reason: str) -> bytes:
+        """The upstream broke the stream off: error events for requests still unanswered."""
+        return self._core.stream_failed(self._ex, reason)
+
     def _block(self, block: SseEvent | OversizedEvent) -> bytes:
         core, ex = self._core, self._ex
         session = ex.session

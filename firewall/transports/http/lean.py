@@ -343,7 +343,7 @@ class LeanListener:
             except UpstreamError as exc:
                 if conn.closed:
                     raise ConnectionResetError from exc
-                tail = events.finish() + self.core.stream_failed(ex, f"the event stream broke off: {exc.why}")
+                tail = events.finish() + events.failed(f"the event stream broke off: {exc.why}")
             if tail:
                 conn.write(tail)
             conn.end()

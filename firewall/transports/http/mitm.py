@@ -35,7 +35,7 @@ from ...runtime import build_firewall
 from .exchange import Exchange, HttpInspection, Request, is_json_media, may_be_json_text
 from .lean import connection_budget
 from .mitm_limits import (
-    BODY_LIMIT, ERROR_REPLIES, BodyLimit, ClientLimits, Limits, answer_within, install_body_limits, install_close_guard,
+    BODY_LIMIT, ERROR_REPLIES, STREAM_ENDS, BodyLimit, ClientLimits, Limits, answer_within, install_body_limits, install_close_guard,
     install_request_limits, install_response_limits, register, unregister,
 )
 from .outbound import UpstreamPoster, client_session
@@ -389,6 +389,12 @@ class _SseStream:
     def __init__(self, events: Any) -> None:
         self._events = events
 
+    def broke_off(self, reason: str) -> bytes:
+        """The upstream broke the stream off: what the client still gets (error events for
+        requests left unanswered, each recorded)."""
+        events = self._events
+        return events.finish() + events.failed(reason)
+
     def __call__(self, chunk: bytes) -> bytes | list[bytes]:
         if not chunk:
             return self._events.finish()
@@ -427,8 +433,14 @@ class UpstreamFailures:
             return
         message = _failure_reason(str(flow.error.msg))
         if flow.response is not None:
-            if flow.response.stream or flow.client_conn.id in ERROR_REPLIES:
-                return  # under way to the client (a stream is cut), or refused already (too large)
+            stream = flow.response.stream
+            if isinstance(stream, _SseStream) and flow.error.msg != "Connection killed.":
+                # Under way to the client: its unanswered requests get error events (and
+                # records) before the stream is closed, as from the lean listener.
+                STREAM_ENDS[flow.client_conn.id] = stream.broke_off(f"the event stream broke off: {message}")
+                return
+            if stream or flow.client_conn.id in ERROR_REPLIES:
+                return  # under way to the client (not inspected), or refused already (too large)
             # An answer read in full before it is judged broke off: nothing of it was sent.
             message = f"the response broke off: {message}"
         reply = self.core.upstream_failed(ex, message, status=_failure_status(message))
@@ -442,6 +454,7 @@ class UpstreamFailures:
 
     def client_disconnected(self, client: Any) -> None:
         ERROR_REPLIES.pop(client.id, None)
+        STREAM_ENDS.pop(client.id, None)
 
 
 _ERROR_REPLIES_INSTALLED = False
@@ -474,6 +487,14 @@ def install_error_replies() -> bool:
                     yield commands.SendData(self.conn, raw)
                 yield commands.CloseConnection(self.conn)
                 return
+        elif isinstance(event, ResponseProtocolError):
+            tail = STREAM_ENDS.pop(self.conn.id, None)
+            headers = self.response.headers
+            if tail and self.conn.state & ConnectionState.CAN_WRITE:
+                if "chunked" in headers.get("transfer-encoding", "").lower():
+                    yield commands.SendData(self.conn, b"%x\r\n%s\r\n0\r\n\r\n" % (len(tail), tail))
+                elif "content-length" not in headers:  # (ended by the close that follows)
+                    yield commands.SendData(self.conn, tail)
         yield from original(self, event)
 
     send._mcpfw = True  # type: ignore[attr-defined]

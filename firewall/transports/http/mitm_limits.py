@@ -66,6 +66,9 @@ def _drop_blank_lines(buf: Any) -> bool:
 # Client connection id -> the raw HTTP response that replaces mitmproxy's error page
 # (see install_error_replies in .mitm).
 ERROR_REPLIES: dict[str, bytes] = {}
+# Client connection id -> the last events of an event stream that broke off upstream
+# (error events for its unanswered requests), written before the connection is closed.
+STREAM_ENDS: dict[str, bytes] = {}
 
 
 @dataclass(slots=True)

@@ -49,7 +49,12 @@ class SseParser:
     exception: a block whose blank line is a lone CR that is the last byte received so far
     is passed on at once with an LF added (CRLF, the same line end to a client), and an LF
     that arrives next is not passed again. Holding the block for the next byte instead
-    would stall a server that ends its lines with CR alone.
+    would stall a server that ends its lines with CR alone. (The limit is on the bytes
+    received: the added LF does not count.)
+
+    A UTF-8 BOM at the start of the stream is not part of the first block's bytes: clients
+    strip it only at the start of *their* stream, and the firewall may put an event of its
+    own first (a denial), after which the BOM would spoil the first field name.
     """
 
     def __init__(self, max_event_bytes: int) -> None:
@@ -58,6 +63,7 @@ class SseParser:
         self._scan = 0  # start of the first line of _buf not yet read
         self._seen = 0  # _buf[_scan:_seen] holds no line end: searches resume here
         self._first_line = True
+        self._bom = False  # the first line began with a BOM, still at the start of _buf
         self._after_cr = False  # a line of this block ended with a CR, the last byte received
         self._lf_added = False  # the last block ended so and was given the LF
         self._discarding = False
@@ -124,6 +130,7 @@ class SseParser:
                 self._first_line = False
                 if line.startswith(_BOM):
                     line = line[3:]
+                    self._bom = True
             scan = pos = end
             if line:
                 self._field(line)
@@ -131,7 +138,7 @@ class SseParser:
                 continue
             lf = b"\n" if lone_cr else b""
             self._lf_added = lone_cr
-            if end + len(lf) > self._limit:
+            if end > self._limit:
                 tail = (bytes(buf[max(0, end - _KEEP) : end]) + lf)[-_KEEP:]
                 head = (bytes(buf[: min(end, _KEEP)]) + lf)[:_KEEP]
                 out.append(OversizedEvent(end + len(lf), head, tail))
@@ -167,6 +174,9 @@ class SseParser:
             self._odd = True
 
     def _dispatch(self, raw: bytes) -> SseEvent:
+        if self._bom:
+            self._bom = False
+            raw = raw[len(_BOM):]
         data = "\n".join(self._data) if self._data is not None else None
         event = SseEvent(raw, data, self._event, self._id, self._retry, self._odd)
         self._clear_fields()
@@ -178,6 +188,7 @@ class SseParser:
         buf = self._buf
         self._discarding = True
         self._first_line = False  # a BOM after this is not at the start of the stream
+        self._bom = False
         self._at_line_start = self._scan == len(buf)
         self._dropped = 0
         self._head = b""
