@@ -164,6 +164,11 @@ class ProxyConfig(_Strict):
         default=1024, description="open connections from one client address at most (0: no limit; raise it behind a load balancer)")
     confdir: Path | None = Field(default=None, description="mitmproxy's directory (its CA for TLS interception); default MCPFW_HOME/mitmproxy")
     ssl_insecure: bool = Field(default=False, description="mitmproxy: do not verify upstream TLS certificates")
+    http2: bool = Field(
+        default=False,
+        description="mitmproxy: offer HTTP/2 to intercepted TLS clients (off: they speak HTTP/1.1, under every client limit; "
+        "mitmproxy gives one HTTP/2 connection at most 5 upstream connections, which a sampling call can exhaust)",
+    )
 
 
 class SecretsDetectorConfig(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import socket
 import ssl
 from pathlib import Path
 
@@ -104,6 +105,27 @@ def test_tls_interception_with_the_mitmproxy_ca(tmp_path):
     assert rows and rows[0]["tool"] == "echo"
 
 
+@pytest.mark.parametrize("http2", [False, True])
+def test_intercepted_tls_clients_speak_http1_unless_configured(tmp_path, http2):
+    """mitmproxy gives one HTTP/2 client connection at most five upstream connections: a client
+    whose sampling calls each wait for its own answer (a new POST) deadlocked there, and the
+    client limits cover HTTP/1 only. So HTTP/2 is not offered unless `proxy.http2` is set."""
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    confdir = tmp_path / "mitm"
+    with conformance_server(port, "--tls", str(cert), str(key)):
+        config = make_config(tmp_path, [], mode="regular", confdir=str(confdir), ssl_insecure=True, http2=http2)
+        with InProcessFirewall(config, engine="mitmproxy") as fw:
+            sock = socket.create_connection(("127.0.0.1", fw.port), timeout=5)
+            sock.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (port, port))
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            trust = ssl.create_default_context(cafile=str(confdir / "mitmproxy-ca-cert.pem"))
+            trust.set_alpn_protocols(["h2", "http/1.1"])
+            with trust.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+                chosen = tls.selected_alpn_protocol()
+    assert chosen == ("h2" if http2 else "http/1.1")
+
+
 @pytest.mark.parametrize("non_mcp", ["pass", "deny"])
 def test_traffic_that_is_not_mcp(tmp_path, non_mcp):
     port = free_port()
@@ -137,6 +159,7 @@ def test_transparent_mode_options_reach_mitmproxy(tmp_path):
     assert (opts["listen_host"], opts["listen_port"]) == ("0.0.0.0", 8080)
     assert opts["confdir"] == str(tmp_path / "mitm") and opts["ssl_insecure"] is True
     assert opts["connection_strategy"] == "lazy" and opts["stream_large_bodies"] is None
+    assert opts["http2"] is False
 
 
 def test_transparent_mode_end_to_end(tmp_path, monkeypatch):

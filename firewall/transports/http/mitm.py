@@ -597,6 +597,7 @@ def _options(config: Config, listen: Listen) -> dict[str, Any]:
         "ssl_insecure": proxy.ssl_insecure,
         "keep_host_header": proxy.preserve_host,
         "connection_strategy": "lazy",
+        "http2": proxy.http2,
         "stream_large_bodies": None,
         "body_size_limit": None,
     }
