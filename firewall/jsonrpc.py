@@ -208,9 +208,12 @@ def classify(value: Any) -> Message | Invalid:
     has_result, has_error = "result" in value, "error" in value
     if has_result == has_error:
         return Invalid(errors.INVALID_REQUEST, "a response needs exactly one of result or error", usable_id, value)
-    if "id" not in value or (msg_id is not None and usable_id is None):
+    if ("id" not in value and not has_error) or (msg_id is not None and usable_id is None):
         return Invalid(errors.INVALID_REQUEST, "a response needs a string or integer id", usable_id, value)
     if has_error:
+        # (An error without "id" is taken as JSON-RPC's id null, an error that answers no
+        # request: servers write it so for a request they could not read, such as the
+        # TypeScript SDK's transport for an unknown session.)
         err = value["error"]
         if not isinstance(err, dict) or not isinstance(err.get("code"), int) or isinstance(err.get("code"), bool) or not isinstance(err.get("message"), str):
             return Invalid(errors.INVALID_REQUEST, "an error needs an integer code and a string message", usable_id, value)

@@ -336,7 +336,7 @@ class Inspector:
             params = body.get("params")
             tool = _tool_of(method, params)
         else:
-            pending = session.pop_pending(_OTHER[direction], body["id"])
+            pending = session.pop_pending(_OTHER[direction], body.get("id"))
             method = pending.method if pending else None
             params = None
             tool = pending.tool if pending else None

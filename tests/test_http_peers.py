@@ -15,7 +15,7 @@ from mcp.shared.exceptions import MCPError
 
 from firewall import errors
 from support import audit_rows
-from peers.http_harness import InProcessFirewall, everything_server, free_port, make_config
+from peers.http_harness import InProcessFirewall, everything_server, free_port, http, make_config
 from test_http_reverse import TEST_POLICY
 
 TS_CLIENT = Path(__file__).parent / "peers" / "ts_http_client.mjs"
@@ -80,3 +80,17 @@ def test_python_client(everything):
     names, ok, code, again = anyio.run(scenario)
     assert "echo" in names and "python" in ok and "again" in again
     assert code == errors.POLICY_DENIED
+
+
+def test_a_server_error_for_an_unknown_session_reaches_the_client(everything):
+    """server-everything answers a request in a session it does not know with 400 and an
+    error that has no "id" (JSON-RPC wants null there): the client must get that status and
+    message, not the firewall's 502 for an answer it refused."""
+    transport, fw = everything
+    if transport != "streamableHttp":
+        pytest.skip("sessions in headers are Streamable HTTP's")
+    call = {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream",
+               "mcp-session-id": "no-such-session", "mcp-protocol-version": "2025-11-25"}
+    r = http("POST", fw.url + "/mcp", json_body=call, headers=headers)
+    assert r.status_code == 400 and "session" in r.json()["error"]["message"].lower(), r.text

@@ -26,6 +26,8 @@ def only(raw: bytes, **kw):
         (b'{"jsonrpc":"2.0","id":1,"result":{}}', Kind.RESPONSE),
         (b'{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}', Kind.ERROR_RESPONSE),
         (b'{"jsonrpc":"2.0","id":-7,"error":{"code":1,"message":"x","data":[1]}}\r\n', Kind.ERROR_RESPONSE),
+        # No id at all: taken as id null (the TypeScript SDK's transport writes it so)
+        (b'{"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: No valid session ID provided"}}', Kind.ERROR_RESPONSE),
     ],
 )
 def test_valid_messages(raw, kind):
@@ -58,6 +60,7 @@ def test_valid_messages(raw, kind):
         (b'{"jsonrpc":"2.0","id":1,"method":"x","params":"str"}', errors.INVALID_REQUEST, "params"),
         (b'{"jsonrpc":"2.0","id":1,"method":"x","result":1}', errors.INVALID_REQUEST, "both"),
         (b'{"jsonrpc":"2.0","id":1}', errors.INVALID_REQUEST, "exactly one"),
+        (b'{"jsonrpc":"2.0","result":{}}', errors.INVALID_REQUEST, "string or integer id"),
         (b'{"jsonrpc":"2.0","id":1,"error":{"code":"x","message":"m"}}', errors.INVALID_REQUEST, "integer code"),
     ],
 )
