@@ -94,3 +94,29 @@ def test_a_server_error_for_an_unknown_session_reaches_the_client(everything):
                "mcp-session-id": "no-such-session", "mcp-protocol-version": "2025-11-25"}
     r = http("POST", fw.url + "/mcp", json_body=call, headers=headers)
     assert r.status_code == 400 and "session" in r.json()["error"]["message"].lower(), r.text
+
+
+def test_the_firewalls_own_replies_carry_the_servers_cors_grant(everything):
+    """A browser reads a cross-origin answer only with Access-Control-Allow-Origin: a denial the
+    firewall writes must carry what the server granted that origin, or the browser client
+    sees a network error instead of the JSON-RPC error. Nothing the server did not grant."""
+    transport, fw = everything
+    if transport != "streamableHttp":
+        pytest.skip("one transport is enough: the replies are built alike")
+    origin = "http://inspector.example:6274"
+    base = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "browser", "version": "1"}}}
+    opened = http("POST", fw.url + "/mcp", json_body=init, headers={**base, "origin": origin})
+    granted = opened.headers.get("access-control-allow-origin")
+    assert granted in ("*", origin)  # server-everything's own grant, relayed
+    session = {**base, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+    http("POST", fw.url + "/mcp", json_body={"jsonrpc": "2.0", "method": "notifications/initialized"},
+         headers={**session, "origin": origin})
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"message": "forbidden"}}}
+    denied = http("POST", fw.url + "/mcp", json_body=call, headers={**session, "origin": origin})
+    assert denied.json()["error"]["code"] == errors.POLICY_DENIED
+    assert denied.headers.get("access-control-allow-origin") == granted
+    # A client that is no browser (no Origin) gets no CORS fields from the firewall.
+    plain = http("POST", fw.url + "/mcp", json_body={**call, "id": 3}, headers=session)
+    assert plain.json()["error"]["code"] == errors.POLICY_DENIED and "access-control-allow-origin" not in plain.headers

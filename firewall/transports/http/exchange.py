@@ -29,6 +29,7 @@ from .oauth import rewrite_metadata, rewrite_www_authenticate
 from .replies import HEADER_MISMATCH, Reply, accepted, error_reply, jsonrpc_reply, plain, wants_sse_only
 from .routes import PRM_PATH, Route
 from .sessions import Channel, HttpSessions, legacy_keys, session_key
+from .cors import CorsMirror
 from .sse import OversizedEvent, SseEvent, SseParser, format_event, format_id_only
 
 SESSION_ID = "mcp-session-id"
@@ -88,6 +89,7 @@ class Exchange:
     first_method: str | None = None
     identity: dict[str, Any] | None = None  # the authenticated caller (policy input form)
     principal: tuple[str | None, str | None] | None = None
+    origin: str | None = None  # the request's Origin field (a browser's request)
 
 
 def is_json_media(content_type: str | None) -> bool:
@@ -246,14 +248,22 @@ class HttpInspection:
         # (route name, tool) -> the tool's Mcp-Param-* declarations, from tools/list answers
         # (None: invalid declarations, not enforced).
         self.param_bindings: dict[tuple[str, str], tuple[mcp_headers.ParamBinding, ...] | None] = {}
+        self.cors = CorsMirror()
 
     # -- requests --------------------------------------------------------------------
 
     def request(self, route: Route, req: Request) -> Exchange | Reply:
         """Classify and inspect a request: an exchange to forward, or the firewall's answer."""
+        origin = req.headers.get("origin")
+        result = self._request(route, req, origin)
+        if origin is not None and isinstance(result, Reply):
+            result.headers = {**result.headers, **self.cors.headers_for(route.name, origin)}
+        return result
+
+    def _request(self, route: Route, req: Request, origin: str | None) -> Exchange | Reply:
         method = req.method
         headers = req.headers
-        ex = Exchange(route, "other", upstream_path=req.upstream_path)
+        ex = Exchange(route, "other", upstream_path=req.upstream_path, origin=origin)
         if self.reverse:
             ex.public_origin = self.public_url or f"{req.scheme}://{req.host or route.netloc}"
         encoding = (headers.get("content-encoding") or "").strip().lower()
@@ -629,6 +639,8 @@ class HttpInspection:
         """How to treat the response ("json", "sse", "metadata" or "pass") and header changes."""
         changes: dict[str, str] = {}
         route = ex.route
+        if ex.origin is not None:
+            self.cors.learn(route.name, ex.origin, headers)
         if ex.public_origin and status in (401, 403):
             challenge = headers.get("www-authenticate")
             if challenge and "resource_metadata" in challenge.lower():
@@ -740,8 +752,16 @@ class HttpInspection:
         )
         return error_reply(None, code, f"mcpfw: {message}", {"decision_id": decision_id}, status=status)
 
+    def _with_cors(self, ex: Exchange, reply: Reply) -> Reply:
+        if ex.origin is not None:
+            reply.headers = {**reply.headers, **self.cors.headers_for(ex.route.name, ex.origin)}
+        return reply
+
     def upstream_failed(self, ex: Exchange, reason: str, *, status: int = 502) -> Reply:
         """The upstream could not be reached or broke off: JSON-RPC errors for the client."""
+        return self._with_cors(ex, self._upstream_failed(ex, reason, status))
+
+    def _upstream_failed(self, ex: Exchange, reason: str, status: int) -> Reply:
         session = ex.session or self.sessions.new_session(ex.route, "http")
         message = f"mcpfw: upstream {ex.route.name} unavailable: {reason}"
         if ex.kind != "mcp" or not ex.open_ids:
@@ -766,6 +786,9 @@ class HttpInspection:
     def oversized_answer(self, ex: Exchange) -> Reply:
         """A response body over the message size limit, not read whole: recorded, and answered
         with a -32053 error for each request it would have answered."""
+        return self._with_cors(ex, self._oversized_answer(ex))
+
+    def _oversized_answer(self, ex: Exchange) -> Reply:
         session = ex.session or self.sessions.new_session(ex.route, "http")
         limit = self.max_message_bytes
         outcome = self.inspector.refuse_oversized(limit + 1, limit, S2C, session)
