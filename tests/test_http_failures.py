@@ -430,6 +430,36 @@ def test_an_answer_that_breaks_off_is_a_jsonrpc_error(tmp_path, engine, breach):
     assert row["reason_codes"] == ["upstream_unavailable"] and "broke off" in row["error"]
 
 
+def test_a_pooled_connection_the_server_closed_unheard_is_not_used():
+    """Servers close idle keep-alive connections (Node and uvicorn after 5 s). A close that
+    arrives while the firewall is busy is not heard before the next request takes the
+    connection from the pool, and a POST, never sent twice, would fail with -32056 (seen with
+    20 parallel calls while the classifier warmed up). An idle connection is checked first."""
+    import asyncio
+
+    from firewall.transports.http.upstream import Origin, UpstreamPool
+
+    async def scenario() -> tuple[bool, bool]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        origin = Origin("127.0.0.1", listener.getsockname()[1])
+        pool = UpstreamPool(connect_timeout=2)
+        fresh = await pool._connect(origin)
+        pool.put(fresh)
+        kept = pool._take(origin)  # just used: taken as it is
+        assert kept is fresh
+        pool.put(kept)
+        kept.idle_since -= 2  # idle for a while ...
+        accepted, _ = listener.accept()
+        accepted.close()  # ... and closed by the server,
+        time.sleep(0.1)  # while this loop is busy: no callback has run
+        taken = pool._take(origin)
+        listener.close()
+        return taken is None, kept.closed or kept._keep is False
+
+    discarded, dropped = asyncio.run(scenario())
+    assert discarded and dropped
+
+
 def test_fields_a_connection_header_names_are_not_forwarded(tmp_path):
     """RFC 9110 7.6.1: a proxy removes the fields the Connection header lists."""
     seen: list[bytes] = []

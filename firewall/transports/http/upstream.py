@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 import ssl
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from .wire import HeaderList
 
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024  # as a request's head (server.MAX_HEAD_BYTES); 1xx heads before it count
 _HIGH_WATER = 256 * 1024  # body bytes buffered before the upstream is asked to wait
+# A pooled connection idle for longer is checked for a close not yet heard before it is used
+# (servers close idle ones after a few seconds: Node and uvicorn after 5).
+_TRUSTED_IDLE = 1.0
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -249,6 +253,19 @@ class UpstreamConnection(asyncio.Protocol):
         if response is not None:
             response._fail(UpstreamError("timed out", timed_out=True))
 
+    def readable(self) -> bool:
+        """Whether bytes (a close, most likely) wait unread on the idle socket: a server that
+        closed it while this process was busy has not been heard yet, and a POST, which is
+        never sent twice, would be lost on it."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return False
+        try:
+            ready, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(ready)
+
     def abort(self) -> None:
         self._keep = False
         if self.transport is not None and not self.closed:
@@ -415,10 +432,11 @@ class UpstreamPool:
         idle = self._idle.get(origin)
         if not idle:
             return None
-        oldest = self.loop.time() - self._keepalive
+        now = self.loop.time()
+        oldest = now - self._keepalive
         while idle:
             conn = idle.pop()
-            if not conn.closed and conn.idle_since > oldest:
+            if not conn.closed and conn.idle_since > oldest and (now - conn.idle_since < _TRUSTED_IDLE or not conn.readable()):
                 conn.reused = True
                 return conn
             conn.abort()
