@@ -157,6 +157,9 @@ class ProxyConfig(_Strict):
     client_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=15.0, description="longest time a client may take to send a request's headers and body"
     )
+    idle_timeout_seconds: Annotated[int, Field(ge=1, le=86_400)] = Field(
+        default=300, description="an idle keep-alive connection is closed after this (one with a request in flight, "
+        "a stream or a WebSocket open is not idle)")
     max_sessions: Annotated[int, Field(ge=1)] = 10_000
     max_connections: Annotated[int, Field(ge=0)] = Field(
         default=0, description="open client connections per process at most (0: the open-file limit less a reserve)")

@@ -137,3 +137,18 @@ def test_websockets_count_against_the_connection_caps(ws_upstream, tmp_path):
     with InProcessFirewall(config) as fw:
         opened, refused, served = anyio.run(scenario, fw.port)
     assert opened == 3 and refused and served
+
+
+@pytest.mark.parametrize("engine", ["lean", "mitmproxy"])
+def test_a_silent_socket_outlives_the_idle_timeout(ws_upstream, tmp_path, engine):
+    """An open WebSocket is not an idle connection (mitmproxy closed one silent for its tcp_timeout)."""
+    config = make_config(tmp_path, [{"url": ws_upstream[0]}], idle_timeout_seconds=1)
+
+    async def scenario(port: int):
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://127.0.0.1:{port}/mcp", protocols=("mcp",)) as ws:
+            await anyio.sleep(2.5)
+            await ws.send_str('{"jsonrpc": "2.0", "id": 3, "method": "ping"}')
+            return json.loads((await ws.receive(timeout=5)).data)
+
+    with InProcessFirewall(config, engine=engine) as fw:
+        assert anyio.run(scenario, fw.port) == {"jsonrpc": "2.0", "id": 3, "result": {}}

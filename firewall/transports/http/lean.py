@@ -113,6 +113,7 @@ class LeanListener:
         self._limit = core.max_message_bytes
         self._server_settings = ServerSettings(
             client_timeout=settings.client_timeout_seconds, max_body=self._limit,
+            idle_timeout=settings.idle_timeout_seconds,
             max_connections=settings.max_connections or connection_budget(),
             max_connections_per_client=settings.max_connections_per_client,
         )
@@ -187,7 +188,8 @@ class LeanListener:
 
     def _schedule_sweep(self) -> None:
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_SECONDS, self._sweep)
+            every = min(_SWEEP_SECONDS, self._server_settings.idle_timeout / 2)
+            self._sweeper = asyncio.get_running_loop().call_later(every, self._sweep)
 
     def _sweep(self) -> None:
         """Close idle keep-alive connections, both sides."""

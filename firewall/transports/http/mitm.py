@@ -24,7 +24,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,8 @@ from ...runtime import build_firewall
 from .exchange import Exchange, HttpInspection, Request, is_json_media, may_be_json_text
 from .lean import connection_budget
 from .mitm_limits import (
-    BODY_LIMIT, ERROR_REPLIES, STREAM_ENDS, BodyLimit, ClientLimits, Limits, answer_within, install_body_limits, install_close_guard,
-    install_request_limits, install_response_limits, register, unregister,
+    BODY_LIMIT, ERROR_REPLIES, STREAM_ENDS, BodyLimit, ClientLimits, IdleTimeout, Limits, answer_within, install_body_limits,
+    install_close_guard, install_request_limits, install_response_limits, register, unregister,
 )
 from .outbound import UpstreamPoster, client_session
 from .replies import Reply
@@ -598,6 +598,7 @@ def _options(config: Config, listen: Listen) -> dict[str, Any]:
         "keep_host_header": proxy.preserve_host,
         "connection_strategy": "lazy",
         "http2": proxy.http2,
+        "tcp_timeout": proxy.idle_timeout_seconds,
         "stream_large_bodies": None,
         "body_size_limit": None,
     }
@@ -643,6 +644,7 @@ async def serve_mitmproxy(config: Config, listen: Listen, *, on_ready: Any = Non
             core.Core(), proxyserver.Proxyserver(), _next_layer_addon(), tlsconfig.TlsConfig(),
             errorcheck.ErrorCheck(),
             ClientLimits(limits, closer=_closer(m), on_silent=refusals.silent),
+            IdleTimeout(_handler_of(m)),
             http_addon,
             McpWebSocket(inspection, router),
             UpstreamFailures(inspection),
@@ -722,6 +724,14 @@ class _Refusals:
 
 def _peer(client: Any) -> str:
     return str(client.peername[0]) if client.peername else "?"
+
+
+def _handler_of(m: Any) -> Callable[[Any], Any]:
+    """The connection handler of a client connection (None once it is gone)."""
+    def handler_of(client: Any) -> Any:
+        return getattr(m.addons.get("proxyserver"), "connections", {}).get(client.id)
+
+    return handler_of
 
 
 def _closer(m: Any) -> Any:

@@ -539,3 +539,45 @@ class ClientLimits:
                 self._on_silent(client)
             except Exception:
                 log.exception("mcpfw: cannot record a client timeout")
+
+
+_DISARMED = "mcpfw.idle_disarmed"
+
+
+class IdleTimeout:
+    """mitmproxy's inactivity timeout (its ``tcp_timeout`` option, set from
+    ``proxy.idle_timeout_seconds``) for idle connections only, as the lean listener sweeps
+    them: while a request is in flight on a connection (a stream that stays silent for
+    minutes, a slow tool call) or a WebSocket is open, its watchdog is disarmed. mitmproxy
+    counted only bytes, and cut a silent standalone GET stream after ten minutes."""
+
+    def __init__(self, handler_of: Callable[[Any], Any]) -> None:
+        self._handler_of = handler_of
+
+    def _disarm(self, flow: Any, key: str) -> None:
+        watchdog = getattr(self._handler_of(flow.client_conn), "timeout_watchdog", None)
+        disarm = getattr(watchdog, "disarm", None)
+        if disarm is None or key in flow.metadata:
+            return
+        guard = disarm()
+        guard.__enter__()
+        flow.metadata[key] = guard
+
+    @staticmethod
+    def _rearm(flow: Any, key: str) -> None:
+        guard = flow.metadata.pop(key, None)
+        if guard is not None:
+            guard.__exit__(None, None, None)
+
+    def requestheaders(self, flow: Any) -> None:
+        self._disarm(flow, _DISARMED)
+
+    def response(self, flow: Any) -> None:
+        if flow.websocket is None:  # (a handshake's answer: the socket stays in flight)
+            self._rearm(flow, _DISARMED)
+
+    def error(self, flow: Any) -> None:
+        self._rearm(flow, _DISARMED)
+
+    def websocket_end(self, flow: Any) -> None:
+        self._rearm(flow, _DISARMED)
