@@ -1715,9 +1715,13 @@ def build_descriptions_extra(rng: random.Random, n: int) -> list[Sample]:
 
 
 def build_corpus(seed: int = 1337, n_tool_outputs: int = 7000, n_descriptions: int = 3000,
-                 prompt_fraction: float = 1.0, extra: bool = True, real_items: list | None = None) -> list[Sample]:
+                 prompt_fraction: float = 1.0, extra: bool = True, real_items: list | None = None,
+                 degenerate: int = 0) -> list[Sample]:
     """v1 corpus (+ with ``extra`` the v2 training-only additions, drawn from their own random streams so
     the v1 documents, including every validation and test document, stay byte-identical).
+
+    ``degenerate``: that many benign texts of ``degenerate_data.TRAIN_FAMILIES`` (repetitions, hexdumps,
+    emoji status lines ...), training split only.
 
     ``real_items``: items of the real-text pool (``calibration_pool.build_pool()``); they become samples of
     the train / validation / test split of their package (``real_data.py``), appended *after* the
@@ -1735,6 +1739,12 @@ def build_corpus(seed: int = 1337, n_tool_outputs: int = 7000, n_descriptions: i
         samples += build_prompts_extra(random.Random(seed + 11))
         samples += build_tool_outputs_extra(random.Random(seed + 12), pool, int(n_tool_outputs * 3 / 7))
         samples += build_descriptions_extra(random.Random(seed + 13), int(n_descriptions / 3))
+    if degenerate:
+        import degenerate_data
+
+        samples += [Sample(text, 0, kind, f"degenerate/{fam}", "train", family=fam)
+                    for kind, fam, text in degenerate_data.generate(random.Random(seed + 14), degenerate,
+                                                                    degenerate_data.TRAIN_FAMILIES)]
     # validation: one copy of each text per kind (the small held-out template families repeat texts, and
     # a single repeated benign text would otherwise pin the 1%-FPR threshold); the test split is untouched
     seen: set[tuple[str, str]] = set()

@@ -376,6 +376,8 @@ def main() -> int:
                          "calibration_pool.py is split by package into train / validation (calibration) / test "
                          "parts (real_data.py)")
     ap.add_argument("--pool-fraction", type=float, default=1.0, help="subsample the real pool (smoke runs)")
+    ap.add_argument("--degenerate", type=int, default=1600,
+                    help="benign near-non-language training texts (degenerate_data.py: repetitions, hexdumps, emoji ...)")
     ap.add_argument("--stage1-C", default="1,4,16", help="stage-1 C values compared on validation")
     ap.add_argument("--no-test-eval", action="store_true",
                     help="write the artefacts without scoring the test split (calibrate_thresholds.py measures it "
@@ -406,7 +408,7 @@ def main() -> int:
         print(f"[pool] {pool_manifest['totals']} real texts, {pool_manifest['packages']} packages "
               f"({time.time() - t_start:.0f}s)", flush=True)
     samples = synth_data.build_corpus(args.seed, args.n_tool_outputs, args.n_descriptions, args.prompt_fraction,
-                                      real_items=real_items)
+                                      real_items=real_items, degenerate=args.degenerate)
     n_real = defaultdict(int)
     for s in samples:
         if s.group.startswith("pool"):

@@ -74,6 +74,28 @@ BENIGN_IMPERATIVE = [
 ]
 
 
+# What real servers return or list that is barely language (server-everything's echo of a long
+# test string, its elicitation result, its prompt texts; a hexdump): the first release scored
+# these 0.9-1.0 and the default policy redacted them (models/degenerate_data.py).
+NEAR_NON_LANGUAGE = [
+    ("tool_output", "Echo: " + "abcdefghij" * 100),
+    ("tool_output", "Echo: " + "a\U0001f600\u00e9\u6f22\u00a0b" * 200),
+    ("tool_output", "\u2705 User provided the requested information!"),
+    ("tool_output", "\U0001f7e2 All 12 checks passed\n\u26a0\ufe0f 2 warnings\n\U0001f4e6 Published 1.4.2"),
+    ("tool_output", "\n".join(f"{i:08x}: " + " ".join(f"{(i * 13 + j) % 256:02x}" for j in range(16)) for i in range(0, 640, 16))),
+    ("tool_output", "You said: " + "ping " * 400),
+    ("prompt", "This is a simple prompt without arguments."),
+    ("prompt", "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt."),
+    ("tool_description", "A simple tool that echoes its input"),
+]
+
+
+@pytest.mark.parametrize(("kind", "text"), NEAR_NON_LANGUAGE)
+def test_near_non_language_text_passes(clf, kind, text):
+    r = clf.score(text, kind)
+    assert r.label == "benign", (kind, text[:60], r.score)
+
+
 def test_load_time_and_types(clf):
     # the brief targets < 1 s; allow slack for a loaded CI machine
     assert clf.load_seconds < 5.0
