@@ -124,10 +124,15 @@ def test_everything_server_sampling_and_elicitation_round_trip(audit_db):
         async with Client(params_for(command), sampling_callback=on_sampling, elicitation_callback=on_elicit) as client:
             echo = await client.call_tool("echo", {"message": "through the firewall"})
             assert echo.content[0].text == "Echo: through the firewall"
+            # A long test string: not language, and no injection (the classifier's first
+            # release scored it 0.998 and the default policy redacted the result).
+            long = await client.call_tool("echo", {"message": "abcdefghij" * 100})
+            assert long.content[0].text == "Echo: " + "abcdefghij" * 100
             sampled = await client.call_tool("trigger-sampling-request", {"prompt": "hi", "maxTokens": 5})
             assert "sampled!" in sampled.content[0].text
             elicited = await client.call_tool("trigger-elicitation-request", {})
             assert "Ada" in " ".join(c.text for c in elicited.content if hasattr(c, "text"))
+            assert any("User provided the requested information" in c.text for c in elicited.content if hasattr(c, "text"))
             total = await client.call_tool("get-sum", {"a": 2, "b": 3})
             assert "5" in total.content[0].text
 
