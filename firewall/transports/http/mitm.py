@@ -737,9 +737,10 @@ def _handler_of(m: Any) -> Callable[[Any], Any]:
 def _closer(m: Any) -> Any:
     """Closes a client connection as mitmproxy's own inactivity timeout does: its reading
     task is cancelled. False when this mitmproxy keeps its connections elsewhere."""
+    handler_of = _handler_of(m)
+
     def close(client: Any) -> bool:
-        handler = getattr(m.addons.get("proxyserver"), "connections", {}).get(client.id)
-        io = getattr(handler, "transports", {}).get(client)
+        io = getattr(handler_of(client), "transports", {}).get(client)
         task = getattr(io, "handler", None)
         if task is None:
             return False

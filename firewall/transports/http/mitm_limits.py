@@ -554,30 +554,27 @@ class IdleTimeout:
     def __init__(self, handler_of: Callable[[Any], Any]) -> None:
         self._handler_of = handler_of
 
-    def _disarm(self, flow: Any, key: str) -> None:
+    def requestheaders(self, flow: Any) -> None:
         watchdog = getattr(self._handler_of(flow.client_conn), "timeout_watchdog", None)
         disarm = getattr(watchdog, "disarm", None)
-        if disarm is None or key in flow.metadata:
+        if disarm is None or _DISARMED in flow.metadata:
             return
-        guard = disarm()
+        guard = disarm()  # (a context manager, left open until the exchange ends)
         guard.__enter__()
-        flow.metadata[key] = guard
+        flow.metadata[_DISARMED] = guard
 
     @staticmethod
-    def _rearm(flow: Any, key: str) -> None:
-        guard = flow.metadata.pop(key, None)
+    def _rearm(flow: Any) -> None:
+        guard = flow.metadata.pop(_DISARMED, None)
         if guard is not None:
             guard.__exit__(None, None, None)
 
-    def requestheaders(self, flow: Any) -> None:
-        self._disarm(flow, _DISARMED)
-
     def response(self, flow: Any) -> None:
         if flow.websocket is None:  # (a handshake's answer: the socket stays in flight)
-            self._rearm(flow, _DISARMED)
+            self._rearm(flow)
 
     def error(self, flow: Any) -> None:
-        self._rearm(flow, _DISARMED)
+        self._rearm(flow)
 
     def websocket_end(self, flow: Any) -> None:
-        self._rearm(flow, _DISARMED)
+        self._rearm(flow)
