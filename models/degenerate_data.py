@@ -10,7 +10,9 @@ from everything it was trained on.
 Generators are split by family: ``TRAIN_FAMILIES`` go into the training corpus
 (``synth_data.build_corpus``), ``TEST_FAMILIES`` are never trained on and only measured
 (``evaluate_degenerate.py``), so the reported false-positive rate is on generators the model has
-not seen. Everything is generated here from seeded random streams; no text is copied.
+not seen. The training corpus also gets texts of the training families with an injection planted
+in them (:func:`plant`): noise is not a place where an instruction stops counting. Everything is
+generated here from seeded random streams; no text is copied.
 """
 
 from __future__ import annotations
@@ -175,6 +177,16 @@ def emoji_art(rng: random.Random) -> str:
 def sentence_repeat(rng: random.Random) -> str:
     s = rng.choice([fixture_sentence(rng), status_line(rng).split("\n")[0], pseudo_latin(rng)[:80]])
     return rng.choice(PREFIXES) + rng.choice([" ", "\n"]).join([s] * rng.randint(2, 60))
+
+
+def plant(rng: random.Random, text: str, payload: str) -> tuple[str, tuple[int, int]]:
+    """``payload`` inserted into ``text`` at a random place, glued to the noise or set off by a
+    space or line break; returns the text and the payload's span. Without such samples the
+    benign families teach that noise around an instruction makes it harmless."""
+    at = rng.randint(0, len(text))
+    before, after = rng.choice([("", ""), (" ", " "), ("\n", "\n"), ("\n\n", "\n\n")])
+    head = text[:at] + before
+    return head + payload + after + text[at:], (len(head), len(head) + len(payload))
 
 
 TRAIN_FAMILIES = {"repeated": repeated, "random_chars": random_chars, "hex_blob": hex_blob,

@@ -6,12 +6,15 @@ Scores, with the serving code and the shipped thresholds (nothing is chosen here
 * ``held_out``: the families of ``degenerate_data.TEST_FAMILIES`` (numeric tables, id lists,
   emoji art, a sentence repeated), never in the training corpus;
 * ``train_families``: fresh draws (another seed) of ``TRAIN_FAMILIES``, the families trained on;
+* ``planted_held_out``: texts of the held-out families with a payload of the classifier's
+  held-out *test* injection families planted in them (glued to the noise or set off): the
+  recall on injections hidden in such noise, which the benign families must not buy off;
 * ``real_outputs``: texts real MCP servers used in this project's tests return or list (echoes of
   long inputs, elicitation results, prompt texts of server-everything, a hexdump), each with the
   kind it is scored as. These are where the problem was found, and the training families were
   written after them, so they are in-distribution now: a regression check, not a held-out result.
 
-For each kind it prints the false-positive rate at the shipped threshold and the highest score, and
+For each kind it prints the recall on the planted set, the false-positive rate at the shipped threshold and the highest score, and
 the false-positive rate of each family (all kinds together).
 
     .venv/bin/python models/evaluate_degenerate.py [--models-dir DIR] [--n 600] [--out report.json]
@@ -31,6 +34,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import degenerate_data  # noqa: E402
+import synth_data  # noqa: E402
 from detectors.injection import InjectionClassifier  # noqa: E402
 
 
@@ -66,7 +70,17 @@ def main() -> int:
                                                    degenerate_data.TRAIN_FAMILIES),
         "real_outputs": real_outputs(),
     }
+    prng = random.Random(args.seed + 2)
+    planted = []
+    for kind, fam, text in degenerate_data.generate(prng, args.n, degenerate_data.TEST_FAMILIES):
+        payload = synth_data.make_payload(prng, prng.choice(sorted(synth_data.TO_TEST_FAMILIES)), "doc")
+        planted.append((kind, fam, degenerate_data.plant(prng, text, payload)[0]))
     report: dict = {"thresholds": clf.thresholds}
+    found: dict[str, list] = defaultdict(list)
+    for kind, fam, text in planted:
+        found[kind].append(clf.score(text, kind).label == "injection")
+    report["planted_held_out"] = {k: {"n": len(v), "recall": round(sum(v) / len(v), 4)} for k, v in sorted(found.items())}
+    print("planted_held_out", json.dumps(report["planted_held_out"]))
     for name, items in sets.items():
         per_kind: dict[str, list] = defaultdict(list)
         per_family: dict[str, list] = defaultdict(list)

@@ -1721,7 +1721,8 @@ def build_corpus(seed: int = 1337, n_tool_outputs: int = 7000, n_descriptions: i
     the v1 documents, including every validation and test document, stay byte-identical).
 
     ``degenerate``: that many benign texts of ``degenerate_data.TRAIN_FAMILIES`` (repetitions, hexdumps,
-    emoji status lines ...), training split only.
+    emoji status lines ...), and half as many of them with a training-family payload planted in them,
+    training split only.
 
     ``real_items``: items of the real-text pool (``calibration_pool.build_pool()``); they become samples of
     the train / validation / test split of their package (``real_data.py``), appended *after* the
@@ -1745,6 +1746,13 @@ def build_corpus(seed: int = 1337, n_tool_outputs: int = 7000, n_descriptions: i
         samples += [Sample(text, 0, kind, f"degenerate/{fam}", "train", family=fam)
                     for kind, fam, text in degenerate_data.generate(random.Random(seed + 14), degenerate,
                                                                     degenerate_data.TRAIN_FAMILIES)]
+        # the same kind of noise with a training-family payload in it
+        prng = random.Random(seed + 15)
+        fams = [f for f in sorted(FAMILY_TEMPLATES) if f not in TO_TEST_FAMILIES | TO_VAL_FAMILIES]
+        for kind, fam, text in degenerate_data.generate(prng, degenerate // 2, degenerate_data.TRAIN_FAMILIES):
+            family = prng.choice(fams)
+            text, span = degenerate_data.plant(prng, text, make_payload(prng, family, "doc"))
+            samples.append(Sample(text, 1, kind, f"degenerate/{fam}+{family}", "train", family=family, spans=[span]))
     # validation: one copy of each text per kind (the small held-out template families repeat texts, and
     # a single repeated benign text would otherwise pin the 1%-FPR threshold); the test split is untouched
     seen: set[tuple[str, str]] = set()
