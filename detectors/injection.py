@@ -422,7 +422,11 @@ class InjectionClassifier:
         self.tokenizer = Tokenizer.from_file(str(d / TOKENIZER_FILE))
         self.tokenizer.no_truncation()  # windowing is done here
         self.tokenizer.no_padding()
-        self._wordpiece = AsciiWordPiece(self.tokenizer.get_vocab())
+        vocab = self.tokenizer.get_vocab()
+        self._wordpiece = AsciiWordPiece(vocab)
+        # Whole English words the tokenizer knows: what an obfuscated word must spell out
+        # (normalize.deobfuscated_segments).
+        self.words = frozenset(w for w in vocab if len(w) >= 3 and w.isascii() and w.isalpha())
         so = ort.SessionOptions()
         so.intra_op_num_threads = intra_op_threads
         so.inter_op_num_threads = 1

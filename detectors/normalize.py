@@ -7,6 +7,8 @@
   escape sequences are, for findings.
 * :func:`decoded_segments`: base64, hex and URL-encoded segments decoded to text, for
   scanning only (nothing decoded is ever forwarded).
+* :func:`deobfuscated_segments`: words written in leetspeak ("1gn0re prev10us") or letter
+  by letter ("R E V E A L"), spelled out, for scanning only.
 """
 
 from __future__ import annotations
@@ -373,3 +375,79 @@ def fold_lookalikes(text: str) -> str:
     """``text`` with lookalike letters of other scripts read as the Latin letters they imitate
     (same length: offsets into it are offsets into ``text``)."""
     return text if text.isascii() else text.translate(LOOKALIKES)
+
+
+# -- leetspeak and spaced-out letters -------------------------------------------------------
+
+_LEET = str.maketrans("013457@$", "oieastas")
+_LEET_HINT = re.compile(r"[A-Za-z][013457@$]|[013457@$][A-Za-z]")
+_LEET_TOKEN = re.compile(r"(?<![\w@$])[A-Za-z013457@$]{3,}(?![\w@$])")
+_SPACED = re.compile(r"(?<![A-Za-z])[A-Za-z](?:(?:[ _*.-]|\. {1,2}| {2,3})[A-Za-z]){4,}(?![A-Za-z])")
+_SPACED_GAP = re.compile(r"[^A-Za-z]+")
+_DEOBFUSCATION_CONTEXT = 120  # characters kept on each side of the rewritten words
+_MIN_LEET_WORDS = 2
+
+
+def deobfuscated_segments(text: str, words: frozenset[str] | set[str]) -> list[Decoded]:
+    """Regions of ``text`` with words spelled in leetspeak or letter by letter, rewritten.
+
+    A token counts only if it is not a word as written and is one (in ``words``, lower
+    case) once its digits and symbols are read as letters ("pl34s3" -> "please"), and a
+    region needs two such tokens: version strings, hashes and identifiers ("ipv4", "x86",
+    "sha256") are not words either way. A letter-by-letter run ("R E V E A L. H I D D E N")
+    needs one word of four letters or more; the most common gap joins letters, any other
+    gap ends a word ("r-e-a-d y-o-u-r", "I g n o r e  a l l"). Each finding is a region around the rewritten words, in the
+    caller's offsets, encoding "leet" or "spaced".
+    """
+    found: list[Decoded] = []
+    if _LEET_HINT.search(text):
+        hits = []
+        for m in _LEET_TOKEN.finditer(text):
+            token = m.group()
+            if token.isalpha():
+                continue
+            plain = token.translate(_LEET).lower()
+            if plain.isalpha() and plain in words and token.lower() not in words:
+                hits.append((m.start(), m.end(), plain))
+        if len(hits) >= _MIN_LEET_WORDS:
+            found.extend(_rewritten(text, hits, "leet"))
+    hits = []
+    for m in _SPACED.finditer(text):
+        run = m.group()
+        gaps = _SPACED_GAP.findall(run)
+        joiner = max(set(gaps), key=gaps.count)  # the separator between letters; others end words
+        spelled, word = [], run[0]
+        for gap, letter in zip(gaps, _SPACED_GAP.split(run)[1:]):
+            if gap != joiner:
+                spelled.append(word.lower())
+                word = ""
+            word += letter
+        spelled.append(word.lower())
+        if any(len(w) >= 4 and w in words for w in spelled):
+            hits.append((m.start(), m.end(), " ".join(spelled)))
+            if len(hits) >= _MAX_SEGMENTS:
+                break
+    if hits:
+        found.extend(_rewritten(text, hits, "spaced"))
+    return found[:_MAX_SEGMENTS]
+
+
+def _rewritten(text: str, hits: list[tuple[int, int, str]], encoding: str) -> list[Decoded]:
+    """One segment per cluster of nearby hits: the region around them with each rewritten."""
+    clusters: list[list[tuple[int, int, str]]] = []
+    for hit in hits:
+        if clusters and hit[0] - clusters[-1][-1][1] <= _DEOBFUSCATION_CONTEXT:
+            clusters[-1].append(hit)
+        else:
+            clusters.append([hit])
+    out = []
+    for cluster in clusters:
+        lo = max(0, cluster[0][0] - _DEOBFUSCATION_CONTEXT)
+        hi = min(len(text), cluster[-1][1] + _DEOBFUSCATION_CONTEXT)
+        parts, pos = [], lo
+        for start, end, plain in cluster:
+            parts += [text[pos:start], plain]
+            pos = end
+        parts.append(text[pos:hi])
+        out.append(Decoded(lo, hi, encoding, "".join(parts)))
+    return out

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from detectors.normalize import decoded_segments, normalize
+from detectors.normalize import decoded_segments, deobfuscated_segments, normalize
 from detectors.pii import PiiScanner
 from detectors.memo import TextMemo, memoised_scan
 from detectors.poisoning import PoisoningScanner, list_items
@@ -386,7 +386,8 @@ _Assessed = tuple[float, str, float, int, int, int, "str | None"]
 
 
 class InjectionDetector:
-    """Scores strings with the classifier, including their decoded (base64/hex/URL) segments."""
+    """Scores strings with the classifier, including their decoded (base64/hex/URL) segments
+    and their words spelled in leetspeak or letter by letter, spelled out."""
 
     def __init__(self, classifier: InjectionClassifier, *, min_chars: int = 12, max_chars: int = 200_000, decode: bool = True) -> None:
         self.classifier = classifier
@@ -446,7 +447,8 @@ class InjectionDetector:
         if _WHITESPACE.search(norm.text):
             found.append(self._score(kind, text))
         if self._decode:
-            for seg in decoded_segments(norm.text):
+            segments = decoded_segments(norm.text) + deobfuscated_segments(norm.text, self.classifier.words)
+            for seg in segments:
                 found.append(self._score(kind, seg.text, span=norm.to_original(seg.start, seg.end), decoded=seg.encoding))
         return found
 
