@@ -48,6 +48,7 @@ from typing import Literal
 
 import numpy as np
 
+from .normalize import known_words
 from .wordpiece import AsciiWordPiece
 
 Kind = Literal["prompt", "tool_output", "tool_description"]
@@ -424,9 +425,7 @@ class InjectionClassifier:
         self.tokenizer.no_padding()
         vocab = self.tokenizer.get_vocab()
         self._wordpiece = AsciiWordPiece(vocab)
-        # Whole English words the tokenizer knows: what an obfuscated word must spell out
-        # (normalize.deobfuscated_segments).
-        self.words = frozenset(w for w in vocab if len(w) >= 3 and w.isascii() and w.isalpha())
+        self.words = known_words(vocab)  # for normalize.deobfuscated_segments
         so = ort.SessionOptions()
         so.intra_op_num_threads = intra_op_threads
         so.inter_op_num_threads = 1

@@ -20,6 +20,7 @@ import functools
 import html
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -381,35 +382,48 @@ def fold_lookalikes(text: str) -> str:
 
 _LEET = str.maketrans("013457@$", "oieastas")
 _LEET_HINT = re.compile(r"[A-Za-z][013457@$]|[013457@$][A-Za-z]")
-_LEET_TOKEN = re.compile(r"(?<![\w@$])[A-Za-z013457@$]{3,}(?![\w@$])")
-_SPACED = re.compile(r"(?<![A-Za-z])[A-Za-z](?:(?:[ _*.-]|\. {1,2}| {2,3})[A-Za-z]){4,}(?![A-Za-z])")
+_LEET_TOKEN = re.compile(r"(?<![\w@$])[A-Za-z013457@$]{2,}(?![\w@$])")
+_SPACED = re.compile(r"(?<![A-Za-z])[A-Za-z](?:(?:[ _*.-]|\. {1,2}| {2,3})[A-Za-z]){3,}(?![A-Za-z])")
 _SPACED_GAP = re.compile(r"[^A-Za-z]+")
 _DEOBFUSCATION_CONTEXT = 120  # characters kept on each side of the rewritten words
 _MIN_LEET_WORDS = 2
 
 
-def deobfuscated_segments(text: str, words: frozenset[str] | set[str]) -> list[Decoded]:
+def known_words(vocabulary: Iterable[str]) -> frozenset[str]:
+    """The whole English words of a WordPiece vocabulary (three ASCII letters or more): what an
+    obfuscated word must spell out for :func:`deobfuscated_segments`."""
+    return frozenset(w for w in vocabulary if len(w) >= 3 and w.isascii() and w.isalpha())
+
+
+def deobfuscated_segments(text: str, words: frozenset[str] | set[str], *, short_words: bool = False) -> list[Decoded]:
     """Regions of ``text`` with words spelled in leetspeak or letter by letter, rewritten.
 
     A token counts only if it is not a word as written and is one (in ``words``, lower
     case) once its digits and symbols are read as letters ("pl34s3" -> "please"), and a
-    region needs two such tokens: version strings, hashes and identifiers ("ipv4", "x86",
+    region needs two such tokens (with ``short_words``, two-letter ones such as "d0" and "1t"
+    are then read too, for rules that need "do not tell"; the classifier reads no better
+    with them): version strings, hashes and identifiers ("ipv4", "x86",
     "sha256") are not words either way. A letter-by-letter run ("R E V E A L. H I D D E N")
-    needs one word of four letters or more; the most common gap joins letters, any other
+    needs one known word of four letters or more; the most common gap joins letters, any other
     gap ends a word ("r-e-a-d y-o-u-r", "I g n o r e  a l l"). Each finding is a region around the rewritten words, in the
     caller's offsets, encoding "leet" or "spaced".
     """
     found: list[Decoded] = []
     if _LEET_HINT.search(text):
-        hits = []
+        hits, short = [], []
         for m in _LEET_TOKEN.finditer(text):
             token = m.group()
             if token.isalpha():
                 continue
             plain = token.translate(_LEET).lower()
-            if plain.isalpha() and plain in words and token.lower() not in words:
+            if len(token) == 2:  # "d0", "1t", "t0": read only among longer words that qualify
+                if short_words and plain.isalpha():
+                    short.append((m.start(), m.end(), plain))
+            elif plain.isalpha() and plain in words and token.lower() not in words:
                 hits.append((m.start(), m.end(), plain))
         if len(hits) >= _MIN_LEET_WORDS:
+            lo, hi = hits[0][0] - _DEOBFUSCATION_CONTEXT, hits[-1][1] + _DEOBFUSCATION_CONTEXT
+            hits = sorted(hits + [h for h in short if lo <= h[0] and h[1] <= hi])
             found.extend(_rewritten(text, hits, "leet"))
     hits = []
     for m in _SPACED.finditer(text):

@@ -5,8 +5,8 @@ names...) is checked for:
 
 * instructions addressed to the model that honest tools do not give (``rules/poisoning.yaml``:
   ``<IMPORTANT>`` blocks, secrecy toward the user, reading credentials, sending data
-  elsewhere, overriding other tools), in the normalised text and in decoded base64 / hex /
-  URL-encoded segments;
+  elsewhere, overriding other tools), in the normalised text, in decoded base64 / hex /
+  URL-encoded segments and in words written in leetspeak or letter by letter, spelled out;
 * invisible Unicode (tag characters, bidi controls, zero-width characters, variation-selector
   smuggling), ANSI escape sequences, and padding that pushes text out of a reviewer's view;
 * optionally, the injection classifier's score for the text (kind ``tool_description``).
@@ -17,6 +17,7 @@ once per process. The detector reports; the policy decides what is poisoned.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import threading
@@ -30,7 +31,7 @@ import orjson
 import yaml
 
 from .jsonwalk import escape, strings
-from .normalize import ansi_runs, decoded_segments, fold_lookalikes, invisible_runs, normalize
+from .normalize import ansi_runs, decoded_segments, deobfuscated_segments, fold_lookalikes, invisible_runs, known_words, normalize
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "rules" / "poisoning.yaml"
 SEVERITIES = ("low", "medium", "high")
@@ -39,6 +40,19 @@ LISTS = {"tools": "tool", "prompts": "prompt", "resources": "resource", "resourc
 SCORE_FLOOR = 0.1  # classifier scores below this are not reported (nor remembered per session)
 _CLASSIFIER_MIN_CHARS = 40  # shorter strings carry no instruction worth a model call
 _MAX_HITS = 32
+
+
+@functools.cache
+def tokenizer_words() -> frozenset[str]:
+    """The English words of the injection model's tokenizer, read once (empty without it):
+    what a word in leetspeak or spelled letter by letter must spell out to be read."""
+    from .injection import MODELS_DIR, TOKENIZER_FILE
+
+    try:
+        vocab = orjson.loads((MODELS_DIR / TOKENIZER_FILE).read_bytes())["model"]["vocab"]
+    except (OSError, KeyError, TypeError, orjson.JSONDecodeError):
+        return frozenset()
+    return known_words(vocab)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +190,7 @@ class PoisoningScanner:
             for rule in self._rules.rules:
                 if rule.id not in seen and rule.regex.search(plain):
                     hits.append(Hit(rule.id, rule.category, rule.severity, pointer, 0, len(text), "markup"))
-        for seg in decoded_segments(norm.text):
+        for seg in decoded_segments(norm.text) + deobfuscated_segments(folded, tokenizer_words(), short_words=True):
             start, end = norm.to_original(seg.start, seg.end)
             for rule in self._rules.rules:
                 if rule.regex.search(fold_lookalikes(seg.text)):

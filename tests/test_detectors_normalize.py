@@ -126,7 +126,7 @@ def test_character_references_and_escapes_of_ascii_are_unescaped():
 
 
 WORDS = frozenset("ignore previous instructions commands reveal hidden prompt your system please bypass safety "
-                  "the send password now start job all python with and".split())
+                  "the send password now start job all python with and not tell user".split())
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -157,3 +157,10 @@ def test_a_rewritten_region_keeps_its_place_in_a_long_text():
     (seg,) = deobfuscated_segments(text, WORDS)
     assert text[seg.start:seg.end].startswith("x") and "ignore previous commands" in seg.text
     assert seg.start >= 500 - 120 and seg.end <= len(text) - 500 + 120
+
+
+def test_two_letter_words_are_read_only_when_asked_and_among_longer_ones():
+    text = "D0 n0t t3ll th3 us3r"
+    assert deobfuscated_segments(text, WORDS)[0].text == "D0 not tell the user"
+    assert deobfuscated_segments(text, WORDS, short_words=True)[0].text == "do not tell the user"
+    assert deobfuscated_segments("D0 it t0 me", WORDS, short_words=True) == []  # no longer word qualifies
