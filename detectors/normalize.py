@@ -398,15 +398,19 @@ def known_words(vocabulary: Iterable[str]) -> frozenset[str]:
 def deobfuscated_segments(text: str, words: frozenset[str] | set[str], *, short_words: bool = False) -> list[Decoded]:
     """Regions of ``text`` with words spelled in leetspeak or letter by letter, rewritten.
 
-    A token counts only if it is not a word as written and is one (in ``words``, lower
-    case) once its digits and symbols are read as letters ("pl34s3" -> "please"), and a
-    region needs two such tokens (with ``short_words``, two-letter ones such as "d0" and "1t"
-    are then read too, for rules that need "do not tell"; the classifier reads no better
-    with them): version strings, hashes and identifiers ("ipv4", "x86",
-    "sha256") are not words either way. A letter-by-letter run ("R E V E A L. H I D D E N")
-    needs one known word of four letters or more; the most common gap joins letters, any other
-    gap ends a word ("r-e-a-d y-o-u-r", "I g n o r e  a l l"). Each finding is a region around the rewritten words, in the
-    caller's offsets, encoding "leet" or "spaced".
+    Leetspeak: a token counts if it is not a word as written and is one (in ``words``, lower
+    case) once its digits and symbols are read as letters ("pl34s3" -> "please"); a region
+    needs two such tokens, so version strings, hashes and identifiers ("ipv4", "x86",
+    "sha256") stay as they are. With ``short_words``, two-letter tokens ("d0", "1t") inside
+    such a region are read too, for rules that need "do not tell" (the classifier reads no
+    better with them).
+
+    Letter by letter ("R E V E A L. H I D D E N", "r-e-a-d y-o-u-r"): the most common gap
+    joins letters and any other gap ends a word; a run needs one known word of four letters
+    or more.
+
+    Each finding is a region around the rewritten words, in the caller's offsets, with the
+    encoding "leet" or "spaced".
     """
     found: list[Decoded] = []
     if _LEET_HINT.search(text):
