@@ -14,8 +14,9 @@ Scores, with the serving code and the shipped thresholds (nothing is chosen here
   kind it is scored as. These are where the problem was found, and the training families were
   written after them, so they are in-distribution now: a regression check, not a held-out result.
 
-For each kind it prints the recall on the planted set, the false-positive rate at the shipped threshold and the highest score, and
-the false-positive rate of each family (all kinds together).
+For each kind it prints the recall on the planted set, the false-positive rate at the
+shipped threshold and the highest score, and the false-positive rate of each family (all
+kinds together).
 
     .venv/bin/python models/evaluate_degenerate.py [--models-dir DIR] [--n 600] [--out report.json]
 """
