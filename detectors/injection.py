@@ -186,13 +186,18 @@ class Analysis:
 
 def make_windows(n_tokens: int, offsets: list[tuple[int, int]], text_len: int,
                  window: int = DEFAULT_WINDOW_TOKENS, stride: int = DEFAULT_STRIDE,
-                 text: str | None = None, sentences: bool = False) -> list[Window]:
+                 text: str | None = None, sentences: bool = False, short_sentences: bool = False) -> list[Window]:
     """Fixed windows of ``window`` pieces every ``stride``; with ``sentences`` (and a text longer than one
-    window) also the sentence/line-aligned windows of :func:`sentence_windows` (appended after them)."""
+    window) also the sentence/line-aligned windows of :func:`sentence_windows` (appended after them);
+    with ``short_sentences`` (and a text of one window) also each of its sentences (:func:`segment_windows`)."""
     out = _fixed_windows(n_tokens, offsets, text_len, window, stride)
-    if sentences and text is not None and n_tokens > window:
+    if text is None:
+        return out
+    if sentences and n_tokens > window:
         seen = {(w.tok_start, w.tok_end) for w in out}
         out += [w for w in sentence_windows(offsets, text, window) if (w.tok_start, w.tok_end) not in seen]
+    elif short_sentences and n_tokens <= window:
+        out += segment_windows(offsets, text)
     return out
 
 
@@ -247,6 +252,31 @@ def sentence_windows(offsets: list[tuple[int, int]], text: str, max_tokens: int,
     if n - s0 >= MIN_SENTENCE_TOKENS:
         out.append(Window(s0, n, offsets[s0][0], offsets[n - 1][1]))
     return out
+
+
+def segment_windows(offsets: list[tuple[int, int]], text: str, min_tokens: int = MIN_SENTENCE_TOKENS) -> list[Window]:
+    """One window per sentence / line of a text that fits one window, so that a sentence appended to a
+    short description is scored on its own rather than averaged with the rest. A segment under
+    ``min_tokens`` pieces joins the next one (the last joins the one before). None for a single segment."""
+    n = len(offsets)
+    if n < 2 * min_tokens:
+        return []
+    starts = np.fromiter((o[0] for o in offsets), dtype=np.int64, count=n)
+    brk = np.fromiter((m.end() for m in _SEG_BREAK_RE.finditer(text)), dtype=np.int64)
+    cuts = np.unique(np.searchsorted(starts, brk))
+    spans: list[list[int]] = []
+    s0 = 0
+    for c in cuts[(cuts > 0) & (cuts < n)].tolist():
+        if c - s0 >= min_tokens:
+            spans.append([s0, c])
+            s0 = c
+    if spans and n - s0 < min_tokens:
+        spans[-1][1] = n
+    else:
+        spans.append([s0, n])
+    if len(spans) < 2:
+        return []
+    return [Window(a, b, offsets[a][0], offsets[b - 1][1]) for a, b in spans]
 
 
 def lexical_scores(weights: np.ndarray, bias: float, ids: np.ndarray, windows: list[Window],
@@ -413,6 +443,8 @@ class InjectionClassifier:
         # kinds whose texts (when longer than one window) also get sentence-aligned windows
         sw = meta.get("sentence_windows", [])
         self.sentence_kinds = set(KINDS if sw is True else (sw or []))
+        # kinds whose texts of one window are also scored sentence by sentence
+        self.short_sentence_kinds = set(meta.get("short_sentence_windows", []))
         self.lex_counts = bool(meta["stage1"].get("counts", False))
         self.max_embed = int(max_embed_windows or meta.get("max_embed_windows", 2))
         if mode not in ("cascade", "full"):
@@ -442,14 +474,14 @@ class InjectionClassifier:
         # Short printable ASCII (most arguments and many results) fits one window, whose
         # span is the whole text: its ids alone are needed, and are cheaper to get here.
         fast = self._wordpiece.ids(norm.text, self.window_tokens)
-        if fast is not None:
+        if fast is not None and not (kind in self.short_sentence_kinds and _SEG_BREAK_RE.search(norm.text)):
             ids = np.asarray(fast, dtype=np.int64)
             return Analysis(text, norm, ids, [], [Window(0, len(fast), 0, len(norm.text))], fast)
         enc = self.tokenizer.encode(norm.text, add_special_tokens=False)
         ids = np.asarray(enc.ids, dtype=np.int64)
         offsets = enc.offsets
         wins = make_windows(len(ids), offsets, len(norm.text), self.window_tokens, self.stride,
-                            norm.text, kind in self.sentence_kinds)
+                            norm.text, kind in self.sentence_kinds, kind in self.short_sentence_kinds)
         return Analysis(text, norm, ids, offsets, wins)
 
     def embed(self, id_lists: list[np.ndarray]) -> np.ndarray:

@@ -390,8 +390,7 @@ def main() -> int:
     if args.before:
         prev = json.loads(args.before.read_text())
         result["previous_release_on_real_test"] = {
-            "what": "the previous release (trained on synthetic data only, thresholds calibrated on the whole pool, "
-                    "so its real-test FPR is in-sample) scored on the same real test part",
+            "what": "the release given with --before, scored on the same real test part at its own thresholds",
             "thresholds": prev["thresholds_shipped"],
             "kinds": {k: {"test_real_roc_auc": e.get("test_real_roc_auc"),
                           **{x: e["shipped"][x] for x in ("test_real_planted_recall", "test_real_fpr",

@@ -190,8 +190,9 @@ def build_rule_pack(out_path: Path, probe: str, pos: list[str], neg: list[str]) 
 
 class Featurizer:
     def __init__(self, models_dir: Path, threads: int, window_tokens: int, stride: int, rules_path: Path | None = None,
-                 sentence_kinds: tuple[str, ...] = ()):
+                 sentence_kinds: tuple[str, ...] = (), short_sentence_kinds: tuple[str, ...] = ()):
         self.sentence_kinds = set(sentence_kinds)
+        self.short_sentence_kinds = set(short_sentence_kinds)
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -211,7 +212,7 @@ class Featurizer:
         enc = self.tok.encode(norm.text, add_special_tokens=False)
         ids = np.asarray(enc.ids, dtype=np.int64)
         wins = inj.make_windows(len(ids), enc.offsets, len(norm.text), self.window_tokens, self.stride,
-                                norm.text, kind in self.sentence_kinds)
+                                norm.text, kind in self.sentence_kinds, kind in self.short_sentence_kinds)
         return inj.Analysis(text, norm, ids, enc.offsets, wins)
 
     def embed(self, id_lists: list[np.ndarray]) -> np.ndarray:
@@ -361,6 +362,8 @@ def main() -> int:
     ap.add_argument("--out-dir", type=Path, default=HERE)
     ap.add_argument("--sentence-windows", default="prompt,tool_output",
                     help="kinds whose texts (when longer than one window) also get sentence-aligned windows")
+    ap.add_argument("--short-sentence-windows", default="tool_description",
+                    help="kinds whose texts of one window are also scored sentence by sentence")
     ap.add_argument("--ensemble-size", type=int, default=5, help="MLPs in the bagged stage-2 candidate")
     ap.add_argument("--ensemble-hidden", type=int, default=128)
     ap.add_argument("--ensemble-alphas", default="0.01,0.1", help="L2 strengths tried for the bagged candidate")
@@ -429,7 +432,8 @@ def main() -> int:
 
     # the encoder/tokenizer always come from models/; --out-dir only redirects the written artefacts
     fz = Featurizer(HERE, args.threads, args.window_tokens, args.stride, rules_path=out / inj.RULES_FILE,
-                    sentence_kinds=tuple(k for k in args.sentence_windows.split(",") if k))
+                    sentence_kinds=tuple(k for k in args.sentence_windows.split(",") if k),
+                    short_sentence_kinds=tuple(k for k in args.short_sentence_windows.split(",") if k))
     cache = EmbCache(HERE / ".cache" / "embeddings.npz")
 
     # ---- analyse every sample --------------------------------------------------
@@ -841,6 +845,7 @@ def main() -> int:
         "format": "mcpfw-injection-classifier/2",
         "window_tokens": args.window_tokens, "stride": args.stride, "max_embed_windows": K,
         "sentence_windows": [k for k in args.sentence_windows.split(",") if k],
+        "short_sentence_windows": [k for k in args.short_sentence_windows.split(",") if k],
         "thresholds": thresholds, "screen_thresholds": screens,
         "stage1": {"type": "logistic", "features": "hashed word-piece unigram+bigram counts / sqrt(n-grams) + kind bias",
                    "counts": True, "C": C1, "dim": inj.LEX_DIM},
