@@ -34,6 +34,9 @@ from .jsonwalk import escape, strings
 from .normalize import ansi_runs, decoded_segments, deobfuscated_segments, fold_lookalikes, invisible_runs, known_words, normalize
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "rules" / "poisoning.yaml"
+# The injection model's tokenizer (detectors.injection.MODELS_DIR / TOKENIZER_FILE), named
+# here so that reading its words does not import the model's numerical stack.
+_TOKENIZER = Path(__file__).resolve().parent.parent / "models" / "minilm-tokenizer.json"
 SEVERITIES = ("low", "medium", "high")
 # The arrays of list results the detector scans, and what their items are.
 LISTS = {"tools": "tool", "prompts": "prompt", "resources": "resource", "resourceTemplates": "resource_template"}
@@ -46,10 +49,8 @@ _MAX_HITS = 32
 def tokenizer_words() -> frozenset[str]:
     """The English words of the injection model's tokenizer, read once (empty without it):
     what a word in leetspeak or spelled letter by letter must spell out to be read."""
-    from .injection import MODELS_DIR, TOKENIZER_FILE
-
     try:
-        vocab = orjson.loads((MODELS_DIR / TOKENIZER_FILE).read_bytes())["model"]["vocab"]
+        vocab = orjson.loads(_TOKENIZER.read_bytes())["model"]["vocab"]
     except (OSError, KeyError, TypeError, orjson.JSONDecodeError):
         return frozenset()
     return known_words(vocab)
@@ -150,6 +151,7 @@ class PoisoningScanner:
         self, rules: PoisoningRules | None = None, *, scorer: Scorer | None = None, cache_size: int = 4096
     ) -> None:
         self._rules = rules or load_poisoning_rules()
+        tokenizer_words()  # read now, at start, not while the first listing waits
         self._scorer = scorer
         self._cache: OrderedDict[str, ItemReport] = OrderedDict()
         self._cache_size = cache_size

@@ -386,3 +386,11 @@ def test_orders_in_object_keys_are_read(scanner, schema_path, key):
     hit = next(h for h in report.hits if h.severity == "high")
     assert hit.pointer.endswith("/" + key.replace("~", "~0").replace("/", "~1"))
     assert 0 <= hit.start < hit.end <= len(key)
+
+
+def test_the_scanner_reads_the_tokenizer_it_names():
+    from detectors.injection import MODELS_DIR, TOKENIZER_FILE
+    from detectors.poisoning import _TOKENIZER, tokenizer_words
+
+    assert _TOKENIZER == MODELS_DIR / TOKENIZER_FILE
+    assert {"ignore", "password", "instructions"} <= tokenizer_words()
