@@ -17,6 +17,7 @@ once per process. The detector reports; the policy decides what is poisoned.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import re
@@ -43,6 +44,7 @@ LISTS = {"tools": "tool", "prompts": "prompt", "resources": "resource", "resourc
 SCORE_FLOOR = 0.1  # classifier scores below this are not reported (nor remembered per session)
 _CLASSIFIER_MIN_CHARS = 40  # shorter strings carry no instruction worth a model call
 _MAX_HITS = 32
+_MEMO_MAX_CHARS = 2048  # longer strings are read every time (the memo must stay small)
 
 
 @functools.cache
@@ -152,6 +154,9 @@ class PoisoningScanner:
     ) -> None:
         self._rules = rules or load_poisoning_rules()
         tokenizer_words()  # read now, at start, not while the first listing waits
+        # Definitions repeat their strings ("type", "string", "path", a shared parameter's
+        # description): each distinct one is read once.
+        self._text_hits = functools.lru_cache(maxsize=16384)(self._hits_of)
         self._scorer = scorer
         self._cache: OrderedDict[str, ItemReport] = OrderedDict()
         self._cache_size = cache_size
@@ -174,7 +179,14 @@ class PoisoningScanner:
 
     def scan_text(self, text: str, pointer: str = "") -> list[Hit]:
         """Rule and character-level hits in one string."""
+        found = self._text_hits(text) if len(text) <= _MEMO_MAX_CHARS else self._hits_of(text)
+        if not pointer:
+            return list(found)
+        return [dataclasses.replace(hit, pointer=pointer) for hit in found]
+
+    def _hits_of(self, text: str) -> tuple[Hit, ...]:
         hits: list[Hit] = []
+        pointer = ""
         norm = normalize(text)
         folded = fold_lookalikes(norm.text)  # "ignоre" with a Cyrillic о reads as "ignore"
         for rule in self._rules.rules:
@@ -197,7 +209,7 @@ class PoisoningScanner:
             for rule in self._rules.rules:
                 if rule.regex.search(fold_lookalikes(seg.text)):
                     hits.append(Hit(rule.id, rule.category, rule.severity, pointer, start, end, seg.encoding))
-        return hits
+        return tuple(hits)
 
     def _scan(self, item: Any, digest: str) -> ItemReport:
         hits: list[Hit] = []
