@@ -1716,13 +1716,17 @@ def build_descriptions_extra(rng: random.Random, n: int) -> list[Sample]:
 
 def build_corpus(seed: int = 1337, n_tool_outputs: int = 7000, n_descriptions: int = 3000,
                  prompt_fraction: float = 1.0, extra: bool = True, real_items: list | None = None,
-                 degenerate: int = 0) -> list[Sample]:
+                 degenerate: int = 0, holdout_source: str | None = None) -> list[Sample]:
     """v1 corpus (+ with ``extra`` the v2 training-only additions, drawn from their own random streams so
     the v1 documents, including every validation and test document, stay byte-identical).
 
     ``degenerate``: that many benign texts of ``degenerate_data.TRAIN_FAMILIES`` (repetitions, hexdumps,
     emoji status lines ...), and half as many of them with a training-family payload planted in them,
     training split only.
+
+    ``holdout_source``: a neuralchemy source (e.g. ``hackaprompt``) left out of training, as prompts and as
+    planted payloads, and put in the validation split instead: how the model transfers to a source it
+    never saw, measured without the test split (development runs only, never a release).
 
     ``real_items``: items of the real-text pool (``calibration_pool.build_pool()``); they become samples of
     the train / validation / test split of their package (``real_data.py``), appended *after* the
@@ -1732,8 +1736,15 @@ def build_corpus(seed: int = 1337, n_tool_outputs: int = 7000, n_descriptions: i
     if prompt_fraction < 1.0:  # smoke runs only
         sub = random.Random(seed + 9)
         ext = {k: [r for r in v if sub.random() < prompt_fraction] for k, v in ext.items()}
+    held: list[dict] = []
+    if holdout_source:  # a source kept out of training entirely, validated on (a cross-source check)
+        held = [r for r in ext["neuralchemy"] if r["source"] == holdout_source and r["part"] != "core-validation"]
+        ext = {**ext, "neuralchemy": [r for r in ext["neuralchemy"] if not (r["source"] == holdout_source
+                                                                            and r["part"] != "core-validation")]}
     pool = _ext_payload_pool(ext)
     samples = build_prompts(random.Random(seed + 1), ext)
+    samples += [Sample(r["text"], r["label"], "prompt", f"holdout/{holdout_source}", "val", family=r["category"])
+                for r in held]
     samples += build_tool_outputs(random.Random(seed + 2), pool, n_tool_outputs)
     samples += build_tool_descriptions(random.Random(seed + 3), n_descriptions)
     if extra:

@@ -362,11 +362,15 @@ def main() -> int:
     ap.add_argument("--out-dir", type=Path, default=HERE)
     ap.add_argument("--sentence-windows", default="prompt,tool_output",
                     help="kinds whose texts (when longer than one window) also get sentence-aligned windows")
+    ap.add_argument("--holdout-source", default="",
+                    help="a neuralchemy source (e.g. hackaprompt) left out of training and validated on instead; "
+                         "development runs only")
     ap.add_argument("--short-sentence-windows", default="tool_description",
                     help="kinds whose texts of one window are also scored sentence by sentence")
     ap.add_argument("--ensemble-size", type=int, default=5, help="MLPs in the bagged stage-2 candidate")
     ap.add_argument("--ensemble-hidden", type=int, default=128)
     ap.add_argument("--ensemble-alphas", default="0.01,0.1", help="L2 strengths tried for the bagged candidate")
+    ap.add_argument("--mlp-alphas", default="0.01,0.1", help="L2 strengths tried for the single-MLP candidate")
     ap.add_argument("--stage2-families", default="logistic,mlp,ensemble",
                     help="stage-2 candidate families compared on validation (logistic C in {0.05,0.3}, "
                          "mlp128 alpha in {0.01,0.1}, the bagged ensemble)")
@@ -411,7 +415,8 @@ def main() -> int:
         print(f"[pool] {pool_manifest['totals']} real texts, {pool_manifest['packages']} packages "
               f"({time.time() - t_start:.0f}s)", flush=True)
     samples = synth_data.build_corpus(args.seed, args.n_tool_outputs, args.n_descriptions, args.prompt_fraction,
-                                      real_items=real_items, degenerate=args.degenerate)
+                                      real_items=real_items, degenerate=args.degenerate,
+                                      holdout_source=args.holdout_source or None)
     n_real = defaultdict(int)
     for s in samples:
         if s.group.startswith("pool"):
@@ -723,7 +728,7 @@ def main() -> int:
         evaluate(f"logistic C={C}", [(lr.coef_[0].reshape(-1, 1).astype(np.float32),
                                       np.asarray([lr.intercept_[0]], np.float32))])
     from sklearn.neural_network import MLPClassifier
-    for alpha in ((1e-2, 1e-1) if "mlp" in fams else ()):
+    for alpha in ([float(a) for a in args.mlp_alphas.split(",") if a] if "mlp" in fams else []):
         mlp = MLPClassifier(hidden_layer_sizes=(128,), alpha=alpha, max_iter=200, early_stopping=True,
                             validation_fraction=0.1, n_iter_no_change=8, random_state=args.seed)
         mlp.fit(Xs, y2, sample_weight=sw)
