@@ -1738,9 +1738,10 @@ def build_corpus(seed: int = 1337, n_tool_outputs: int = 7000, n_descriptions: i
         ext = {k: [r for r in v if sub.random() < prompt_fraction] for k, v in ext.items()}
     held: list[dict] = []
     if holdout_source:  # a source kept out of training entirely, validated on (a cross-source check)
-        held = [r for r in ext["neuralchemy"] if r["source"] == holdout_source and r["part"] != "core-validation"]
-        ext = {**ext, "neuralchemy": [r for r in ext["neuralchemy"] if not (r["source"] == holdout_source
-                                                                            and r["part"] != "core-validation")]}
+        kept: list[dict] = []
+        for r in ext["neuralchemy"]:
+            (held if r["source"] == holdout_source and r["part"] != "core-validation" else kept).append(r)
+        ext = {**ext, "neuralchemy": kept}
     pool = _ext_payload_pool(ext)
     samples = build_prompts(random.Random(seed + 1), ext)
     samples += [Sample(r["text"], r["label"], "prompt", f"holdout/{holdout_source}", "val", family=r["category"])

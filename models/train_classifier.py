@@ -373,7 +373,7 @@ def main() -> int:
     ap.add_argument("--mlp-alphas", default="0.01,0.1", help="L2 strengths tried for the single-MLP candidate")
     ap.add_argument("--stage2-families", default="logistic,mlp,ensemble",
                     help="stage-2 candidate families compared on validation (logistic C in {0.05,0.3}, "
-                         "mlp128 alpha in {0.01,0.1}, the bagged ensemble)")
+                         "mlp128 with each of --mlp-alphas, the bagged ensemble)")
     ap.add_argument("--skip-test", action="store_true",
                     help="development runs: stop after model selection on validation (no test scores, no artefacts)")
     ap.add_argument("--tag", default="", help="suffix of the validation-score dump models/.cache/val_scores<tag>.jsonl")
