@@ -48,18 +48,13 @@ from typing import Literal
 
 import numpy as np
 
+from .artifacts import CLASSIFIER_META, CLASSIFIER_NPZ, MODELS_DIR, ONNX_FILE, RULES_FILE, TOKENIZER_FILE
 from .normalize import known_words
 from .wordpiece import AsciiWordPiece
 
 Kind = Literal["prompt", "tool_output", "tool_description"]
 KINDS: tuple[str, ...] = ("prompt", "tool_output", "tool_description")
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-ONNX_FILE = "minilm-l6-v2-int8.onnx"
-TOKENIZER_FILE = "minilm-tokenizer.json"
-CLASSIFIER_NPZ = "injection_classifier.npz"
-CLASSIFIER_META = "injection_classifier.json"
-RULES_FILE = "injection_rules.json"
 
 CLS_ID, SEP_ID, PAD_ID = 101, 102, 0
 MODEL_MAX_TOKENS = 256

@@ -31,13 +31,12 @@ from typing import Any
 import orjson
 import yaml
 
+from .artifacts import MODELS_DIR, TOKENIZER_FILE
 from .jsonwalk import escape, strings
 from .normalize import ansi_runs, decoded_segments, deobfuscated_segments, fold_lookalikes, invisible_runs, known_words, normalize
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "rules" / "poisoning.yaml"
-# The injection model's tokenizer (detectors.injection.MODELS_DIR / TOKENIZER_FILE), named
-# here so that reading its words does not import the model's numerical stack.
-_TOKENIZER = Path(__file__).resolve().parent.parent / "models" / "minilm-tokenizer.json"
+_TOKENIZER = MODELS_DIR / TOKENIZER_FILE  # its words: what a disguised word must spell out
 SEVERITIES = ("low", "medium", "high")
 # The arrays of list results the detector scans, and what their items are.
 LISTS = {"tools": "tool", "prompts": "prompt", "resources": "resource", "resourceTemplates": "resource_template"}
