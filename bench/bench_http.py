@@ -21,7 +21,7 @@ compare). CPU per request is the firewall processes' own (supervisor and workers
 /proc), the upstream's and the load generator's, over every request of a load run.
 Prints one JSON document. Usage: python bench/bench_http.py [--seconds S] [--repeat R]
 [--workers 1,2] [--scenarios instant,everything,mitmproxy] [--bundles trivial,default]
-[--baseline DIR] [--vary]
+[--baseline DIR] [--other-python PYTHON] [--vary]
 
 ``--vary`` makes every request's argument different ("hello from the load generator,
 connection 3, request 1234"): the decision cache and the detectors' memos then never answer,
@@ -30,7 +30,11 @@ it the argument is the one word "hello", as the issue's benchmark asks.
 
 ``--baseline DIR`` adds, in every round, the same firewall run from another source tree:
 changes are then compared in one run, against the same upstream, with the same load
-generator. ``python bench/bench_http.py --make-baseline REF DIR`` makes such a tree: this
+generator. ``--other-python PYTHON`` does the same with this tree under another interpreter
+(the tree's dependencies installed for it): how much the interpreter's build matters, say one
+built with ``--enable-optimizations --with-lto`` against one without. The load generator and
+the instant upstream keep the interpreter the benchmark runs on, so both firewalls face the
+same peers. ``python bench/bench_http.py --make-baseline REF DIR`` makes such a tree: this
 one as it is, except ``firewall/transports/http/`` as of the git commit REF (so only the
 HTTP layer differs, even while other parts are being changed).
 
@@ -282,9 +286,10 @@ def rss_mb(pid: int) -> float:
 
 
 def firewall(upstream: str, bundle: Path | None, workers: int, audit: Path, listener: str,
-             src: Path | None = None, config: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+             src: Path | None = None, config: Path | None = None,
+             python: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "firewall.cli", "proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
+    cmd = [python or sys.executable, "-m", "firewall.cli", "proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
            "--workers", str(workers), "--audit", str(audit), "--listener", listener]
     if bundle is not None:
         cmd += ["--policy", str(bundle)]
@@ -310,16 +315,21 @@ def _summary(runs: list[dict[str, float]], keys: tuple[str, ...]) -> dict[str, f
 def measure(upstream: str, upstream_pid: int, *, session: bool, bundles: dict[str, Path | None], workers: tuple[int, ...],
             seconds: float, repeat: int, tmp: Path, concurrencies: tuple[int, ...],
             listener: str = "lean", baseline: Path | None = None, config: Path | None = None,
-            vary: bool = False) -> list[dict[str, object]]:
+            vary: bool = False, other_python: str | None = None) -> list[dict[str, object]]:
     """Direct and through each firewall (bundle x worker count, and the baseline tree's),
     interleaved in every round; medians over the rounds."""
     firewalls: dict[tuple[str, int, str], tuple[subprocess.Popen[bytes], str]] = {}
-    trees = {"current": None} if baseline is None else {"current": None, "baseline": baseline}
+    trees: dict[str, Path | None] = {"current": None}
+    if baseline is not None:
+        trees["baseline"] = baseline
+    if other_python is not None:
+        trees["other_python"] = None
     setups = [(name, w, tree) for name in bundles for w in workers for tree in trees]
     try:
         for name, w, tree in setups:
             audit = tmp / f"audit-{name}-{w}-{tree}-{time.monotonic_ns()}.duckdb"
-            firewalls[(name, w, tree)] = firewall(upstream, bundles[name], w, audit, listener, trees[tree], config)
+            firewalls[(name, w, tree)] = firewall(upstream, bundles[name], w, audit, listener, trees[tree], config,
+                                                  other_python if tree == "other_python" else None)
         direct: dict[int, list[dict[str, float]]] = {c: [] for c in concurrencies}
         through: dict[tuple[str, int, str, int], list[dict[str, float]]] = {
             (*setup, c): [] for setup in setups for c in concurrencies}
@@ -383,6 +393,8 @@ def main() -> int:
     parser.add_argument("--bundles", default="trivial,default", help="policy bundles: trivial, default, or a bundle's path")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="another source tree whose firewall is measured in the same rounds (lean scenarios)")
+    parser.add_argument("--other-python", default=None,
+                        help="also run this tree's firewall under another interpreter, in the same rounds (lean scenarios)")
     parser.add_argument("--config", type=Path, default=None, help="mcpfw configuration file for every firewall run")
     parser.add_argument("--vary", action="store_true",
                         help="a different tools/call argument on every request, long enough for the detectors "
@@ -397,7 +409,8 @@ def main() -> int:
     bundles = {name: known[name] if name in known else Path(name) for name in args.bundles.split(",")}
     report: dict[str, object] = {
         "cores": cores, "workers": list(workers), "seconds": args.seconds, "repeat": args.repeat,
-        "load_average_at_start": os.getloadavg()[0], "messages": "varied" if args.vary else "repeated", "scenarios": {},
+        "load_average_at_start": os.getloadavg()[0], "messages": "varied" if args.vary else "repeated",
+        "python": sys.version.split()[0], "other_python": args.other_python, "scenarios": {},
     }
     scenarios: dict[str, list[dict[str, object]]] = {}
     common = {"bundles": bundles, "seconds": args.seconds, "repeat": args.repeat, "tmp": tmp, "concurrencies": (1, 32),
@@ -408,7 +421,8 @@ def main() -> int:
         upstream = start([sys.executable, __file__, "--instant", str(port)], port)
         try:
             scenarios["instant"] = measure(f"http://127.0.0.1:{port}/mcp", upstream.pid, session=False,
-                                           workers=workers, baseline=baseline, **common)  # type: ignore[arg-type]
+                                           workers=workers, baseline=baseline, other_python=args.other_python,
+                                           **common)  # type: ignore[arg-type]
         finally:
             stop(upstream)
     if "mitmproxy" in args.scenarios:
@@ -425,7 +439,8 @@ def main() -> int:
         upstream = start(["node", str(EVERYTHING), "streamableHttp"], port, env={"PORT": str(port)})
         try:
             scenarios["everything"] = measure(f"http://127.0.0.1:{port}/mcp", upstream.pid, session=True,
-                                              workers=workers, baseline=baseline, **common)  # type: ignore[arg-type]
+                                              workers=workers, baseline=baseline, other_python=args.other_python,
+                                           **common)  # type: ignore[arg-type]
         finally:
             stop(upstream)
     report["scenarios"] = scenarios
