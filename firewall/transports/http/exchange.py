@@ -6,6 +6,8 @@ this module decides what is MCP, which session it belongs to, asks the
 (a JSON body, or each event of an SSE stream on its own), and says what to forward or what
 to answer instead. It never does I/O itself, except handing replies meant for the server
 to a :class:`ServerPoster`.
+Event streams are judged block by block in :mod:`.sse_filter`; what a body is (media type,
+charset, whether it may be JSON-RPC) is told by :mod:`.content`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, unquote_plus, urljoin, urlsplit
+from urllib.parse import parse_qsl, unquote_plus
 
 import orjson
 
@@ -28,13 +30,14 @@ from . import mcp_headers
 from .oauth import rewrite_metadata, rewrite_www_authenticate
 from .replies import HEADER_MISMATCH, Reply, accepted, error_reply, jsonrpc_reply, plain, wants_sse_only
 from .routes import PRM_PATH, Route
-from .sessions import Channel, HttpSessions, legacy_keys, session_key
+from .content import declared_charset, is_json_media, is_sse, may_be_jsonrpc, may_be_jsonrpc_in
+from .sessions import Channel, HttpSessions, id_key, legacy_keys, session_key
 from .cors import CorsMirror
-from .sse import OversizedEvent, SseEvent, SseParser, format_event, format_id_only
+from .sse import format_event
+from .sse_filter import SseFilter
 
 SESSION_ID = "mcp-session-id"
 _FORWARDED_CLIENT_HEADERS = ("authorization", "cookie", SESSION_ID, mcp_headers.VERSION)
-_SSE_SLACK = 64 * 1024  # "data: " prefixes and line ends around a message of the size limit
 _MAX_KNOWN_TOOLS = 50_000  # tools whose Mcp-Param-* declarations are remembered (per process)
 
 
@@ -90,113 +93,6 @@ class Exchange:
     identity: dict[str, Any] | None = None  # the authenticated caller (policy input form)
     principal: tuple[str | None, str | None] | None = None
     origin: str | None = None  # the request's Origin field (a browser's request)
-
-
-def is_json_media(content_type: str | None) -> bool:
-    """Whether a Content-Type names JSON, in any of the media types of a list ("application/json,
-    text/plain" is JSON to servers that split on commas, such as the Python MCP SDK)."""
-    if not content_type:
-        return False
-    media = content_type.split(";", 1)[0].lower()
-    return any(m.strip() == "application/json" or m.strip().endswith("+json") for m in media.split(","))
-
-
-_LEADING = re.compile(rb"[\xef\xbb\xbf \t\r\n]*")  # what JSON parsers skip before a document
-
-
-def _may_be_jsonrpc(body: bytes) -> bool:
-    """Whether a body could be read as JSON-RPC by a server: JSON with a "jsonrpc" member
-    (however its key is escaped), in an object or a batch, or JSON-like text that does not
-    parse here (a more lenient parser might read it; the pipeline then refuses it)."""
-    if not may_be_json_text(body):
-        return False
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return True
-    items = document if isinstance(document, list) else [document]
-    return any(isinstance(item, dict) and "jsonrpc" in item for item in items)
-
-
-# UTF-16 and UTF-32 in either byte order: each one's byte order mark, and how it spells a
-# character. Python's json reads JSON text in any of them, and so does any server told the
-# charset; binary data (an image, an archive) has NULs too, but not in these patterns.
-_WIDE_ENCODINGS = (
-    (b"(?:\xff\xfe)", "utf-16-le"), (b"(?:\xfe\xff)", "utf-16-be"),
-    (b"(?:\xff\xfe\x00\x00)", "utf-32-le"), (b"(?:\x00\x00\xfe\xff)", "utf-32-be"),
-)
-
-
-def _wide(bom: bytes, codec: str, then: str) -> re.Pattern[bytes]:
-    """An optional BOM, JSON white space, then one of the characters of ``then`` (if any)."""
-    def spell(chars: str) -> bytes:
-        return b"|".join(re.escape(c.encode(codec)) for c in chars)
-
-    return re.compile(bom + b"?(?:" + spell(" \t\r\n") + b")*" + (b"(?:" + spell(then) + b")" if then else b""))
-
-
-_WIDE_JSON = tuple(_wide(bom, codec, "{[") for bom, codec in _WIDE_ENCODINGS)  # a JSON array or object
-_WIDE_BLANK = tuple(_wide(bom, codec, "") for bom, codec in _WIDE_ENCODINGS)  # nothing but white space yet
-
-
-def may_be_json_text(body: bytes, *, partial: bool = False) -> bool:
-    """Whether a body (or its beginning) could be a JSON array or object, as JSON parsers
-    read text: after a BOM and white space, "{" or "[", in UTF-8 or in UTF-16 or UTF-32.
-
-    ``partial``: ``body`` is only the beginning of a longer body, so one that is nothing
-    but white space so far may still be JSON (the "{" comes later): True then."""
-    start = _LEADING.match(body).end()  # type: ignore[union-attr]
-    head = body[start:start + 1]
-    if not head:
-        return partial
-    if partial and any(p.match(body).end() >= len(body) - 3 for p in _WIDE_BLANK):  # type: ignore[union-attr]
-        return True
-    if head in (b"{", b"["):
-        return True
-    return b"\x00" in body[:4] and any(pattern.match(body) for pattern in _WIDE_JSON)
-
-
-_UTF8_NAMES = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
-
-
-def declared_charset(content_type: str | None) -> str | None:
-    """The charset a Content-Type declares when it is not UTF-8 (or ASCII): lower case,
-    unquoted; with two different ones, both. None when it declares none or UTF-8."""
-    if not content_type or "charset" not in content_type.lower():
-        return None
-    found = []
-    for param in content_type.split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset":
-            found.append(value.strip().strip('"').strip().lower())
-    odd = sorted({c for c in found if c not in _UTF8_NAMES})
-    return ",".join(odd) if odd else None
-
-
-def _is_utf7(charset: str) -> bool:
-    """UTF-7 under any of its names ("utf-7", "UTF7", "unicode-1-1-utf-7", "utf-7-imap")."""
-    name = "".join(c for c in charset if c.isalnum())
-    return "utf7" in name
-
-
-def _may_be_jsonrpc_in(body: bytes, charset: str, content_type: str | None) -> bool:
-    """Whether ``body`` could be JSON-RPC read as UTF-8 or in ``charset`` (as a server that
-    honours the declaration reads it). MCP's JSON is UTF-8: either way, the firewall would not
-    judge what such a server runs. With a charset Python does not know, a JSON media type is
-    enough; UTF-7 is always taken to be: decoders disagree on malformed UTF-7 (Python's turns
-    "+AH-" or a lone "+" into U+FFFD and swallows the "{" after it, iconv-lite drops the bytes
-    and keeps the "{"), and no MCP peer sends it."""
-    if _may_be_jsonrpc(body) or _is_utf7(charset):
-        return True
-    try:
-        text = body.decode(charset, "replace")  # (lenient, as iconv-lite is)
-    except LookupError:
-        return is_json_media(content_type)
-    return _may_be_jsonrpc(text.encode("utf-8", "surrogatepass"))
-
-
-def _is_sse(content_type: str | None) -> bool:
-    return bool(content_type) and content_type.split(";", 1)[0].strip().lower() == "text/event-stream"  # type: ignore[union-attr]
 
 
 def _requests_in(body: Any) -> list[tuple[Any, str]]:
@@ -283,7 +179,7 @@ class HttpInspection:
             )
         content_type = headers.get("content-type")
         charset = declared_charset(content_type)
-        if req.body and charset is not None and _may_be_jsonrpc_in(req.body, charset, content_type):
+        if req.body and charset is not None and may_be_jsonrpc_in(req.body, charset, content_type):
             # Servers that decode by the declared charset (the TypeScript SDK's legacy SSE
             # transport: iconv-lite, UTF-7 included) would read JSON-RPC the firewall cannot.
             return self.refuse(
@@ -302,7 +198,7 @@ class HttpInspection:
                 ex.kind = "stream"  # decided by the response: only an event stream is inspected
         elif method == "DELETE" and headers.get(SESSION_ID):
             ex.kind = "delete"
-        if method != "POST" and req.body and _may_be_jsonrpc(req.body):
+        if method != "POST" and req.body and may_be_jsonrpc(req.body):
             # JSON-RPC travels in POST bodies only; one elsewhere would reach the server unjudged.
             return self.refuse(
                 route, code=errors.INVALID_REQUEST, reason="jsonrpc_outside_post", status=400,
@@ -344,7 +240,7 @@ class HttpInspection:
         # Elsewhere on the origin (a legacy message endpoint, a co-hosted OAuth server): a
         # body that is JSON-RPC is MCP whatever its path or Content-Type claim; a form or a
         # plain JSON document is not.
-        return _may_be_jsonrpc(req.body)
+        return may_be_jsonrpc(req.body)
 
     def _looks_mcp(self, ex: Exchange, req: Request) -> bool:
         """Whether a request in a forward proxy may be MCP (``non_mcp: deny``). A GET for an
@@ -533,7 +429,7 @@ class HttpInspection:
                 return self._transport_denial(ex, parsed, HEADER_MISMATCH, "header_mismatch", problem, len(raw))
         requests = _requests_in(parsed)
         for msg_id, method in requests:
-            ex.methods[_id_key(msg_id)] = method
+            ex.methods[id_key(msg_id)] = method
         if requests:
             ex.first_method = requests[0][1]
         token = mcp_headers.current_http.set({"headers": routing}) if routing else None
@@ -612,7 +508,7 @@ class HttpInspection:
             msg_id = item.get("id")
             if msg_id is None:
                 continue
-            channel.substitutes[_id_key(msg_id)] = encode(item)
+            channel.substitutes[id_key(msg_id)] = encode(item)
             pings.append({"jsonrpc": "2.0", "id": msg_id, "method": "ping"})
         if not pings:
             return None  # nothing to answer on the stream (say, unparseable input): answer the POST
@@ -665,9 +561,9 @@ class HttpInspection:
             self.sessions.drop(route, session_key(ex.client_headers[SESSION_ID]))
         content_type = headers.get("content-type")
         ex.answer_charset = declared_charset(content_type)
-        if ex.kind == "stream" and self.only_mcp and not _is_sse(content_type):
+        if ex.kind == "stream" and self.only_mcp and not is_sse(content_type):
             return "not_mcp", changes  # a GET that asked for an event stream and got a page
-        if _is_sse(content_type):
+        if is_sse(content_type):
             plan = "sse"
         elif ex.kind == "mcp" and (200 <= status < 300 or is_json_media(content_type) or "json" in (content_type or "").lower()):
             # Every successful answer to a JSON-RPC POST is read as JSON, whatever its
@@ -701,14 +597,14 @@ class HttpInspection:
         """Inspect a JSON response body; return the status and body to send on."""
         if status == 202 and ex.extra is not None and not body.strip():
             return 200, ex.extra
-        if ex.answer_charset is not None and _may_be_jsonrpc_in(body, ex.answer_charset, None):
+        if ex.answer_charset is not None and may_be_jsonrpc_in(body, ex.answer_charset, None):
             # A client that decodes by the declared charset (Python's requests does) would read
             # JSON-RPC that the firewall, reading UTF-8 as MCP's JSON is, cannot judge.
             return 502, self._errors_for_open(
                 ex, errors.UPSTREAM_UNAVAILABLE,
                 f"mcpfw: upstream {ex.route.name} answered in charset {ex.answer_charset!r}; MCP's JSON is UTF-8", None,
                 reason="unsupported_charset")
-        if not _may_be_jsonrpc(body):
+        if not may_be_jsonrpc(body):
             # Nothing a client could take for JSON-RPC: an empty 202, the legacy transport's
             # "Accepted", an HTTP error page. Passed as it is.
             if status >= 400:
@@ -815,7 +711,7 @@ class HttpInspection:
         assert session is not None
         replies = []
         for msg_id in ex.open_ids or [None]:
-            method = ex.methods.get(_id_key(msg_id)) if msg_id is not None else None
+            method = ex.methods.get(id_key(msg_id)) if msg_id is not None else None
             if outcome is not None and outcome.verdicts:
                 decision_id = outcome.verdicts[0].decision_id
             else:
@@ -828,158 +724,6 @@ class HttpInspection:
             replies.append(error_response(msg_id, code, message, {"decision_id": decision_id, "firewall": "mcpfw"}))
         ex.open_ids.clear()
         return encode(replies[0] if len(replies) == 1 else replies)
-
-
-class SseFilter:
-    """Inspects an event stream block by block, forwarding each as soon as it is complete."""
-
-    def __init__(self, core: HttpInspection, ex: Exchange) -> None:
-        self._core = core
-        self._ex = ex
-        self._parser = SseParser(core.max_message_bytes + _SSE_SLACK)
-        self._prefix = format_event(ex.extra) if ex.extra is not None else b""
-        self._dropped = False  # an event was dropped that may have been an answer
-
-    def feed(self, chunk: bytes) -> bytes:
-        out = [self._prefix] if self._prefix else []
-        self._prefix = b""
-        for block in self._parser.feed(chunk):
-            piece = self._block(block)
-            if piece:
-                out.append(piece)
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        """End of the upstream stream: an unfinished block is dropped, as a client would.
-
-        When the firewall dropped an event it could not read (invalid, or too large to name
-        its request) and requests of this POST are still unanswered, they get an error
-        event: the answer may have been the dropped event, and the client would wait for it
-        forever. (A stream that ends with requests open and nothing dropped is left alone:
-        the server may answer on a resumed stream.)"""
-        core, ex = self._core, self._ex
-        core._learn(ex)
-        tail = self._prefix
-        if self._dropped and ex.kind == "mcp" and ex.open_ids:
-            tail += core.stream_failed(ex, "the stream ended after an event the firewall could not pass")
-        return tail
-
-    def failed(self, reason: str) -> bytes:
-        """The upstream broke the stream off: error events for requests still unanswered."""
-        return self._core.stream_failed(self._ex, reason)
-
-    def _block(self, block: SseEvent | OversizedEvent) -> bytes:
-        core, ex = self._core, self._ex
-        session = ex.session
-        assert session is not None
-        if isinstance(block, OversizedEvent):
-            return self._oversized(block)
-        data = block.data
-        if data is None or not data.strip():
-            if not block.odd:
-                return block.raw  # comments, keep-alives, priming events, retry hints
-            # Only what the spec reads of it: a field a client might read otherwise is dropped.
-            return format_id_only(block.id) if block.id is not None else b""
-        if block.event == "endpoint":
-            return self._endpoint(block)
-        raw = data.encode("utf-8")
-        channel = ex.channel
-        if channel is not None and channel.substitutes:
-            substitute = self._substitute(channel, raw)
-            if substitute is not None:
-                return format_event(substitute, event=block.event, event_id=block.id, retry=block.retry)
-        outcome = core.inspector.inspect(raw, S2C, session, ex.identity)
-        if outcome.reply is not None and core.poster is not None:
-            self._to_server(outcome.reply)
-        self._answered(outcome, raw)
-        forward = outcome.forward
-        if forward is not None and ex.first_method == "tools/list":
-            core.learn_tools(ex, forward)
-        if forward is raw and not block.odd:
-            return block.raw
-        if forward is None:
-            self._dropped = True
-            return format_id_only(block.id) if block.id is not None else b""
-        return format_event(forward, event=block.event, event_id=block.id, retry=block.retry)
-
-    def _answered(self, outcome: Outcome, raw: bytes) -> None:
-        open_ids = self._ex.open_ids
-        if not open_ids or not any(v.kind in ("response", "error_response") for v in outcome.verdicts):
-            return
-        if len(open_ids) == 1:
-            open_ids.clear()
-            return
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return
-        for item in body if isinstance(body, list) else [body]:
-            if isinstance(item, dict) and item.get("id") in open_ids and "method" not in item:
-                open_ids.remove(item["id"])
-
-    def _substitute(self, channel: Channel, raw: bytes) -> bytes | None:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return None
-        if isinstance(body, dict) and "method" not in body and "id" in body:
-            return channel.substitutes.pop(_id_key(body["id"]), None)
-        return None
-
-    def _to_server(self, reply: bytes) -> None:
-        ex = self._ex
-        poster = self._core.poster
-        assert poster is not None
-        if ex.channel is not None:
-            poster.post(ex.route, ex.channel.post_path, ex.channel.headers, reply)
-        else:
-            poster.post(ex.route, ex.route.endpoint_path, ex.client_headers, reply)
-
-    def _oversized(self, block: OversizedEvent) -> bytes:
-        ex = self._ex
-        session = ex.session
-        assert session is not None
-        limit = self._core.max_message_bytes
-        outcome = self._core.inspector.refuse_oversized(block.size, limit, S2C, session, block.head + block.tail)
-        if outcome.forward is None:  # no request of this session to name
-            self._dropped = True
-            return b""
-        msg_id = orjson.loads(outcome.forward).get("id")
-        if msg_id in ex.open_ids:
-            ex.open_ids.remove(msg_id)
-        return format_event(outcome.forward)
-
-    def _endpoint(self, block: SseEvent) -> bytes:
-        """Legacy HTTP+SSE: the server names the URL for the client's messages."""
-        ex, core = self._ex, self._core
-        route = ex.route
-        assert block.data is not None and ex.session is not None
-        # Resolved as clients resolve it: the WHATWG URL standard reads a backslash as "/" in
-        # http(s) URLs, so "/", backslash, "evil.example/x" names another host.
-        named = block.data.strip().replace("\\", "/")
-        try:
-            parts = urlsplit(urljoin(f"{route.origin}{ex.upstream_path}", named))
-            foreign = f"{parts.scheme}://{parts.netloc}".lower() != route.origin.lower() or any(
-                ord(c) < 0x21 for c in named)
-        except ValueError:
-            foreign = True
-        if foreign:
-            # Clients would post their messages elsewhere, past the firewall: not passed.
-            core.inspector.record_transport_error(
-                ex.session, S2C, code=errors.INVALID_REQUEST, reason_code="foreign_endpoint",
-                message=f"the server named a message endpoint on another origin: {named[:200]!r}",
-            )
-            return b""
-        post_path = parts.path + (f"?{parts.query}" if parts.query else "")
-        channel = Channel(ex.session, route, post_path, dict(ex.client_headers), legacy=True, principal=ex.principal)
-        ex.session.transport = "sse"
-        ex.channel = channel
-        for key in legacy_keys(post_path):
-            core.sessions.add(key, channel)
-        public = route.public_path(parts.path) + (f"?{parts.query}" if parts.query else "")
-        if public == block.data.strip():
-            return block.raw
-        return format_event(public, event="endpoint", event_id=block.id, retry=block.retry)
 
 
 _QUERY_SEPARATORS = re.compile(r"[&;]")
@@ -1009,15 +753,8 @@ def _has_param_header(headers: HeaderView) -> bool:
     return any(name.lower().startswith(mcp_headers.PARAM_PREFIX) for name in headers.names())
 
 
-def _id_key(msg_id: Any) -> str:
-    return orjson.dumps(msg_id).decode()
-
-
 def _merge(forward: bytes, extra: bytes) -> bytes:
     first = orjson.loads(forward)
     second = orjson.loads(extra)
     items = (first if isinstance(first, list) else [first]) + (second if isinstance(second, list) else [second])
     return encode(items)
-
-
-    return None

@@ -32,7 +32,8 @@ from ... import errors
 from ...config import Config
 from ...paths import state_dir
 from ...runtime import build_firewall
-from .exchange import Exchange, HttpInspection, Request, is_json_media, may_be_json_text
+from .content import is_json_media, may_be_json_text
+from .exchange import Exchange, HttpInspection, Request
 from .lean import connection_budget
 from .mitm_limits import (
     BODY_LIMIT, ERROR_REPLIES, STREAM_ENDS, BodyLimit, ClientLimits, IdleTimeout, Limits, answer_within, install_body_limits,

@@ -9,15 +9,21 @@ response. The table is bounded and forgets the least recently used session first
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, quote
-
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import orjson
 
 from ...session import ServerIdentity, Session, era_of
 from .routes import Route
+
+
+def id_key(msg_id: Any) -> str:
+    """A JSON-RPC id as the key of per-id tables (its JSON text: 7 and "7" stay apart)."""
+    return orjson.dumps(msg_id).decode()
 
 
 @dataclass(slots=True)
