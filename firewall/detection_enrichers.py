@@ -183,9 +183,9 @@ class PoisoningEnricher:
             parts.append(("/result", "server_instructions", "/result", {"instructions": result["instructions"]}))
         info = result.get("serverInfo")
         if isinstance(info, dict):
-            for field in _SERVER_INFO_TEXT:
-                if isinstance(info.get(field), str):
-                    parts.append((f"/result/serverInfo/{field}", "server_info", "/result/serverInfo", {field: info[field]}))
+            for name in _SERVER_INFO_TEXT:
+                if isinstance(info.get(name), str):
+                    parts.append((f"/result/serverInfo/{name}", "server_info", "/result/serverInfo", {name: info[name]}))
         if not parts:
             return
         items = []

@@ -27,7 +27,6 @@ import inspect
 import json
 import random
 import re
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 

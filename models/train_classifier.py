@@ -453,7 +453,6 @@ def main() -> int:
 
     # ---- stage 1: lexical screen ----------------------------------------------
     rows, cols, vals, y1, w1, doc_of, split_of = [], [], [], [], [], [], []
-    win_ptr = []  # (doc, window) for each stage-1 row
     kind_counts = defaultdict(int)
     for s in samples:
         if s.split == "train":
@@ -668,7 +667,6 @@ def main() -> int:
     Xs = (X2 - mean) / scale
 
     t0 = time.time()
-    val_feats = {}
 
     def val_scores(model_fn):
         return cascade_doc_scores("val", model_fn)
