@@ -7,6 +7,7 @@ import re
 
 import orjson
 
+
 def is_json_media(content_type: str | None) -> bool:
     """Whether a Content-Type names JSON, in any of the media types of a list ("application/json,
     text/plain" is JSON to servers that split on commas, such as the Python MCP SDK)."""
