@@ -58,7 +58,7 @@ def main() -> int:
     import synth_data
 
     from detectors.injection import InjectionClassifier
-    from firewall import detection_enrichers
+    from firewall.detection_enrichers import injection as detection_enrichers  # (where the detector reads it)
 
     meta = json.loads((HERE / "injection_classifier.json").read_text())
     samples = synth_data.build_corpus(meta.get("seed", 1337), meta.get("n_tool_outputs", 7000),
