@@ -383,7 +383,12 @@ def fold_lookalikes(text: str) -> str:
 _LEET = str.maketrans("013457@$", "oieastas")
 _LEET_HINT = re.compile(r"[A-Za-z][013457@$]|[013457@$][A-Za-z]")
 _LEET_TOKEN = re.compile(r"(?<![\w@$])[A-Za-z013457@$]{2,}(?![\w@$])")
-_SPACED = re.compile(r"(?<![A-Za-z])[A-Za-z](?:(?:[ _*.-]|\. {1,2}| {2,3})[A-Za-z]){3,}(?![A-Za-z])")
+# Gaps between spelled-out letters: one separator (a space, "_*.-", or the backslash, slash, bar
+# or plus of "\I\ \h\a\v\e", seen in the HackAPrompt set), a dot and spaces, two or three
+# spaces, or a separator, a space and the separator again (where words end in "\I\ \h...").
+_SPACED = re.compile(
+    r"(?<![A-Za-z])[A-Za-z](?:(?:[ _*.\\/|+-]|\. {1,2}| {2,3}|\\ \\|/ /|\| \||\+ \+)[A-Za-z]){3,}(?![A-Za-z])"
+)
 _SPACED_GAP = re.compile(r"[^A-Za-z]+")
 _DEOBFUSCATION_CONTEXT = 120  # characters kept on each side of the rewritten words
 _MIN_LEET_WORDS = 2
@@ -405,9 +410,9 @@ def deobfuscated_segments(text: str, words: frozenset[str] | set[str], *, short_
     such a region are read too, for rules that need "do not tell" (the classifier reads no
     better with them).
 
-    Letter by letter ("R E V E A L. H I D D E N", "r-e-a-d y-o-u-r"): the most common gap
-    joins letters and any other gap ends a word; a run needs one known word of four letters
-    or more.
+    Letter by letter ("R E V E A L. H I D D E N", "r-e-a-d y-o-u-r", "\\I\\ \\h\\a\\v\\e"): the most
+    common gap joins letters and any other gap ends a word; a run needs one known word of
+    four letters or more.
 
     Each finding is a region around the rewritten words, in the caller's offsets, with the
     encoding "leet" or "spaced".
