@@ -184,6 +184,7 @@ class PoisoningScanner:
         return [dataclasses.replace(hit, pointer=pointer) for hit in found]
 
     def _hits_of(self, text: str) -> tuple[Hit, ...]:
+        """The hits of one string, with an empty pointer (:meth:`scan_text` sets it)."""
         hits: list[Hit] = []
         pointer = ""
         norm = normalize(text)
@@ -205,8 +206,9 @@ class PoisoningScanner:
                     hits.append(Hit(rule.id, rule.category, rule.severity, pointer, 0, len(text), "markup"))
         for seg in decoded_segments(norm.text) + deobfuscated_segments(folded, tokenizer_words(), short_words=True):
             start, end = norm.to_original(seg.start, seg.end)
+            seg_folded = fold_lookalikes(seg.text)  # once per segment, not once per rule
             for rule in self._rules.rules:
-                if rule.regex.search(fold_lookalikes(seg.text)):
+                if rule.regex.search(seg_folded):
                     hits.append(Hit(rule.id, rule.category, rule.severity, pointer, start, end, seg.encoding))
         return tuple(hits)
 
