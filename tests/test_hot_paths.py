@@ -315,6 +315,41 @@ def test_string_leaves_is_the_walk_filtered():
                 assert string_leaves(v, "/r", min_len=min_len, limit=limit) == [(p, t) for p, t in walked if len(t) >= min_len]
 
 
+def test_unlimited_walk_recurses_and_agrees_with_the_stack_walk():
+    """Without a limit (every detector's case) the walk recurses; it must find the same
+    strings at the same pointers in the same order as the explicit-stack walk, for str and
+    dict subclasses, non-string keys and values deeper than its recursion depth."""
+    rng = random.Random(5)
+
+    class Text(str):
+        pass
+
+    class Mapping(dict):
+        pass
+
+    def value(depth: int = 0):
+        pick = rng.random()
+        if depth > 5 or pick < 0.35:
+            return rng.choice(["a", "a longer string", "x/y~z", Text("a str subclass"), 1, 2.5, None, True, (1, "t")])
+        if pick < 0.7:
+            d = {rng.choice(["k", "a/b", "t~1", "text"]) + str(i): value(depth + 1) for i in range(rng.randint(0, 4))}
+            if rng.random() < 0.2:
+                d[7] = value(depth + 1)  # a non-string key, as Python callers may build
+            return Mapping(d) if rng.random() < 0.1 else d
+        return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+
+    for _ in range(3000):
+        v = value()
+        for min_len in (0, 6):
+            assert string_leaves(v, "/r", min_len=min_len) == string_leaves(v, "/r", min_len=min_len, limit=10**9)
+    deep: object = "the leaf"
+    for i in range(3000):  # far deeper than the recursion goes (and than the interpreter would)
+        deep = {"a/b": [deep, f"level {i}"]} if i % 2 else [deep]
+    walked = string_leaves(deep, "", min_len=3)
+    assert walked == string_leaves(deep, "", min_len=3, limit=10**9)
+    assert len(walked) == 1 + 1500 and walked[0][0].startswith("/a~1b/0/0/a~1b/0")
+
+
 # -- staging rows through Arrow or JSON -------------------------------------------------------
 
 
