@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from detectors.normalize import decoded_segments, deobfuscated_segments, normalize
@@ -66,7 +66,7 @@ TASK_METHODS = ("tasks/get", "tasks/list", "tasks/cancel", "tasks/result")
 SCANNED_NOTIFICATIONS = frozenset({"notifications/tasks/status", "notifications/progress", "notifications/message"})
 
 
-def injection_targets(ctx: MessageContext, min_len: int = 0) -> Iterator[ScanTarget]:
+def injection_targets(ctx: MessageContext, min_len: int = 0) -> list[ScanTarget]:
     """The strings of a message the injection classifier should read, if any.
 
     tools/call results, resources/read contents and tools/call arguments are scored as
@@ -77,63 +77,75 @@ def injection_targets(ctx: MessageContext, min_len: int = 0) -> Iterator[ScanTar
     arguments carry (models/MODEL_CARD.md).
 
     Strings shorter than ``min_len`` may be left out (the detector skips them anyway).
+    (Built as a list by helpers that append to it: every message of a call passes here, and
+    a chain of generators costs several times more.)
     """
+    out: list[ScanTarget] = []
+    kind = ctx.message.kind
     if tool_call_request(ctx):
         assert ctx.tool is not None
         for pointer, text in ctx.string_leaves(ctx.tool.get("arguments"), "/params/arguments", min_len):
-            yield ScanTarget(pointer, "tool_output", text)
-        return
-    if ctx.method == "sampling/createMessage" and ctx.direction == S2C and ctx.message.kind is Kind.REQUEST:
+            out.append(ScanTarget(pointer, "tool_output", text))
+        return out
+    if ctx.method == "sampling/createMessage" and ctx.direction == S2C and kind is Kind.REQUEST:
         # The server asks the client's model to complete these messages: text planted in them
         # (from a document the server fetched, say) speaks to that model directly.
         params = ctx.params if isinstance(ctx.params, dict) else {}
         if isinstance(params.get("systemPrompt"), str):
-            yield ScanTarget("/params/systemPrompt", "prompt", params["systemPrompt"])
-        yield from _message_targets(params.get("messages"), "/params/messages")
-        return
+            out.append(ScanTarget("/params/systemPrompt", "prompt", params["systemPrompt"]))
+        _message_targets(params.get("messages"), "/params/messages", out)
+        return out
     if error_from_server(ctx):
         error = ctx.message.body.get("error")
         if isinstance(error, dict):
             if isinstance(error.get("message"), str):
-                yield ScanTarget("/error/message", "tool_output", error["message"])
+                out.append(ScanTarget("/error/message", "tool_output", error["message"]))
             for pointer, text in ctx.string_leaves(error.get("data"), "/error/data", min_len):
-                yield ScanTarget(pointer, "tool_output", text)
-        return
+                out.append(ScanTarget(pointer, "tool_output", text))
+        return out
     if ctx.direction == S2C and (
-        (ctx.message.kind is Kind.NOTIFICATION and ctx.method in SCANNED_NOTIFICATIONS)
-        or (ctx.message.kind is Kind.RESPONSE and ctx.method in TASK_METHODS)
+        (kind is Kind.NOTIFICATION and ctx.method in SCANNED_NOTIFICATIONS)
+        or (kind is Kind.RESPONSE and ctx.method in TASK_METHODS)
     ):
         # Status messages, progress and log text reach the host, and a task's answer may
         # carry the tool's result itself (tasks/get in the 2026 tasks extension) or the
         # server's own requests: every string is read as tool output.
-        part, pointer = ("params", "/params") if ctx.message.kind is Kind.NOTIFICATION else ("result", "/result")
+        part, pointer = ("params", "/params") if kind is Kind.NOTIFICATION else ("result", "/result")
         for where, text in ctx.string_leaves(ctx.message.body.get(part), pointer, min_len):
-            yield ScanTarget(where, "tool_output", text)
-        return
-    if ctx.message.kind is not Kind.RESPONSE or ctx.direction != S2C:
-        return
+            out.append(ScanTarget(where, "tool_output", text))
+        return out
+    if kind is not Kind.RESPONSE or ctx.direction != S2C:
+        return out
     result = ctx.message.body.get("result")
     if not isinstance(result, dict):
-        return
+        return out
     if ctx.method == "tools/call":
-        yield from _content_targets(result.get("content"), "/result/content", "tool_output")
-        for pointer, text in ctx.string_leaves(result.get("structuredContent"), "/result/structuredContent", min_len):
-            yield ScanTarget(pointer, "tool_output", text)
-        # A CreateTaskResult (the call runs as a task): its status message reaches the host.
-        for pointer, text in ctx.string_leaves(result.get("task"), "/result/task", min_len):
-            yield ScanTarget(pointer, "tool_output", text)
+        content = result.get("content")
+        if isinstance(content, list):
+            for i, block in enumerate(content):
+                _block_targets(block, f"/result/content/{i}", "tool_output", out)
+        structured = result.get("structuredContent")
+        if structured is not None:
+            for pointer, text in ctx.string_leaves(structured, "/result/structuredContent", min_len):
+                out.append(ScanTarget(pointer, "tool_output", text))
+        task = result.get("task")
+        if task is not None:
+            # A CreateTaskResult (the call runs as a task): its status message reaches the host.
+            for pointer, text in ctx.string_leaves(task, "/result/task", min_len):
+                out.append(ScanTarget(pointer, "tool_output", text))
     elif ctx.method == "prompts/get":
         if isinstance(result.get("description"), str):
-            yield ScanTarget("/result/description", "tool_description", result["description"])
-        yield from _message_targets(result.get("messages"), "/result/messages")
+            out.append(ScanTarget("/result/description", "tool_description", result["description"]))
+        _message_targets(result.get("messages"), "/result/messages", out)
     elif ctx.method == "resources/read":
         contents = result.get("contents")
         if isinstance(contents, list):
             for i, item in enumerate(contents):
-                yield from _resource_targets(item, f"/result/contents/{i}", "tool_output")
+                _resource_targets(item, f"/result/contents/{i}", "tool_output", out)
+    return out
 
 
-def _message_targets(messages: Any, base: str) -> Iterator[ScanTarget]:
+def _message_targets(messages: Any, base: str, out: list[ScanTarget]) -> None:
     """The text of chat messages (prompts/get results, sampling requests): a content block,
     or a list of them, per message."""
     if not isinstance(messages, list):
@@ -144,39 +156,36 @@ def _message_targets(messages: Any, base: str) -> Iterator[ScanTarget]:
             blocks = content if isinstance(content, list) else [content]
             where = f"{base}/{i}/content"
             for j, block in enumerate(blocks):
-                yield from _block_targets(block, f"{where}/{j}" if isinstance(content, list) else where, "prompt")
+                _block_targets(block, f"{where}/{j}" if isinstance(content, list) else where, "prompt", out)
 
 
-def _content_targets(content: Any, base: str, kind: str) -> Iterator[ScanTarget]:
-    if isinstance(content, list):
-        for i, block in enumerate(content):
-            yield from _block_targets(block, f"{base}/{i}", kind)
-
-
-def _block_targets(block: Any, where: str, kind: str) -> Iterator[ScanTarget]:
+def _block_targets(block: Any, where: str, kind: str, out: list[ScanTarget]) -> None:
     if not isinstance(block, dict):
         return
-    if block.get("type") == "text" and isinstance(block.get("text"), str):
-        yield ScanTarget(f"{where}/text", kind, block["text"])
-    elif block.get("type") == "resource_link":
+    block_type = block.get("type")
+    if block_type == "text":
+        text = block.get("text")
+        if isinstance(text, str):
+            out.append(ScanTarget(f"{where}/text", kind, text))
+    elif block_type == "resource_link":
         for field_name in ("description", "title"):  # both are shown to the model
             if isinstance(block.get(field_name), str):
-                yield ScanTarget(f"{where}/{field_name}", kind, block[field_name])
-    elif block.get("type") == "resource":
-        yield from _resource_targets(block.get("resource"), f"{where}/resource", kind)
+                out.append(ScanTarget(f"{where}/{field_name}", kind, block[field_name]))
+    elif block_type == "resource":
+        _resource_targets(block.get("resource"), f"{where}/resource", kind, out)
 
 
-def _resource_targets(item: Any, where: str, kind: str) -> Iterator[ScanTarget]:
+def _resource_targets(item: Any, where: str, kind: str, out: list[ScanTarget]) -> None:
     if not isinstance(item, dict):
         return
     if isinstance(item.get("text"), str):
-        yield ScanTarget(f"{where}/text", kind, item["text"])
+        out.append(ScanTarget(f"{where}/text", kind, item["text"]))
     elif isinstance(item.get("blob"), str) and str(item.get("mimeType") or "").startswith(_TEXTUAL_MIME):
         try:
             text = base64.b64decode(item["blob"], validate=True).decode("utf-8")
         except (ValueError, UnicodeDecodeError):
             return
-        yield ScanTarget(f"{where}/blob", kind, text)
+        out.append(ScanTarget(f"{where}/blob", kind, text))
 
 
 # One classifier verdict on a string or a decoded segment of it, without its place:
@@ -196,7 +205,7 @@ class InjectionDetector:
         self._decode = decode
         self._memos: dict[str, TextMemo[tuple[_Assessed, ...]]] = {}  # one per kind of text
 
-    def scan(self, targets: Iterator[ScanTarget] | list[ScanTarget]) -> dict[str, Any] | None:
+    def scan(self, targets: Iterable[ScanTarget]) -> dict[str, Any] | None:
         """``findings.injection`` for these strings, or None when none was worth scoring."""
         items: list[dict[str, Any]] = []
         scanned = 0

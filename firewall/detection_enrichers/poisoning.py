@@ -75,8 +75,12 @@ class PoisoningEnricher:
             self._report_target(ctx)
 
     def _server_state(self, ctx: MessageContext) -> _Definitions:
-        with self._lock:
-            return self._by_server.setdefault(ctx.session.server.name, _Definitions())
+        name = ctx.session.server.name
+        state = self._by_server.get(name)  # every call looks here: no new object when it exists
+        if state is None:
+            with self._lock:
+                state = self._by_server.setdefault(name, _Definitions())
+        return state
 
     def _scan_list(self, ctx: MessageContext) -> None:
         states = (self._seen.get(ctx.session), self._server_state(ctx))
