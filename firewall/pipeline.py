@@ -371,7 +371,7 @@ class Inspector:
                 decision, approval_id = self._settle_approval(ctx, decision)
             if method == "tasks/list" and kind is Kind.RESPONSE and decision.allow:
                 decision = self._hide_foreign_tasks(decision, body, direction, session, identity)
-            error_code = errors.POLICY_ERROR if decision.error else _denial_code(decision)
+            error_code = errors.POLICY_ERROR if decision.error else _denial_code(decision) if not decision.allow else None
         eval_ms = (time.perf_counter() - started) * 1000.0
 
         forward: Any = _UNCHANGED
@@ -410,7 +410,7 @@ class Inspector:
         arguments = tool.get("arguments") if tool else params
         self._record(
             session, direction, decision, decision_id,
-            kind=kind.value, method=method, tool=(tool or {}).get("name"), msg_id=body.get("id"),
+            kind=kind._value_, method=method, tool=(tool or {}).get("name"), msg_id=body.get("id"),
             arguments=arguments if kind in (Kind.REQUEST, Kind.NOTIFICATION) else None,
             digest_of=body.get("result", body.get("error")) if kind in (Kind.RESPONSE, Kind.ERROR_RESPONSE) else arguments,
             size=size, eval_ms=eval_ms, error_code=error_code, error=decision.error,
@@ -418,7 +418,7 @@ class Inspector:
             upstream_ms=(time.monotonic() - pending.sent_at) * 1000.0 if pending is not None else None,
             policy_input=ctx.input_json if self._record_inputs else None,
         )
-        return forward, reply, Verdict(decision, decision_id, kind.value, method, error_code, retry_after)
+        return forward, reply, Verdict(decision, decision_id, kind._value_, method, error_code, retry_after)
 
     def _settle_approval(self, ctx: MessageContext, decision: Decision) -> tuple[Decision, str | None]:
         """A decision that asks for a person's approval: held (denied, a request filed) or granted."""
@@ -651,7 +651,7 @@ def build_input(ctx: MessageContext) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "version": 1,
         "direction": direction,
-        "kind": kind.value,
+        "kind": kind._value_,  # (the plain str: Enum.value is a Python-level descriptor)
         "method": method,
         "params": params,
         "tool": tool,
