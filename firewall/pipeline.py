@@ -371,7 +371,7 @@ class Inspector:
                 decision, approval_id = self._settle_approval(ctx, decision)
             if method == "tasks/list" and kind is Kind.RESPONSE and decision.allow:
                 decision = self._hide_foreign_tasks(decision, body, direction, session, identity)
-            error_code = errors.POLICY_ERROR if decision.error else _denial_code(decision) if not decision.allow else None
+            error_code = errors.POLICY_ERROR if decision.error else (None if decision.allow else _denial_code(decision))
         eval_ms = (time.perf_counter() - started) * 1000.0
 
         forward: Any = _UNCHANGED
