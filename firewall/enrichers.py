@@ -13,8 +13,7 @@ from detectors.jsonwalk import escape
 from detectors.secrets import MIN_LENGTH as _SECRETS_MIN, SecretScanner
 
 from .jsonrpc import Kind
-from .pipeline import C2S, MessageContext
-from .policy.decision import Decision
+from .pipeline import C2S, MessageContext, learns_nothing
 
 
 # Strings shorter than this hold no finding of either span detector (secrets: 6, PII: 7).
@@ -62,8 +61,7 @@ class SpanFindingsEnricher:
             findings = self._scanner.scan(value, pointer=pointer, part=part)
         ctx.findings[self.name] = [f.as_dict() for f in findings]
 
-    def after(self, ctx: MessageContext, decision: Decision, forwarded: dict[str, Any] | None) -> None:
-        return None
+    after = learns_nothing
 
 
 class SecretsEnricher(SpanFindingsEnricher):

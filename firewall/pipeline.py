@@ -95,6 +95,12 @@ class Enricher(Protocol):
     def after(self, ctx: MessageContext, decision: Decision, forwarded: dict[str, Any] | None) -> None: ...
 
 
+def learns_nothing(self: Any, ctx: MessageContext, decision: Decision, forwarded: dict[str, Any] | None) -> None:
+    """The ``after`` of an enricher that learns nothing from the outcome (``after =
+    learns_nothing`` in its class): the pipeline does not call it."""
+    return None
+
+
 @dataclass(slots=True)
 class Verdict:
     """The decision on one element of a frame and what it turned into."""
@@ -144,6 +150,7 @@ class Inspector:
         record_inputs: bool = False,
     ) -> None:
         self._enrichers = enrichers
+        self._learners = tuple(e for e in enrichers if getattr(type(e), "after", None) is not learns_nothing)
         self._record_inputs = record_inputs
         self._approvals = approvals
         self._engine = engine
@@ -405,7 +412,7 @@ class Inspector:
             if kind is Kind.REQUEST:
                 session.add_pending(direction, body["id"], self._tasks.pending_for(method, params, tool, direction, session, identity))
 
-        for enricher in self._enrichers:
+        for enricher in self._learners:
             enricher.after(ctx, decision, forwarded)
         arguments = tool.get("arguments") if tool else params
         self._record(

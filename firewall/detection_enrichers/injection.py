@@ -14,8 +14,7 @@ from detectors.memo import TextMemo, memoised_scan
 
 from ..enrichers import SPAN_MIN_LENGTH
 from ..jsonrpc import Kind
-from ..pipeline import S2C, MessageContext
-from ..policy.decision import Decision
+from ..pipeline import S2C, MessageContext, learns_nothing
 from ._common import error_from_server, response_to, tool_call_request
 
 if TYPE_CHECKING:
@@ -294,5 +293,4 @@ class InjectionEnricher:
         if found is not None:
             ctx.findings[self.name] = found
 
-    def after(self, ctx: MessageContext, decision: Decision, forwarded: dict[str, Any] | None) -> None:
-        return None
+    after = learns_nothing

@@ -10,8 +10,7 @@ from typing import Any
 from detectors.poisoning import PoisoningScanner, list_items
 
 from ..jsonrpc import Kind
-from ..pipeline import C2S, S2C, MessageContext
-from ..policy.decision import Decision
+from ..pipeline import C2S, S2C, MessageContext, learns_nothing
 from ._common import LIST_METHODS, PerSession
 
 
@@ -143,5 +142,4 @@ class PoisoningEnricher:
         if entry is not None:
             ctx.findings[self.name] = {"target": entry}
 
-    def after(self, ctx: MessageContext, decision: Decision, forwarded: dict[str, Any] | None) -> None:
-        return None
+    after = learns_nothing

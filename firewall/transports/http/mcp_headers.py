@@ -16,8 +16,7 @@ from contextvars import ContextVar
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ...pipeline import C2S, MessageContext
-from ...policy.decision import Decision
+from ...pipeline import C2S, MessageContext, learns_nothing
 
 METHOD = "mcp-method"
 NAME = "mcp-name"
@@ -266,5 +265,4 @@ class HttpFindings:
         if info is not None:
             ctx.findings["http"] = info
 
-    def after(self, ctx: MessageContext, decision: Decision, forwarded: dict[str, Any] | None) -> None:
-        return None
+    after = learns_nothing
