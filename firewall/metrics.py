@@ -82,20 +82,20 @@ def metrics_dir(config: Any) -> Path:
 class _Vocabulary:
     """Label values of one kind, at most ``cap`` distinct ones; later newcomers are 'other'."""
 
-    __slots__ = ("_cap", "_seen")
+    __slots__ = ("_cap", "seen")
 
     def __init__(self, cap: int) -> None:
         self._cap = cap
-        self._seen: set[str] = set()
+        self.seen: set[str] = set()  # the values admitted (a str in here is its own label)
 
     def __call__(self, value: Any) -> str:
         if not isinstance(value, str):
             return "" if value is None else "other"
-        if value in self._seen:
+        if value in self.seen:
             return value
-        if len(self._seen) >= self._cap or len(value) > _MAX_LABEL or _holds_secret(value):
+        if len(self.seen) >= self._cap or len(value) > _MAX_LABEL or _holds_secret(value):
             return "other"
-        self._seen.add(value)
+        self.seen.add(value)
         return value
 
 
@@ -122,7 +122,9 @@ class MetricsRecorder:
     def record(self, row: dict[str, Any]) -> None:
         """Count one decision (an audit row as the pipeline records it)."""
         names = self._names
-        server = names["server"](row.get("server"))
+        server = row.get("server")
+        if type(server) is not str or server not in names["server"].seen:  # (a call less on the common path)
+            server = names["server"](server)
         decision = row.get("decision") or ""
         kind = row.get("kind") or "invalid"
         method = row.get("method")
@@ -138,7 +140,10 @@ class MetricsRecorder:
             for tag in row.get("tags") or ():
                 _add(counters["mcpfw_tags_total"], (server, names["tag"](tag)))
             if kind == "request" and method == "tools/call" and row.get("direction") == "client_to_server":
-                _add(counters["mcpfw_tool_calls_total"], (server, names["tool"](row.get("tool")), decision))
+                tool = row.get("tool")
+                if type(tool) is not str or tool not in names["tool"].seen:
+                    tool = names["tool"](tool)
+                _add(counters["mcpfw_tool_calls_total"], (server, tool, decision))
             eval_ms = row.get("eval_ms")
             if eval_ms:
                 self._observe("mcpfw_policy_eval_seconds", (str(row.get("engine") or ""),), eval_ms / 1000.0)
