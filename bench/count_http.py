@@ -10,8 +10,8 @@ instruction count does not move with the host: the same tree, inputs and environ
 the same count to within a few tenths of a percent, whatever the other core is doing. So
 this runs one lean worker (default policy bundle, audit on, as ``bench_http.py`` does) under
 ``valgrind --tool=callgrind``, lets the benchmark's load generator warm it up, zeroes the
-counters, runs the load for ``--seconds`` (valgrind slows the firewall about 50 times, so a
-few hundred requests), dumps the counters and divides by the requests the load generator
+counters, runs the load for ``--seconds`` (valgrind slows the firewall about 50 times: 700-1,200
+requests in 20 s), dumps the counters and divides by the requests the load generator
 had answered. It prints one JSON document: instructions a request for the worker's event
 loop thread, its audit writer thread (its busiest other thread) and all its threads, per round and their median.
 
@@ -39,14 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_http import EVERYTHING, free_port, start, stop, wait_port  # noqa: E402
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+from bench_http import EVERYTHING, children, free_port, start, stop, wait_port  # noqa: E402
 
 
 def _totals(outdir: Path, pid: int, dump: int) -> dict[int, int]:
@@ -82,9 +75,9 @@ def count(upstream: str, session: bool, src: Path, seconds: float, concurrency: 
     try:
         wait_port(port, timeout=300)
         time.sleep(5)
-        worker = next(iter(_children(proc.pid)), proc.pid)
+        worker = next(iter(children(proc.pid)), proc.pid)  # one worker: served in-process
         url = f"http://127.0.0.1:{port}/mcp"
-        _load(url, concurrency, max(seconds / 4, 3.0), session)  # warm up: caches, the decision cache, JIT of nothing
+        _load(url, concurrency, max(seconds / 4, 3.0), session)  # warm up: the decision cache, the detectors' memos
         subprocess.run(["callgrind_control", "-z", str(worker)], check=True, capture_output=True)
         requests = _load(url, concurrency, seconds, session)
         subprocess.run(["callgrind_control", "-d", str(worker)], check=True, capture_output=True)
