@@ -252,7 +252,9 @@ class ServerConnection(asyncio.Protocol):
         self._grow_head(len(part))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow_head(len(name) + len(value))
+        self._head_size += len(name) + len(value)  # (_grow_head, inlined: called for every field)
+        if self._head_size > self._settings.max_head_bytes:
+            self._grow_head(0)
         if self._parsing is not None:
             # A trailer field of a chunked body (llhttp reports them here, after the head):
             # dropped. Merged into the head it would reach the server unseen by the checks,

@@ -57,7 +57,7 @@ class HeaderList:
     def get(self, name: str) -> str | None:
         key = _KEYS.get(name) or _key(name)
         values = (self._map if self._map is not None else self._index()).get(key)
-        return decode(values[0]) if values else None
+        return values[0].decode("utf-8", "surrogateescape") if values else None  # (decode(), inlined: hot)
 
     def getall(self, name: str) -> list[str]:
         key = _KEYS.get(name) or _key(name)
@@ -89,8 +89,9 @@ def header_block(
     """``name: value`` lines of ``raw`` minus the ``drop`` names (lower case) and the fields a
     ``Connection`` header names (hop-by-hop by declaration, RFC 9110 7.6.1), then ``changes``
     (a change to None removes the header)."""
-    nominated = _nominated(raw)
-    if nominated:
+    # (A list comprehension runs in this frame; a generator would be resumed once per header.)
+    connection = [value for name, value in raw if len(name) == 10 and name.lower() == b"connection"]
+    if connection and (nominated := nominated_fields(connection)):
         drop = drop | nominated
     lines: list[bytes] = []
     if changes:
@@ -107,11 +108,6 @@ def header_block(
             if name.lower() not in drop:
                 lines += (name, b": ", value, CRLF)
     return lines
-
-
-def _nominated(raw: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Field names listed in the ``Connection`` headers of ``raw`` (lower case)."""
-    return nominated_fields(value for name, value in raw if len(name) == 10 and name.lower() == b"connection")
 
 
 def nominated_fields(connection_values: Iterable[bytes]) -> frozenset[bytes]:
