@@ -270,3 +270,20 @@ def test_an_id_still_open_is_refused_and_cannot_free_a_concurrency_slot(tmp_path
         assert call(1).forward is not None  # answered: the id may be used again
     finally:
         fw.close()
+
+
+def test_a_clients_answer_to_an_unseen_request_is_passed_but_still_checked(firewall, tmp_path):
+    """The server may still wait for it (its request went out before the firewall started):
+    passed on and audited, without a method, and the checks that need none still apply."""
+    session = _session(tmp_path)
+    answer = {"jsonrpc": "2.0", "id": 5, "result": {"action": "accept", "content": {"note": "hello"}}}
+    out = firewall.inspector.inspect(orjson.dumps(answer), "client_to_server", session)
+    assert out.forward is not None and out.verdicts[0].method is None
+    leaking = {"jsonrpc": "2.0", "id": 6, "result": {"action": "accept",
+                                                     "content": {"note": "aws_access_key_id = AKIAIOSFODNN7EXAMPLE"}}}
+    out = firewall.inspector.inspect(orjson.dumps(leaking), "client_to_server", session)
+    assert b"AKIAIOSFODNN7EXAMPLE" not in (out.forward or b"")
+    firewall.audit.flush()
+    rows = audit_rows(tmp_path / "a.duckdb", "message_id = '5'")
+    assert [(r["direction"], r["kind"], r["method"], r["decision"]) for r in rows] == [
+        ("client_to_server", "response", None, "allow")]
