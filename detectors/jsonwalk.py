@@ -74,8 +74,8 @@ def _collect(node: Any, where: str, min_len: int, out: list[tuple[str, str]], de
             continue
         if leaf and len(item) < min_len:
             continue
-        if type(token) is str and ("~" in token or "/" in token):
-            token = token.replace("~", "~0").replace("/", "~1")
+        if type(token) is str and ("~" in token or "/" in token):  # (rare: escape() only then)
+            token = escape(token)
         if leaf:
             out.append((f"{where}/{token}", item))
         else:
@@ -94,8 +94,8 @@ def _walk(value: Any, pointer: str, min_len: int, limit: int) -> list[tuple[str,
         if isinstance(node, str):
             seen += 1
             if len(node) >= min_len:
-                if type(token) is str:
-                    token = token.replace("~", "~0").replace("/", "~1") if "~" in token or "/" in token else token
+                if type(token) is str and ("~" in token or "/" in token):
+                    token = escape(token)
                 out.append((f"{parent}/{token}", node))
             if seen == limit:
                 return out

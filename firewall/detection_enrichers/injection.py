@@ -83,8 +83,7 @@ def injection_targets(ctx: MessageContext, min_len: int = 0) -> list[ScanTarget]
     kind = ctx.message.kind
     if tool_call_request(ctx):
         assert ctx.tool is not None
-        for pointer, text in ctx.string_leaves(ctx.tool.get("arguments"), "/params/arguments", min_len):
-            out.append(ScanTarget(pointer, "tool_output", text))
+        _every_string(ctx, ctx.tool.get("arguments"), "/params/arguments", min_len, out)
         return out
     if ctx.method == "sampling/createMessage" and ctx.direction == S2C and kind is Kind.REQUEST:
         # The server asks the client's model to complete these messages: text planted in them
@@ -99,8 +98,7 @@ def injection_targets(ctx: MessageContext, min_len: int = 0) -> list[ScanTarget]
         if isinstance(error, dict):
             if isinstance(error.get("message"), str):
                 out.append(ScanTarget("/error/message", "tool_output", error["message"]))
-            for pointer, text in ctx.string_leaves(error.get("data"), "/error/data", min_len):
-                out.append(ScanTarget(pointer, "tool_output", text))
+            _every_string(ctx, error.get("data"), "/error/data", min_len, out)
         return out
     if ctx.direction == S2C and (
         (kind is Kind.NOTIFICATION and ctx.method in SCANNED_NOTIFICATIONS)
@@ -110,8 +108,7 @@ def injection_targets(ctx: MessageContext, min_len: int = 0) -> list[ScanTarget]
         # carry the tool's result itself (tasks/get in the 2026 tasks extension) or the
         # server's own requests: every string is read as tool output.
         part, pointer = ("params", "/params") if kind is Kind.NOTIFICATION else ("result", "/result")
-        for where, text in ctx.string_leaves(ctx.message.body.get(part), pointer, min_len):
-            out.append(ScanTarget(where, "tool_output", text))
+        _every_string(ctx, ctx.message.body.get(part), pointer, min_len, out)
         return out
     if kind is not Kind.RESPONSE or ctx.direction != S2C:
         return out
@@ -125,13 +122,11 @@ def injection_targets(ctx: MessageContext, min_len: int = 0) -> list[ScanTarget]
                 _block_targets(block, f"/result/content/{i}", "tool_output", out)
         structured = result.get("structuredContent")
         if structured is not None:
-            for pointer, text in ctx.string_leaves(structured, "/result/structuredContent", min_len):
-                out.append(ScanTarget(pointer, "tool_output", text))
+            _every_string(ctx, structured, "/result/structuredContent", min_len, out)
         task = result.get("task")
         if task is not None:
             # A CreateTaskResult (the call runs as a task): its status message reaches the host.
-            for pointer, text in ctx.string_leaves(task, "/result/task", min_len):
-                out.append(ScanTarget(pointer, "tool_output", text))
+            _every_string(ctx, task, "/result/task", min_len, out)
     elif ctx.method == "prompts/get":
         if isinstance(result.get("description"), str):
             out.append(ScanTarget("/result/description", "tool_description", result["description"]))
@@ -142,6 +137,12 @@ def injection_targets(ctx: MessageContext, min_len: int = 0) -> list[ScanTarget]
             for i, item in enumerate(contents):
                 _resource_targets(item, f"/result/contents/{i}", "tool_output", out)
     return out
+
+
+def _every_string(ctx: MessageContext, value: Any, pointer: str, min_len: int, out: list[ScanTarget]) -> None:
+    """Every string of ``value`` (the walk the message's detectors share), read as tool output."""
+    for where, text in ctx.string_leaves(value, pointer, min_len):
+        out.append(ScanTarget(where, "tool_output", text))
 
 
 def _message_targets(messages: Any, base: str, out: list[ScanTarget]) -> None:
