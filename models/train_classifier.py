@@ -345,6 +345,25 @@ def recall_at(y, s, thr):
 # main
 # --------------------------------------------------------------------------
 
+def dump_stage2(path: Path, samples, X2, y2, w2, meta_rows, cascade_doc_scores) -> None:
+    """Stage 2's training rows and, for every validation document, the feature rows of the windows the
+    cascade embeds (or its capped stage-1 score when none passes the screen): enough to fit and
+    compare stage-2 designs offline. Development only; nothing here is shipped."""
+    captured: dict[int, np.ndarray] = {}
+    fallback = cascade_doc_scores("val", lambda f: np.zeros(len(f)), capture=captured)
+    docs = sorted(fallback)
+    rows = [captured[d] for d in docs if d in captured]
+    np.savez_compressed(
+        path, X2=X2, y2=y2, w2=w2, train_kind=np.asarray([samples[d].kind for d, _ in meta_rows]),
+        train_group=np.asarray([samples[d].group for d, _ in meta_rows]),
+        val_X=np.vstack(rows) if rows else np.zeros((0, X2.shape[1]), np.float32),
+        val_rows=np.asarray([len(captured.get(d, ())) for d in docs]),
+        val_fallback=np.asarray([fallback[d][0] if d not in captured else np.nan for d in docs]),
+        val_kind=np.asarray([samples[d].kind for d in docs]), val_label=np.asarray([samples[d].label for d in docs]),
+        val_group=np.asarray([samples[d].group for d in docs]), val_len=np.asarray([len(samples[d].text) for d in docs]))
+    print(f"[stage2] dumped {len(y2)} training rows and {len(docs)} validation documents to {path}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=1337)
@@ -376,6 +395,9 @@ def main() -> int:
                          "mlp128 with each of --mlp-alphas, the bagged ensemble)")
     ap.add_argument("--skip-test", action="store_true",
                     help="development runs: stop after model selection on validation (no test scores, no artefacts)")
+    ap.add_argument("--dump-stage2", type=Path, default=None,
+                    help="write stage 2's training rows and the validation documents' cascade feature rows to this .npz "
+                         "(development: stage-2 designs compared offline without embedding again)")
     ap.add_argument("--tag", default="", help="suffix of the validation-score dump models/.cache/val_scores<tag>.jsonl")
     ap.add_argument("--prompt-fraction", type=float, default=1.0, help="subsample external prompts (smoke runs)")
     ap.add_argument("--no-real-pool", action="store_true",
@@ -629,7 +651,7 @@ def main() -> int:
           flush=True)
 
     # validation / test: cascade windows (top-K above the screen) for every doc
-    def cascade_doc_scores(split, model_fn, full=False, limit_per_kind=None):
+    def cascade_doc_scores(split, model_fn, full=False, limit_per_kind=None, capture=None):
         res = {}
         counts = defaultdict(int)
         for d, s in enumerate(samples):
@@ -657,9 +679,14 @@ def main() -> int:
                 f = side_and_emb(d, chosen[:1], lex_scores)
                 if len(chosen) > 1:
                     f = np.vstack([f, side_and_emb(d, chosen[1:], lex_scores)])
+            if capture is not None:
+                capture[d] = f
             res[d] = (float(model_fn(f).max()), len(chosen))
         cache.save()
         return res
+
+    if args.dump_stage2 is not None:
+        dump_stage2(args.dump_stage2, samples, X2, y2, w2, meta_rows, cascade_doc_scores)
 
     # ---- stage 2 model ---------------------------------------------------------
     mean = X2.mean(0)
