@@ -7,8 +7,8 @@ A training run spends most of its time embedding windows; stage 2 itself fits in
 holds stage 2's training rows and, for every validation document, the feature rows of the windows
 the cascade embeds, so a stage-2 design is fitted and scored here in seconds with the training
 script's own scaler, sample weights and MLP settings. Each design prints ROC-AUC and recall at 1 %
-FPR of the validation benign documents per kind (the threshold taken on all of a kind's benign
-validation documents, as the training run's model selection does), and, when the run held a
+FPR of the validation benign documents per kind (the threshold the training run's model selection
+takes, less its floor at the stage-1 screen), and, when the run held a
 source out (``--holdout-source``), the same for that source's prompts and for those under 60
 characters. Nothing here is shipped or touches the test split.
 
@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
-from sklearn.neural_network import MLPClassifier
 
-KINDS = ("prompt", "tool_output", "tool_description")
+import train_classifier as tc
+
+KINDS = tc.KINDS
 EMBEDDING = 384
+CODE_GROUPS = ("pool/code_py", "pool/code_js", "pool/code_other")
 
 
 class Dump:
@@ -70,17 +71,22 @@ class Dump:
                 "kind": list(range(n - 4, n - 1)), "logit": [n - 1]}[name]
 
 
-def fit(X: np.ndarray, y: np.ndarray, weight: np.ndarray, seed: int) -> MLPClassifier:
-    model = MLPClassifier(hidden_layer_sizes=(128,), alpha=0.01, max_iter=200, early_stopping=True,
-                          validation_fraction=0.1, n_iter_no_change=8, random_state=seed)
+def fit(X: np.ndarray, y: np.ndarray, weight: np.ndarray, seed: int):
+    model = tc.stage2_mlp(128, 0.01, seed)
     model.fit(X, y, sample_weight=weight)
     return model
 
 
-def threshold_at_fpr(benign: np.ndarray, fpr: float = 0.01) -> float:
-    ranked = np.sort(benign)[::-1]
-    k = int(np.floor(fpr * len(ranked)))
-    return float(ranked[k]) + 1e-12 if k < len(ranked) else 0.0
+def threshold(dump: Dump, kind: str, scores: np.ndarray) -> float:
+    """The training run's union rule: 1 % of the kind's benign validation documents, and for tool
+    outputs also of the real source-code files alone (the screen's floor is not applied)."""
+    mine = dump.val_kind == kind
+    candidates = [tc.threshold_at_fpr(dump.val_label[mine], scores[mine])]
+    if kind == "tool_output":
+        code = mine & np.isin(dump.val_group, CODE_GROUPS)
+        if code.any():
+            candidates.append(tc.threshold_at_fpr(dump.val_label[code], scores[code]))
+    return max(candidates)
 
 
 def report(dump: Dump, scores: np.ndarray) -> dict[str, list[float]]:
@@ -88,17 +94,15 @@ def report(dump: Dump, scores: np.ndarray) -> dict[str, list[float]]:
     for kind in KINDS:
         mine = dump.val_kind == kind
         labels, s = dump.val_label[mine], scores[mine]
-        benign = s[labels == 0]
-        threshold = threshold_at_fpr(benign)
-        out[kind] = [round(roc_auc_score(labels, s), 4), round(float((s[labels == 1] >= threshold).mean()), 3)]
+        limit = threshold(dump, kind, scores)
+        out[kind] = [round(tc.roc_auc(labels, s), 4), round(tc.recall_at(labels, s, limit)[0], 3)]
         held = mine & (dump.val_label == 1) & np.char.startswith(dump.val_group.astype(str), "holdout/")
         if kind == "prompt" and held.any():
-            found = scores[held]
-            both = np.r_[benign, found]
+            benign, found = s[labels == 0], scores[held]
             out["held_out_source"] = [
-                round(roc_auc_score(np.r_[np.zeros(len(benign)), np.ones(len(found))], both), 4),
-                round(float((found >= threshold).mean()), 3),
-                round(float((scores[held & (dump.val_len < 60)] >= threshold).mean()), 3)]
+                round(tc.roc_auc(np.r_[np.zeros(len(benign)), np.ones(len(found))], np.r_[benign, found]), 4),
+                round(float((found >= limit).mean()), 3),
+                round(float((scores[held & (dump.val_len < 60)] >= limit).mean()), 3)]
     return out
 
 

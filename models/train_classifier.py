@@ -335,6 +335,13 @@ def threshold_at_fpr(y: np.ndarray, s: np.ndarray, fpr: float = 0.01) -> float:
     return float(np.nextafter(neg[k], np.inf))
 
 
+def stage2_mlp(hidden: int, alpha: float, seed: int):
+    """An unfitted stage-2 MLP (one hidden ReLU layer; early stopping on a tenth of the rows)."""
+    from sklearn.neural_network import MLPClassifier
+    return MLPClassifier(hidden_layer_sizes=(hidden,), alpha=alpha, max_iter=200, early_stopping=True,
+                         validation_fraction=0.1, n_iter_no_change=8, random_state=seed)
+
+
 def recall_at(y, s, thr):
     pos = s[y == 1]
     neg = s[y == 0]
@@ -752,10 +759,8 @@ def main() -> int:
         lr.fit(Xs, y2, sample_weight=sw)
         evaluate(f"logistic C={C}", [(lr.coef_[0].reshape(-1, 1).astype(np.float32),
                                       np.asarray([lr.intercept_[0]], np.float32))])
-    from sklearn.neural_network import MLPClassifier
     for alpha in ([float(a) for a in args.mlp_alphas.split(",") if a] if "mlp" in fams else []):
-        mlp = MLPClassifier(hidden_layer_sizes=(128,), alpha=alpha, max_iter=200, early_stopping=True,
-                            validation_fraction=0.1, n_iter_no_change=8, random_state=args.seed)
+        mlp = stage2_mlp(128, alpha, args.seed)
         mlp.fit(Xs, y2, sample_weight=sw)
         evaluate(f"mlp128 alpha={alpha}", [(W.astype(np.float32), b.astype(np.float32))
                                             for W, b in zip(mlp.coefs_, mlp.intercepts_)])
@@ -764,8 +769,7 @@ def main() -> int:
     for alpha in ([float(a) for a in args.ensemble_alphas.split(",") if a] if "ensemble" in fams else []):
         members = []
         for j in range(args.ensemble_size):
-            mlp = MLPClassifier(hidden_layer_sizes=(args.ensemble_hidden,), alpha=alpha, max_iter=200, early_stopping=True,
-                                validation_fraction=0.1, n_iter_no_change=8, random_state=args.seed + 100 + j)
+            mlp = stage2_mlp(args.ensemble_hidden, alpha, args.seed + 100 + j)
             mlp.fit(Xs, y2, sample_weight=sw)
             members.append(mlp)
         M = len(members)
