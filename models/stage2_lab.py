@@ -15,7 +15,8 @@ characters. Nothing here is shipped or touches the test split.
 Designs:
 
 * ``single:SEED``: one MLP of 128 ReLU units, alpha 0.01, early stopping (the training defaults);
-* ``bag:SEED+SEED+...``: one such MLP per seed, their probabilities averaged;
+* ``bag:SEED+SEED+...[:drop=BLOCK+BLOCK]``: one such MLP per seed, their probabilities averaged
+  (optionally without feature blocks, as ``drop``);
 * ``perkind:SEED``: one MLP per kind, each fitted on that kind's rows only;
 * ``drop:BLOCK[+BLOCK]:SEED``: without a feature block (``emb``, ``side``, ``kind``, ``logit``).
 """
@@ -111,8 +112,12 @@ def design_scores(dump: Dump, design: str) -> np.ndarray:
     if name == "single":
         return dump.doc_scores(fit(dump.X, dump.y, dump.weight, int(rest)).predict_proba(dump.val_X)[:, 1])
     if name == "bag":
-        seeds = [int(s) for s in rest.split("+")]
-        rows = sum(fit(dump.X, dump.y, dump.weight, s).predict_proba(dump.val_X)[:, 1] for s in seeds) / len(seeds)
+        seeds, _, dropped_blocks = rest.partition(":drop=")
+        dropped = {i for b in dropped_blocks.split("+") if b for i in dump.block(b)}
+        keep = [i for i in range(dump.width) if i not in dropped]
+        X, val_X = dump.X[:, keep], dump.val_X[:, keep]
+        members = [int(s) for s in seeds.split("+")]
+        rows = sum(fit(X, dump.y, dump.weight, s).predict_proba(val_X)[:, 1] for s in members) / len(members)
         return dump.doc_scores(rows)
     if name == "perkind":
         rows = np.zeros(len(dump.val_X))
