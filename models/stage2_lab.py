@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compare stage-2 designs offline on a ``train_classifier.py --dump-stage2`` file (development only).
 
-    .venv/bin/python models/stage2_lab.py DUMP.npz single:1337 single:1 bag:1337+1+2+3+4 drop:emb
+    .venv/bin/python models/stage2_lab.py DUMP.npz single:1337 single:1 bag:1337+1+2+3+4 bag:1+2+3:drop=logit
 
 A training run spends most of its time embedding windows; stage 2 itself fits in seconds. The dump
 holds stage 2's training rows and, for every validation document, the feature rows of the windows
@@ -15,10 +15,10 @@ characters. Nothing here is shipped or touches the test split.
 Designs:
 
 * ``single:SEED``: one MLP of 128 ReLU units, alpha 0.01, early stopping (the training defaults);
-* ``bag:SEED+SEED+...[:drop=BLOCK+BLOCK]``: one such MLP per seed, their probabilities averaged
-  (optionally without feature blocks, as ``drop``);
-* ``perkind:SEED``: one MLP per kind, each fitted on that kind's rows only;
-* ``drop:BLOCK[+BLOCK]:SEED``: without a feature block (``emb``, ``side``, ``kind``, ``logit``).
+* ``bag:SEED+SEED+...``: one such MLP per seed, their probabilities averaged;
+* either with ``:drop=BLOCK+BLOCK`` appended: without those feature blocks (``emb``, ``side``,
+  ``kind``, ``logit``), e.g. ``single:1337:drop=logit``;
+* ``perkind:SEED``: one MLP per kind, each fitted on that kind's rows only.
 """
 
 from __future__ import annotations
@@ -109,9 +109,7 @@ def report(dump: Dump, scores: np.ndarray) -> dict[str, list[float]]:
 
 def design_scores(dump: Dump, design: str) -> np.ndarray:
     name, _, rest = design.partition(":")
-    if name == "single":
-        return dump.doc_scores(fit(dump.X, dump.y, dump.weight, int(rest)).predict_proba(dump.val_X)[:, 1])
-    if name == "bag":
+    if name in ("single", "bag"):  # a single fit is a bag of one
         seeds, _, dropped_blocks = rest.partition(":drop=")
         dropped = {i for b in dropped_blocks.split("+") if b for i in dump.block(b)}
         keep = [i for i in range(dump.width) if i not in dropped]
@@ -126,12 +124,6 @@ def design_scores(dump: Dump, design: str) -> np.ndarray:
             model = fit(dump.X[mine], dump.y[mine], dump.weight[mine] / dump.weight[mine].mean(), int(rest))
             rows[dump.row_kind == kind] = model.predict_proba(dump.val_X[dump.row_kind == kind])[:, 1]
         return dump.doc_scores(rows)
-    if name == "drop":
-        blocks, _, seed = rest.partition(":")
-        dropped = {i for b in blocks.split("+") for i in dump.block(b)}
-        keep = [i for i in range(dump.width) if i not in dropped]
-        model = fit(dump.X[:, keep], dump.y, dump.weight, int(seed or 1337))
-        return dump.doc_scores(model.predict_proba(dump.val_X[:, keep])[:, 1])
     raise SystemExit(f"unknown design {design!r}")
 
 
